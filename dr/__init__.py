@@ -1,0 +1,37 @@
+"""Declarative disaster recovery to Azure, as code.
+
+The spec models double as a Python DSL::
+
+    from dr import Estate, Azure, Network, Quota, Site, Machine, Disk, ProtectionGroup, Policy
+"""
+
+from dr.model import (
+    Action,
+    Azure,
+    Disk,
+    EnvRef,
+    EsxiHost,
+    Estate,
+    FileRef,
+    Machine,
+    Network,
+    Notifications,
+    PlanGroup,
+    Planning,
+    Policy,
+    ProcessServer,
+    ProtectionGroup,
+    Quota,
+    RecoveryPlan,
+    Site,
+    TrafficManager,
+    VCenter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action", "Azure", "Disk", "EnvRef", "EsxiHost", "Estate", "FileRef", "Machine", "Network",
+    "Notifications", "PlanGroup", "Planning", "Policy", "ProcessServer", "ProtectionGroup", "Quota",
+    "RecoveryPlan", "Site", "TrafficManager", "VCenter", "__version__",
+]

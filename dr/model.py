@@ -1,0 +1,437 @@
+"""The DR spec: what a user writes in `dr.yaml` (or builds in Python), as frozen pydantic models.
+
+Everything else in the project reads an `Estate`. The models check shape and types only; the support
+matrix (what Azure Site Recovery can protect) is applied by `dr.validate`, so that one run reports
+every problem at once, each at its file:line:col.
+
+Python DSL: the same classes compose an estate in code::
+
+    from dr import Estate, Azure, Network, Site, Machine, Disk, ProtectionGroup, Policy
+    estate = Estate(estate="lab", azure=Azure(...), sites=[...], machines=[...])
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from dr.duration import Duration
+
+
+class Spec(BaseModel):
+    """Base of every spec model: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _number_to_text(value: Any) -> Any:
+    # `version: 5.5` in YAML is a float; the spec means the text "5.5".
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=80, strip_whitespace=True)]
+Text = Annotated[str, BeforeValidator(_number_to_text), StringConstraints(min_length=1)]
+Version = Annotated[str, BeforeValidator(_number_to_text), StringConstraints(min_length=1)]
+
+
+def _ip_network(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=True))
+    except ValueError as err:
+        raise ValueError(f"expected an address prefix such as 10.50.0.0/16, found {value!r} ({err})") from None
+
+
+Prefix = Annotated[str, BeforeValidator(_ip_network), Field(json_schema_extra={"examples": ["10.50.0.0/16"]})]
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials: only ever references, never literal secrets.
+
+
+class EnvRef(Spec):
+    """A value read from an environment variable when it is needed: `{env: VCENTER_PASSWORD}`."""
+
+    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class FileRef(Spec):
+    """A value read from a file when it is needed (first line, stripped): `{file: /etc/dr/vcenter.pw}`."""
+
+    file: Annotated[str, StringConstraints(min_length=1)]
+
+
+def _reference(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            "a credential is never written literally: write {env: VARIABLE} or {file: path} instead"
+        )
+    if isinstance(value, dict) and "env" in value and "file" in value:
+        raise ValueError("a reference is either {env: VARIABLE} or {file: path}, not both")
+    return value
+
+
+SecretRef = Annotated[EnvRef | FileRef, BeforeValidator(_reference)]
+# The subscription id is not a secret, but it differs per environment: a reference or a literal GUID.
+SubscriptionRef = Annotated[
+    EnvRef
+    | FileRef
+    | Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")],
+    Field(union_mode="left_to_right"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Azure target.
+
+
+class Network(Spec):
+    """The recovery network in Azure; `existing: true` refers to a VNet that is already there."""
+
+    vnet: Name
+    address_space: Prefix
+    subnet: Name
+    subnet_prefix: Prefix
+    existing: bool = False
+    test_vnet: Name | None = Field(
+        default=None,
+        description="isolated VNet for test failovers (same address space); default '<vnet>-test'",
+    )
+
+    @model_validator(mode="after")
+    def _subnet_inside(self) -> Network:
+        space = ipaddress.ip_network(self.address_space)
+        subnet = ipaddress.ip_network(self.subnet_prefix)
+        if subnet.version != space.version or not subnet.subnet_of(space):  # type: ignore[arg-type]
+            raise ValueError(f"subnet_prefix {subnet} is not inside address_space {space}")
+        return self
+
+
+class Quota(Spec):
+    vcpus: Annotated[int, Field(ge=0, description="the regional vCPU quota the subscription has today")]
+
+
+Redundancy = Literal["LRS", "ZRS", "GRS", "RA-GRS", "GZRS", "RA-GZRS"]
+
+
+class Azure(Spec):
+    subscription: SubscriptionRef
+    region: Name
+    resource_group: Name
+    connectivity: Literal["internet", "vpn", "expressroute"]
+    network: Network
+    storage_redundancy: Redundancy = "GRS"
+    quota: Quota
+    vault_region: Name | None = Field(default=None, description="region of the Recovery Services vault")
+    storage_region: Name | None = Field(default=None, description="region of the replica storage accounts")
+    on_premises_prefixes: list[Prefix] = Field(
+        default_factory=list,
+        description="address prefixes of the primary site, reachable over vpn/expressroute",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source sites.
+
+
+class VCenter(Spec):
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
+    version: Version
+    user: Name
+    password: SecretRef
+    insecure: bool = Field(default=False, description="skip TLS certificate checks (lab only)")
+
+
+class EsxiHost(Spec):
+    """A standalone ESXi host, discovered without vCenter."""
+
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
+    version: Version
+    user: Name
+    password: SecretRef
+    insecure: bool = False
+
+
+class ProcessServer(Spec):
+    """An on-premises process server. Size fields left out are filled in by `dr plan`."""
+
+    name: Name
+    address: Name
+    os: Text
+    vcpus: Annotated[int, Field(ge=1)] | None = None
+    memory_gb: Annotated[float, Field(gt=0)] | None = None
+    cache_gb: Annotated[float, Field(gt=0)] | None = None
+    public_address: Name | None = Field(
+        default=None, description="address the process server reaches Azure from (connectivity: internet)"
+    )
+
+
+class Site(Spec):
+    name: Name
+    vcenter: VCenter | None = None
+    esxi_hosts: list[EsxiHost] = Field(default_factory=list)
+    process_servers: list[ProcessServer] = Field(default_factory=list)
+    bandwidth_mbps: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="WAN bandwidth available to replication, megabits per second"
+    )
+    outage_window: Duration | None = Field(
+        default=None, description="how long the process server cache must ride out a link outage (default 8h)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Machines.
+
+
+class Disk(Spec):
+    name: Name
+    size_gb: Annotated[float, Field(gt=0, description="provisioned size, GB")]
+    iops: Annotated[float, Field(ge=0, description="peak write IOPS (profiled p95, or estimated)")] = 0
+    churn_gb_per_day: Annotated[float, Field(ge=0, description="data written per day, GB")] = 0
+    used_gb: Annotated[float, Field(ge=0, description="allocated data, for initial replication")] | None = None
+    device: Text | None = Field(default=None, description="device name on the source, e.g. /dev/sdb")
+    mount_points: list[Text] = Field(default_factory=list)
+    file_system: Text | None = None
+    controller: Text | None = None
+    datastore: Text | None = None
+    thin: bool | None = None
+    label: Text | None = None
+
+
+class VmwareFacts(Spec):
+    """What discovery learnt of a VMware VM (written by `dr discover vcenter`)."""
+
+    instance_uuid: Text | None = None
+    moid: Text | None = None
+    datacenter: Text | None = None
+    cluster: Text | None = None
+    host: Text | None = None
+    vcenter: Text | None = None
+    vcenter_version: Version | None = None
+    guest_id: Text | None = None
+    guest_family: Text | None = None
+    guest_full_name: Text | None = None
+    networks: list[Text] = Field(default_factory=list)
+    ip_addresses: list[Text] = Field(default_factory=list)
+
+
+class Replicability(Spec):
+    """Discovery's verdict on one machine: the validator's rules applied to discovered facts."""
+
+    replicable: bool
+    reasons: list[Text] = Field(default_factory=list)
+
+
+class Machine(Spec):
+    name: Name
+    site: Name
+    kind: Literal["vmware", "physical"]
+    os: Text
+    arch: Literal["x86_64", "x86"] = "x86_64"
+    vcpus: Annotated[int, Field(ge=1)]
+    memory_gb: Annotated[float, Field(gt=0)]
+    nics: Annotated[int, Field(ge=1)] = 1
+    disks: Annotated[list[Disk], Field(min_length=1)]
+    address: Name | None = None
+    firmware: Literal["bios", "uefi"] = "bios"
+    secure_boot: bool = False
+    bitlocker: bool = False
+    dynamic_disks: bool = False
+    clustered: bool = False
+    power_state: Literal["on", "off"] = "on"
+    tools: Literal["running", "not_running", "not_installed"] | None = Field(
+        default=None, description="VMware tools state (VMware only; unset means running)"
+    )
+    file_systems: list[Text] = Field(default_factory=list)
+    volume_manager: Text | None = None
+    multipath: Text | None = None
+    controller: Text | None = None
+    azure_size: Name | None = Field(default=None, description="override the planner's failover VM size")
+    tags: dict[str, str] = Field(default_factory=dict)
+    vmware: VmwareFacts | None = None
+    discovery: Replicability | None = None
+
+    @property
+    def tools_state(self) -> str | None:
+        if self.kind != "vmware":
+            return None
+        return self.tools or "running"
+
+
+# ---------------------------------------------------------------------------------------------
+# Protection and recovery.
+
+
+class Policy(Spec):
+    """A replication policy (ASR's defaults where the spec is silent)."""
+
+    multi_vm_consistency: bool = False
+    rpo_threshold: Duration = Field(default=timedelta(minutes=15), description="alert when RPO exceeds this")
+    retention: Duration = Field(default=timedelta(hours=24), description="how far back recovery points go")
+    app_consistent_every: Duration | None = Field(default=timedelta(hours=1))
+    crash_consistent_every: Duration = Field(default=timedelta(minutes=5))
+
+
+class ProtectionGroup(Spec):
+    name: Name
+    members: Annotated[list[Name], Field(min_length=1)]
+    policy: Policy = Field(default_factory=Policy)
+
+
+class Action(Spec):
+    """One step before or after a recovery-plan group: exactly one of script, runbook or manual."""
+
+    script: Text | None = Field(default=None, description="path of a script run on the runner")
+    runbook: Name | None = Field(default=None, description="a named runbook, given the plan context")
+    manual: Text | None = Field(default=None, description="a prompt; the plan waits until confirmed")
+    timeout: Duration = Field(default=timedelta(seconds=600), description="ASR's default: 600 s")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kinds = [k for k in ("script", "runbook", "manual") if k in data]
+            if len(kinds) != 1:
+                found = ", ".join(kinds) if kinds else "none of them"
+                raise ValueError(f"an action is exactly one of script, runbook or manual; found {found}")
+        return data
+
+    @property
+    def kind(self) -> Literal["script", "runbook", "manual"]:
+        if self.script is not None:
+            return "script"
+        if self.runbook is not None:
+            return "runbook"
+        return "manual"
+
+
+class PlanGroup(Spec):
+    name: Name
+    machines: Annotated[list[Name], Field(min_length=1)]
+    before: list[Action] = Field(default_factory=list)
+    after: list[Action] = Field(default_factory=list)
+
+
+class TrafficManager(Spec):
+    profile: Name
+    on_premises_endpoint: Name
+    azure_endpoint: Name | None = None
+    ttl_seconds: Annotated[int, Field(ge=0)] = 30
+
+
+class RecoveryPlan(Spec):
+    name: Name
+    groups: Annotated[list[PlanGroup], Field(min_length=1)]
+    traffic_manager: TrafficManager | None = None
+    failback: bool = Field(default=False, description="reprotect and fail back after failover (vSphere only)")
+
+
+Event = Literal[
+    "rpo_missed", "machine_off", "cache_warning", "cache_critical", "heartbeat_lost",
+    "failover_started", "failover_succeeded", "failover_failed",
+]
+ALL_EVENTS: tuple[str, ...] = Event.__args__  # type: ignore[attr-defined]
+
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
+class Smtp(Spec):
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    sender: Email = Field(alias="from")
+    user: Name | None = None
+    password: SecretRef | None = None
+    starttls: bool = False
+
+
+class Notifications(Spec):
+    email: list[Email] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=lambda: list(ALL_EVENTS))
+    webhook: Name | None = None
+    smtp: Smtp | None = None
+
+
+class Planning(Spec):
+    """Planner factors. Every default is the seed's figure unless its description says otherwise."""
+
+    replica_io_factor: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="IOs on the replica disk per source IO (seed)"
+    )
+    retention_io_factor: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="IOs on the retention disk per source IO (seed)"
+    )
+    replica_account_source_iops: Annotated[int, Field(ge=8000, le=10000)] = Field(
+        default=8000, description="source IOPS one replica storage account carries (seed: 8,000-10,000)"
+    )
+    account_max_iops: Annotated[int, Field(gt=0)] = Field(
+        default=20000, description="total IOPS limit of one standard storage account (Azure, 2015)"
+    )
+    max_storage_accounts: Annotated[int, Field(gt=0)] = Field(
+        default=100, description="storage accounts per subscription (Azure, 2015)"
+    )
+    compression_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=2.0, description="churn bytes per byte on the wire after compression"
+    )
+    outage_window: Duration = Field(
+        default=timedelta(hours=8), description="link outage the process server cache must absorb"
+    )
+    percentile: Annotated[int, Field(ge=50, le=100)] = Field(
+        default=95, description="percentile of profiled IOPS and churn the planner sizes for"
+    )
+
+
+class Estate(Spec):
+    """A whole DR estate: the Azure target, the source sites and machines, protection and recovery."""
+
+    estate: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] = Field(
+        description="estate name: lower-case letters, digits and dashes (it prefixes Azure resource names)"
+    )
+    support_profile: Literal["asr-2015", "asr-2023"] = "asr-2015"
+    include: list[Text] = Field(
+        default_factory=list, description="other YAML files (e.g. discovered inventories) merged into this one"
+    )
+    azure: Azure
+    sites: list[Site] = Field(default_factory=list)
+    machines: list[Machine] = Field(default_factory=list)
+    protection_groups: list[ProtectionGroup] = Field(default_factory=list)
+    recovery_plans: list[RecoveryPlan] = Field(default_factory=list)
+    notifications: Notifications = Field(default_factory=Notifications)
+    planning: Planning = Field(default_factory=Planning)
+
+    # Lookups used across the project (derived, never stored).
+    def machine(self, name: str) -> Machine:
+        for machine in self.machines:
+            if machine.name == name:
+                return machine
+        raise KeyError(name)
+
+    def site(self, name: str) -> Site:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+    def group_of(self, machine: str) -> ProtectionGroup | None:
+        for group in self.protection_groups:
+            if machine in group.members:
+                return group
+        return None
+
+    @property
+    def protected_machines(self) -> list[Machine]:
+        """Machines in a protection group, in spec order (the ones the planner sizes)."""
+        members = {name for group in self.protection_groups for name in group.members}
+        return [m for m in self.machines if m.name in members]
