@@ -1,0 +1,35 @@
+"""Rendering helpers shared by every command: colour only on a terminal, errors on stderr, one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+FORMATS = ("text", "json", "markdown")
+
+
+def format_option(*choices: str, default: str = "text") -> Any:
+    """`--format` for a command whose output is data (default: text)."""
+    names = choices or FORMATS
+    return click.option(
+        "--format", "fmt", type=click.Choice(names), default=default, show_default=True,
+        help="output format: " + ", ".join(names) + " (json is for scripts)",
+    )
+
+
+def use_colour(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def echo_error(message: str) -> None:
+    """One line on stderr: `dr: error: ...` (red on a terminal)."""
+    prefix = click.style("dr: error:", fg="red", bold=True) if use_colour(sys.stderr) else "dr: error:"
+    click.echo(f"{prefix} {message}", err=True)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
