@@ -1,0 +1,400 @@
+"""The configuration server's logic, apart from HTTP: vault, registration, heartbeats, catalog, events.
+
+`ConfigServer` reads and writes the store; the FastAPI app (`dr.server.app`) only maps HTTP to it,
+and the CLI (`dr status`, `dr failover`) uses it directly on the same store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dr.errors import DrError
+from dr.model import Estate, Machine
+from dr.server import certs, health
+from dr.server.schemas import (
+    AgentHeartbeat,
+    CatalogReport,
+    MasterTargetHeartbeat,
+    ProcessServerHeartbeat,
+    RegisterRequest,
+    RegisterResponse,
+    Role,
+)
+from dr.server.store import Store, dumps
+
+# scrypt cost for the vault passphrase (n=2**14, r=8, p=1: the parameters Python's docs and
+# RFC 7914 give for interactive logins, about 50 ms here).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Events kept on the dashboard's front page.
+RECENT_EVENTS = 50
+
+
+class AuthError(DrError):
+    """A call without a valid token or with a wrong passphrase (HTTP 401 at the API)."""
+
+
+class Forbidden(DrError):
+    """A valid token used for something its role may not do (HTTP 403 at the API)."""
+
+
+class NotFound(DrError):
+    """A job, step or component that does not exist (HTTP 404 at the API)."""
+
+
+class Conflict(DrError):
+    """A request that does not fit the current state (HTTP 409 at the API)."""
+
+
+def _hash_passphrase(passphrase: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(passphrase.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskStatus:
+    machine: str
+    disk: str
+    rpo_seconds: float | None
+    reported: float | None
+    latest: float | None
+    latest_app: float | None
+    points: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachineStatus:
+    name: str
+    kind: str
+    group: str
+    rpo_threshold_s: float
+    health: health.Health
+    power_state: str | None
+    last_heartbeat: float | None
+    disks: tuple[DiskStatus, ...]
+
+    @property
+    def rpo_seconds(self) -> float | None:
+        values = [d.rpo_seconds for d in self.disks if d.rpo_seconds is not None]
+        return max(values) if values else None
+
+    @property
+    def latest(self) -> float | None:
+        """The newest time every disk has a point at or after (None until each disk has one)."""
+        values = [d.latest for d in self.disks]
+        return None if not values or None in values else min(v for v in values if v is not None)
+
+    @property
+    def latest_app(self) -> float | None:
+        values = [d.latest_app for d in self.disks]
+        return None if not values or None in values else min(v for v in values if v is not None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentStatus:
+    name: str
+    role: str
+    site: str | None
+    address: str | None
+    last_heartbeat: float | None
+    cache_free_fraction: float | None
+    health: health.Health
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overview:
+    time: float
+    estate: str
+    health: health.Health
+    machines: tuple[MachineStatus, ...]
+    components: tuple[ComponentStatus, ...]
+    alerts: tuple[dict[str, Any], ...]
+    events: tuple[dict[str, Any], ...]
+    jobs: tuple[dict[str, Any], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        def h(value: health.Health) -> dict[str, Any]:
+            return {"state": value.state, "reasons": list(value.reasons)}
+
+        return {
+            "time": self.time,
+            "estate": self.estate,
+            "health": h(self.health),
+            "machines": [
+                {
+                    "name": m.name, "kind": m.kind, "group": m.group, "health": h(m.health),
+                    "rpo_seconds": m.rpo_seconds, "rpo_threshold_seconds": m.rpo_threshold_s,
+                    "power_state": m.power_state, "last_heartbeat": m.last_heartbeat,
+                    "latest_point": m.latest, "latest_app_point": m.latest_app,
+                    "disks": [
+                        {
+                            "disk": d.disk, "rpo_seconds": d.rpo_seconds, "latest_point": d.latest,
+                            "latest_app_point": d.latest_app, "points": d.points,
+                        }
+                        for d in m.disks
+                    ],
+                }
+                for m in self.machines
+            ],
+            "components": [
+                {
+                    "name": c.name, "role": c.role, "site": c.site, "address": c.address,
+                    "last_heartbeat": c.last_heartbeat, "cache_free_fraction": c.cache_free_fraction,
+                    "health": h(c.health),
+                }
+                for c in self.components
+            ],
+            "alerts": list(self.alerts),
+            "events": list(self.events),
+            "jobs": list(self.jobs),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigServer:
+    store: Store
+    estate: Estate
+    heartbeat_timeout_s: float = health.DEFAULT_HEARTBEAT_TIMEOUT_S
+    clock: Callable[[], float] = field(default=time.time)
+
+    # ------------------------------------------------------------------ vault and tokens
+    def init_vault(self, passphrase: str) -> None:
+        """Record the vault passphrase (hashed) at first start; later starts must give the same one."""
+        if not passphrase:
+            raise AuthError("the vault passphrase is empty: give one with --passphrase-file or DR_VAULT_PASSPHRASE")
+        salt = secrets.token_bytes(16)
+        record = f"scrypt${salt.hex()}${_hash_passphrase(passphrase, salt).hex()}"
+        self.store.set_meta_once("vault_passphrase", record)
+        if not self.check_passphrase(passphrase):
+            raise AuthError(
+                f"the state store {self.store.display_url} belongs to a vault with another passphrase: "
+                "give that passphrase, or a new --state for a new vault"
+            )
+
+    def check_passphrase(self, passphrase: str) -> bool:
+        record = self.store.get_meta("vault_passphrase")
+        if record is None:
+            return False
+        _, salt, digest = record.split("$")
+        return hmac.compare_digest(_hash_passphrase(passphrase, bytes.fromhex(salt)).hex(), digest)
+
+    def mint_token(self, *, name: str, role: Role) -> str:
+        token = secrets.token_urlsafe(32)
+        self.store.execute(
+            "INSERT INTO tokens (token_hash, component, role, created) VALUES (?, ?, ?, ?)",
+            (_token_hash(token), name, role, self.clock()),
+        )
+        return token
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("no token: send `Authorization: Bearer <token>` (a token comes with registration)")
+        row = self.store.one("SELECT component, role FROM tokens WHERE token_hash = ?", (_token_hash(token),))
+        if row is None:
+            raise AuthError("the token is not known to this vault: register again to get a new one")
+        return Principal(name=row["component"], role=row["role"])
+
+    # ------------------------------------------------------------------ registration
+    def register(self, request: RegisterRequest) -> RegisterResponse:
+        if not self.check_passphrase(request.passphrase):
+            self.event("warning", "registration_refused", request.name, "wrong vault passphrase")
+            raise AuthError("the vault passphrase is wrong: use the one the configuration server was started with")
+        machine: Machine | None = None
+        if request.role == "agent":
+            if request.machine is None:
+                raise Conflict("an agent registers for a machine: give `machine` (a name in the spec)")
+            try:
+                machine = self.estate.machine(request.machine)
+            except KeyError:
+                raise NotFound(
+                    f"machine {request.machine!r} is not in the spec of estate {self.estate.estate}: "
+                    "add it to dr.yaml or register with a spec machine name"
+                ) from None
+        issued = certs.issue(
+            self.store, name=request.name, role=request.role, csr_pem=request.csr_pem,
+            hosts=tuple(h for h in (request.address,) if h),
+        )
+        now = self.clock()
+        with self.store.transaction() as tx:
+            tx.upsert(
+                "components",
+                {
+                    "name": request.name, "role": request.role,
+                    "machine": machine.name if machine else None,
+                    "site": request.site or (machine.site if machine else None),
+                    "address": request.address, "registered": now,
+                },
+                keys=("name",),
+            )
+        token = self.mint_token(name=request.name, role=request.role)
+        self.event("info", "registered", request.name, f"{request.role.replace('_', ' ')} registered")
+        return RegisterResponse(
+            name=request.name, role=request.role, token=token, certificate_pem=issued.certificate_pem,
+            private_key_pem=issued.private_key_pem, ca_pem=issued.ca_pem,
+        )
+
+    # ------------------------------------------------------------------ heartbeats and catalog
+    def heartbeat(
+        self, who: Principal, beat: AgentHeartbeat | ProcessServerHeartbeat | MasterTargetHeartbeat
+    ) -> None:
+        expected = {"agent": AgentHeartbeat, "process_server": ProcessServerHeartbeat,
+                    "master_target": MasterTargetHeartbeat}.get(who.role)
+        if expected is None or not isinstance(beat, expected):
+            raise Forbidden(f"a {who.role} does not send {type(beat).__name__} heartbeats")
+        now = self.clock()
+        with self.store.transaction() as tx:
+            rows = tx.query("SELECT machine FROM components WHERE name = ?", (who.name,))
+            if not rows:
+                raise NotFound(f"component {who.name} is not registered: register it again")
+            if isinstance(beat, AgentHeartbeat):
+                tx.execute(
+                    "UPDATE components SET last_heartbeat = ?, power_state = ? WHERE name = ?",
+                    (now, beat.power_state, who.name),
+                )
+                machine = rows[0]["machine"]
+                for disk in beat.disks:
+                    tx.upsert(
+                        "disks",
+                        {"machine": machine, "disk": disk.disk, "rpo_seconds": disk.rpo_seconds,
+                         "reported": now, "reporter": who.name},
+                        keys=("machine", "disk"),
+                    )
+            elif isinstance(beat, ProcessServerHeartbeat):
+                tx.execute(
+                    "UPDATE components SET last_heartbeat = ?, cache_free_fraction = ?, details = ? "
+                    "WHERE name = ?",
+                    (now, beat.cache_free_fraction, dumps({"backlog_bytes": beat.backlog_bytes}), who.name),
+                )
+            else:
+                tx.execute("UPDATE components SET last_heartbeat = ? WHERE name = ?", (now, who.name))
+
+    def report_catalog(self, who: Principal, report: CatalogReport) -> None:
+        """A master target's per-disk RPO and retained recovery points (replaces what it said before)."""
+        if who.role != "master_target":
+            raise Forbidden("only a master target reports the recovery point catalog")
+        known = {m.name: {d.name for d in m.disks} for m in self.estate.machines}
+        for entry in report.disks:
+            if entry.disk not in known.get(entry.machine, set()):
+                raise NotFound(f"disk {entry.machine}/{entry.disk} is not in the spec")
+        now = self.clock()
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE components SET last_heartbeat = ? WHERE name = ?", (now, who.name))
+            for entry in report.disks:
+                if entry.rpo_seconds is not None:
+                    tx.upsert(
+                        "disks",
+                        {"machine": entry.machine, "disk": entry.disk, "rpo_seconds": entry.rpo_seconds,
+                         "reported": now, "reporter": who.name},
+                        keys=("machine", "disk"),
+                    )
+                tx.execute(
+                    "DELETE FROM recovery_points WHERE machine = ? AND disk = ?", (entry.machine, entry.disk)
+                )
+                for point in entry.points:
+                    tx.execute(
+                        "INSERT INTO recovery_points (machine, disk, point_id, time, kind, group_id, processed) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (entry.machine, entry.disk, point.point_id, point.time, point.kind, point.group_id,
+                         int(point.processed)),
+                    )
+
+    def recovery_points(self, machine: str, disk: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT machine, disk, point_id, time, kind, group_id, processed FROM recovery_points WHERE machine = ?"
+        params: list[Any] = [machine]
+        if disk is not None:
+            sql += " AND disk = ?"
+            params.append(disk)
+        return [dict(r.values) for r in self.store.query(sql + " ORDER BY time, disk", params)]
+
+    # ------------------------------------------------------------------ events
+    def event(self, severity: str, kind: str, subject: str, message: str) -> None:
+        self.store.execute(
+            "INSERT INTO events (time, severity, kind, subject, message) VALUES (?, ?, ?, ?, ?)",
+            (self.clock(), severity, kind, subject, message),
+        )
+
+    def events(self, limit: int = RECENT_EVENTS, after: int = 0) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT id, time, severity, kind, subject, message FROM events WHERE id > ? ORDER BY id DESC LIMIT ?",
+            (after, limit),
+        )
+        return [dict(r.values) for r in rows]
+
+    # ------------------------------------------------------------------ health
+    def overview(self) -> Overview:
+        now = self.clock()
+        components = {r["name"]: r for r in self.store.query("SELECT * FROM components")}
+        agents = {r["machine"]: r for r in components.values() if r["role"] == "agent" and r["machine"]}
+        disks = {(r["machine"], r["disk"]): r for r in self.store.query("SELECT * FROM disks")}
+        points: dict[tuple[str, str], list[Any]] = {}
+        for r in self.store.query("SELECT machine, disk, time, kind FROM recovery_points"):
+            points.setdefault((r["machine"], r["disk"]), []).append(r)
+        machines: list[MachineStatus] = []
+        for group in self.estate.protection_groups:
+            threshold = group.policy.rpo_threshold.total_seconds()
+            for name in group.members:
+                try:
+                    spec = self.estate.machine(name)
+                except KeyError:
+                    continue
+                agent = agents.get(name)
+                parts = []
+                disk_states = []
+                for disk in spec.disks:
+                    row = disks.get((name, disk.name))
+                    rpo_s = None if row is None else row["rpo_seconds"]
+                    parts.append(health.rpo(rpo_s, threshold_s=threshold, disk=disk.name))
+                    pts = points.get((name, disk.name), [])
+                    disk_states.append(DiskStatus(
+                        machine=name, disk=disk.name, rpo_seconds=rpo_s,
+                        reported=None if row is None else row["reported"],
+                        latest=max((p["time"] for p in pts), default=None),
+                        latest_app=max((p["time"] for p in pts if p["kind"] == "app"), default=None),
+                        points=len(pts),
+                    ))
+                last = None if agent is None else agent["last_heartbeat"]
+                power_state = None if agent is None else agent["power_state"]
+                parts.append(health.heartbeat(last, now=now, timeout_s=self.heartbeat_timeout_s,
+                                              what=f"the agent of {name}"))
+                parts.append(health.power(power_state, machine=name))
+                machines.append(MachineStatus(
+                    name=name, kind=spec.kind, group=group.name, rpo_threshold_s=threshold,
+                    health=health.Health.worst(*parts), power_state=power_state, last_heartbeat=last,
+                    disks=tuple(disk_states),
+                ))
+        comps: list[ComponentStatus] = []
+        for r in sorted(components.values(), key=lambda r: (r["role"], r["name"])):
+            if r["role"] in ("agent", "operator"):
+                continue
+            label = f"{r['role'].replace('_', ' ')} {r['name']}"
+            parts = [health.heartbeat(r["last_heartbeat"], now=now, timeout_s=self.heartbeat_timeout_s, what=label)]
+            if r["role"] == "process_server":
+                parts.append(health.cache(r["cache_free_fraction"], server=r["name"]))
+            comps.append(ComponentStatus(
+                name=r["name"], role=r["role"], site=r["site"], address=r["address"],
+                last_heartbeat=r["last_heartbeat"], cache_free_fraction=r["cache_free_fraction"],
+                health=health.Health.worst(*parts),
+            ))
+        alerts = tuple(dict(r.values) for r in self.store.query(
+            "SELECT condition, subject, opened, severity, message FROM open_alerts ORDER BY opened"))
+        jobs = tuple(dict(r.values) for r in self.store.query(
+            "SELECT id, kind, plan, state, created, updated, error FROM jobs ORDER BY created DESC LIMIT 20"))
+        overall = health.Health.worst(*(m.health for m in machines), *(c.health for c in comps))
+        return Overview(
+            time=now, estate=self.estate.estate, health=overall, machines=tuple(machines),
+            components=tuple(comps), alerts=alerts, events=tuple(self.events()), jobs=jobs,
+        )
