@@ -1,0 +1,62 @@
+"""Configuration servers: one Standard_A3 per 750 protected source volumes.
+
+Seed: "a Standard A3 configuration server protects about 750 volumes (about 250 machines at 3
+volumes each)". A volume is a disk of a protected machine; a machine registers with one
+configuration server, so its volumes are never split. Machines are packed first-fit decreasing
+by volume count; the count is never below the lower bound ceil(volumes / 750).
+"""
+
+from __future__ import annotations
+
+import math
+
+from dr.plan.context import Inputs
+from dr.plan.packing import FirstFit
+from dr.plan.result import ConfigServer
+from dr.sizes import by_name
+
+CS_SIZE = "Standard_A3"  # seed
+CS_VOLUMES = 750  # protected volumes per configuration server (seed)
+
+
+def plan_config_servers(inputs: Inputs) -> list[ConfigServer]:
+    machines = inputs.machines
+    if not machines:
+        return []
+    size = by_name(CS_SIZE)
+    assert size is not None, "the size catalog lost Standard_A3"
+    order = sorted(range(len(machines)), key=lambda i: (-len(machines[i].disks), i))
+    bins = FirstFit()
+    members: list[list[int]] = []
+    for i in order:
+        count = len(machines[i].disks)
+        slot = bins.first_with_room(count)
+        if slot is None:
+            slot = bins.open(max(CS_VOLUMES, count))
+            members.append([])
+        bins.add(slot, count)
+        members[slot].append(i)
+    total = sum(len(m.disks) for m in machines)
+    bound = math.ceil(total / CS_VOLUMES)
+    servers = []
+    for number, held in enumerate(members, start=1):
+        held.sort()
+        volumes = sum(len(machines[i].disks) for i in held)
+        reasons = [
+            f"{total} protected volume(s) / {CS_VOLUMES} per {CS_SIZE} (seed) -> at least {bound} "
+            f"configuration server(s); first-fit decreasing by machine used {len(members)}",
+            f"carries {volumes} volume(s) of {len(held)} machine(s), {CS_VOLUMES - volumes} volume(s) free",
+        ]
+        servers.append(
+            ConfigServer(
+                name=f"{inputs.estate.estate}-cs{number:02d}",
+                size=CS_SIZE,
+                vcpus=size.vcpus,
+                family=size.family,
+                volumes=volumes,
+                capacity=CS_VOLUMES,
+                machines=[machines[i].name for i in held],
+                reasons=reasons,
+            )
+        )
+    return servers

@@ -1,0 +1,66 @@
+"""What every sizing rule reads: the protected machines of the estate, indexed once, and where the
+rules write their errors and warnings."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from dr.model import Estate, Machine
+from dr.plan.result import Issue
+
+
+def os_family(machine: Machine) -> str:
+    """'windows' or 'linux': Windows sources go to Windows master targets, the rest to Linux ones."""
+    return "windows" if "windows" in machine.os.lower() else "linux"
+
+
+@dataclass
+class Notes:
+    """Errors and warnings in the order the rules find them (one plan run owns one Notes)."""
+
+    errors: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(Issue(path=path, message=message))
+
+    def warning(self, path: str, message: str) -> None:
+        self.warnings.append(Issue(path=path, message=message))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    estate: Estate
+    machines: tuple[Machine, ...]  # protected machines, in spec order
+    index: dict[str, int]  # machine name -> position in estate.machines (for spec paths)
+
+    @classmethod
+    def of(cls, estate: Estate) -> Inputs:
+        index: dict[str, int] = {}
+        for position, machine in enumerate(estate.machines):
+            index.setdefault(machine.name, position)
+        return cls(estate=estate, machines=tuple(estate.protected_machines), index=index)
+
+    def path(self, machine: str, *rest: str | int) -> str:
+        parts: list[str | int] = ["machines", self.index.get(machine, 0), *rest]
+        return ".".join(str(p) for p in parts)
+
+    def site_path(self, site: str, *rest: str | int) -> str:
+        for position, candidate in enumerate(self.estate.sites):
+            if candidate.name == site:
+                return ".".join(str(p) for p in ["sites", position, *rest])
+        return "sites"
+
+
+def name_stem(estate: Estate) -> str:
+    """Letters and digits of the estate name (at most 12) plus a 6-hex hash of the estate's identity.
+
+    Storage account names are global in Azure: 3-24 lower-case letters and digits. The hash of
+    estate name, region and resource group keeps two estates called alike apart; the stem is
+    stable for the same spec, so a plan re-run keeps its names.
+    """
+    letters = re.sub(r"[^a-z0-9]", "", estate.estate.lower())[:12] or "dr"
+    identity = f"{estate.estate}\n{estate.azure.region}\n{estate.azure.resource_group}".encode()
+    return letters + hashlib.sha256(identity).hexdigest()[:6]
