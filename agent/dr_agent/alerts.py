@@ -1,0 +1,45 @@
+"""Alerts of a service: appended as JSON lines to `alerts.jsonl` in its state directory, and logged.
+
+The configuration server (or an operator's `tail -f`) reads the file; tests read it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Level = Literal["info", "warning", "critical"]
+log = logging.getLogger("dr_agent.alerts")
+
+
+@dataclass
+class AlertLog:
+    path: Path
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def raise_(self, level: Level, code: str, message: str, **details: Any) -> dict[str, Any]:
+        entry = {"time": time.time(), "level": level, "code": code, "message": message, **details}
+        line = (json.dumps(entry) + "\n").encode()
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        getattr(log, "critical" if level == "critical" else level)("%s: %s", code, message)
+        return entry
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,50 @@
+"""The agent's exception tree (the data path's own root; `dr` turns these into its errors).
+
+    AgentError                  root of every error of the data path
+    ├── CorruptData             bytes failed their checksum or framing (cache segment, wire frame); never applied
+    ├── ProtocolError           the peer broke the wire protocol (unexpected frame, sequence gap)
+    ├── TransportError          a connection could not be made or was lost (retried by callers)
+    ├── AuthError               a certificate or registration passphrase was refused
+    ├── CacheFull               the process server's cache cannot take more; agents fall back to bitmap tracking
+    ├── TargetError             the replica target (file or page blob) refused an operation
+    ├── ConfigError             a service configuration file is missing a value or has a wrong one
+    └── PointNotFound           no recovery point matches the request
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of the data path's errors. `str(error)` is one line: what was expected, what was found."""
+
+
+class CorruptData(AgentError):
+    """A record, segment or frame failed its magic, version, length or checksum check."""
+
+
+class ProtocolError(AgentError):
+    pass
+
+
+class TransportError(AgentError):
+    pass
+
+
+class AuthError(AgentError):
+    pass
+
+
+class CacheFull(AgentError):
+    pass
+
+
+class TargetError(AgentError):
+    pass
+
+
+class ConfigError(AgentError):
+    pass
+
+
+class PointNotFound(AgentError):
+    pass

@@ -1,0 +1,171 @@
+"""The master target: receives per-disk streams from process servers and applies them to replicas.
+
+Each connection carries one disk. Records are verified (checksum) before anything is applied,
+applied strictly in sequence order, and skipped when their sequence is at or below the one the
+replica records as applied, so a replay after a reconnect never applies twice. The applied
+sequence is committed with the data (page blob metadata after the pages; a side file after fsync
+for file targets). A bookmark applies everything before it, commits, then takes a snapshot and
+records the recovery point in the catalog; retention prunes points as the window moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dr_agent.alerts import AlertLog
+from dr_agent.catalog import Catalog, Point
+from dr_agent.compress import Compressor
+from dr_agent.errors import ConfigError, CorruptData, ProtocolError
+from dr_agent.metrics import Metrics
+from dr_agent.pki import Identity, server_context
+from dr_agent.records import FrameType, Kind, Record, decode_records
+from dr_agent.retention import RetentionPolicy, prune
+from dr_agent.target import Batch, FileTarget, Target
+from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
+
+log = logging.getLogger(__name__)
+DISK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class MasterTargetConfig:
+    identity: Identity
+    state_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    storage: str = "file"                       # "file" (state_dir/disks) or "azure" (page blobs)
+    connection_string: str | None = None        # azure: the storage account's connection string
+    container: str = "replicas"
+    retention_s: float = 24 * 3600.0
+    metrics_port: int | None = None             # None: no HTTP endpoint
+
+
+class MasterTarget:
+    def __init__(self, config: MasterTargetConfig) -> None:
+        if config.storage not in ("file", "azure"):
+            raise ConfigError(f"storage {config.storage!r}: expected 'file' or 'azure'")
+        if config.storage == "azure" and not config.connection_string:
+            raise ConfigError("storage 'azure' needs a connection string (connection_string_env in the config)")
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(config.state_dir / "catalog.sqlite")
+        self.catalog_lock = threading.Lock()
+        self.alerts = AlertLog(config.state_dir / "alerts.jsonl")
+        self.metrics = Metrics("master-target")
+        self.policy = RetentionPolicy(config.retention_s)
+        self._lock = threading.Lock()
+        self._targets: dict[str, Target] = {}
+        self._disk_locks: dict[str, threading.Lock] = {}
+        self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
+                                 ("process-server",), self._handle, name="master-target")
+        self.port = self.listener.port
+        self.metrics_port = (self.metrics.serve(config.listen_host, config.metrics_port)
+                             if config.metrics_port is not None else None)
+
+    def _target(self, disk: str, size: int) -> Target:
+        with self._lock:
+            t = self._targets.get(disk)
+            if t is None:
+                if self.config.storage == "azure":
+                    from dr_agent.pageblob import PageBlobTarget
+
+                    assert self.config.connection_string is not None
+                    t = PageBlobTarget(self.config.connection_string, self.config.container, f"{disk}.vhd", size)
+                else:
+                    t = FileTarget(self.config.state_dir / "disks" / f"{disk}.img", size)
+                with self.catalog_lock:
+                    self.catalog.add_disk(disk, t.location(), size)
+                self._targets[disk] = t
+            if t.size != size:
+                raise ProtocolError(f"disk {disk} is {t.size} bytes at the replica; the stream says {size}")
+            return t
+
+    def _handle(self, conn: Connection) -> None:
+        hello = conn.recv_json(FrameType.HELLO)
+        disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
+        if not DISK_NAME.match(disk) or size <= 0 or size % 512:
+            conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+            return
+        with self._lock:
+            lock = self._disk_locks.setdefault(disk, threading.Lock())
+        if not lock.acquire(timeout=IDLE_TIMEOUT_S + 5):
+            conn.send_json(FrameType.ERROR, {"error": f"disk {disk} is being received on another connection"})
+            return
+        try:
+            self._receive(conn, disk, self._target(disk, size))
+        finally:
+            lock.release()
+
+    def _receive(self, conn: Connection, disk: str, target: Target) -> None:
+        applied = target.applied_seq()
+        self.metrics.applied_seq.labels(disk).set(applied)
+        conn.send_json(FrameType.WELCOME, {"applied": applied})
+        dc = Compressor()
+        batch = Batch(target)
+        while True:
+            try:
+                ftype, payload = conn.recv()
+                if ftype == FrameType.PING:
+                    conn.send_json(FrameType.ACK, {"applied": applied})
+                    continue
+                if ftype != FrameType.RECORDS:
+                    raise ProtocolError(f"expected RECORDS, got {ftype.name}")
+                records = decode_records(payload)
+                datas = [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
+                         for r in records]
+            except CorruptData as err:
+                self.metrics.corrupt.labels(disk).inc()
+                self.alerts.raise_("critical", "corrupt-frame", f"disk {disk}: {err}; nothing of it applied",
+                                   disk=disk)
+                conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
+                return
+            self.metrics.bytes_in.labels(disk).inc(len(payload))
+            last = applied
+            for rec, data in zip(records, datas):
+                if rec.seq <= last:
+                    continue  # a replay: already applied
+                if rec.seq != last + 1:
+                    conn.send_json(FrameType.ERROR, {"error": f"disk {disk}: seq {rec.seq} after {last}"})
+                    return
+                if rec.kind == Kind.WRITE:
+                    batch.write(rec.offset, data)
+                elif rec.kind == Kind.DISCARD:
+                    batch.discard(rec.offset, rec.length)
+                elif rec.kind == Kind.BOOKMARK:
+                    batch.apply()
+                    target.commit(rec.seq)
+                    self._point(disk, target, rec)
+                last = rec.seq
+            batch.apply()
+            if last != applied:
+                target.commit(last)
+                applied = last
+                self.metrics.applied_seq.labels(disk).set(applied)
+            conn.send_json(FrameType.ACK, {"applied": applied})
+
+    def _point(self, disk: str, target: Target, rec: Record) -> None:
+        b = rec.bookmark()
+        point_id, kind = str(b["id"]), str(b["kind"])
+        with self.catalog_lock:
+            if self.catalog.has_point(disk, point_id):
+                return
+        snap = target.snapshot(point_id, rec.seq)
+        with self.catalog_lock:
+            self.catalog.add_point(Point(disk, point_id, rec.seq, float(b["time"]), kind, b.get("group"), snap))
+            prune(self.catalog, target, disk, self.policy, time.time())
+        self.metrics.points.labels(disk, kind).inc()
+        self.metrics.rpo.labels(disk).set(max(0.0, time.time() - float(b["time"])))
+
+    def close(self) -> None:
+        self.listener.close()
+        with self._lock:
+            for t in self._targets.values():
+                close = getattr(t, "close", None)
+                if close:
+                    close()
+        self.catalog.close()

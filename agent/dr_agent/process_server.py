@@ -1,0 +1,330 @@
+"""The process server: accepts agents, caches durably, compresses, forwards in order per disk.
+
+Agents dial it (TLS, mutual authentication, role "agent"); it dials the master target (role
+"process-server"). Per disk: records are verified, write payloads compressed (zstd, raw when it
+does not shrink), appended to the disk's cache and fsynced before the agent gets its ACK. A
+forwarder per disk sends cached records to the master target in sequence order, a window at a time,
+at most `throttle_mbps`, and drops cache segments once the master target reports them applied.
+
+When the master target is unreachable the cache keeps filling; alerts fire as free space falls
+below 30 % (warning) and 25 % (critical), ASR's thresholds; when a frame would not fit, the agent
+is told to FALL BACK to bitmap tracking from that sequence instead of anything being dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from dr_agent.alerts import AlertLog
+from dr_agent.cache import SEGMENT_BYTES, DiskCache
+from dr_agent.compress import CODEC_RAW, Compressor
+from dr_agent.errors import AgentError, CorruptData
+from dr_agent.master_target import DISK_NAME
+from dr_agent.metrics import Metrics
+from dr_agent.pki import Identity, client_context, server_context
+from dr_agent.records import FrameType, Kind, Record, decode_records
+from dr_agent.transport import Connection, Listener, dial
+
+log = logging.getLogger(__name__)
+
+# ASR's process server alerts: warning below 30 % free cache, critical below 25 % (ASR docs,
+# "Monitor the process server").
+WARN_FREE = 0.30
+CRITICAL_FREE = 0.25
+# Bytes per RECORDS frame to the master target, and bytes sent but not yet applied per disk.
+FORWARD_FRAME_BYTES = 4 * 1024 * 1024
+FORWARD_WINDOW_BYTES = 64 * 1024 * 1024
+# Seconds between keepalive PINGs on an idle forwarding connection (well under IDLE_TIMEOUT_S).
+PING_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ProcessServerConfig:
+    identity: Identity
+    cache_dir: Path
+    master_target: tuple[str, int]
+    name: str = "ps"
+    master_target_hostname: str | None = None   # TLS name of the master target (default: its host)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    capacity_bytes: int = 10 * 1024**3
+    throttle_mbps: float | None = None           # None: unthrottled
+    segment_bytes: int = SEGMENT_BYTES
+    metrics_port: int | None = None
+
+
+class Throttle:
+    """A token bucket in bytes per second, shared by the forwarders of one process server."""
+
+    def __init__(self, mbps: float | None) -> None:
+        self.rate = mbps * 1e6 / 8 if mbps else None
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def take(self, nbytes: int) -> None:
+        if self.rate is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now)
+            self._next = start + nbytes / self.rate
+            wait = start - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+class ProcessServer:
+    def __init__(self, config: ProcessServerConfig) -> None:
+        self.config = config
+        config.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.alerts = AlertLog(config.cache_dir / "alerts.jsonl")
+        self.metrics = Metrics("process-server")
+        self.metrics.cache_capacity.set(config.capacity_bytes)
+        self.throttle = Throttle(config.throttle_mbps)
+        self._client_ctx = client_context(config.identity)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._caches: dict[str, DiskCache] = {}
+        self._forwarders: dict[str, threading.Thread] = {}
+        self._times: dict[str, collections.deque[tuple[int, float]]] = {}
+        self.level: Literal["ok", "warning", "critical"] = "ok"
+        self.stalled: dict[str, str] = {}
+        for d in sorted(p for p in config.cache_dir.iterdir() if p.is_dir() and DISK_NAME.match(p.name)):
+            cache = self._cache(d.name)
+            for c in cache.corruptions:
+                self._corrupt(d.name, f"cache scan: {c}")
+            if cache.disk_size:
+                self._ensure_forwarder(d.name)
+        self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
+                                 ("agent",), self._handle, name="process-server")
+        self.port = self.listener.port
+        self._monitor = threading.Thread(target=self._monitor_loop, name="ps-monitor", daemon=True)
+        self._monitor.start()
+        self.metrics_port = (self.metrics.serve(config.listen_host, config.metrics_port)
+                             if config.metrics_port is not None else None)
+
+    # -- cache and health ---------------------------------------------------------------------
+    def _cache(self, disk: str) -> DiskCache:
+        with self._lock:
+            c = self._caches.get(disk)
+            if c is None:
+                c = self._caches[disk] = DiskCache(self.config.cache_dir, disk,
+                                                   segment_bytes=self.config.segment_bytes)
+                self._times[disk] = collections.deque()
+            return c
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            caches = list(self._caches.values())
+        return sum(c.used_bytes() for c in caches)
+
+    def _corrupt(self, disk: str, message: str) -> None:
+        self.metrics.corrupt.labels(disk).inc()
+        self.alerts.raise_("critical", "corrupt", f"disk {disk}: {message}; not forwarded", disk=disk)
+
+    def _check_fill(self) -> None:
+        used = self.used_bytes()
+        free = 1 - used / self.config.capacity_bytes
+        level: Literal["ok", "warning", "critical"] = (
+            "critical" if free < CRITICAL_FREE else "warning" if free < WARN_FREE else "ok")
+        self.metrics.cache_used.set(used)
+        self.metrics.cache_fill.set(used / self.config.capacity_bytes)
+        if level != self.level:
+            self.level = level
+            if level == "ok":
+                self.alerts.raise_("info", "cache-ok", f"cache {free:.0%} free again", free=free)
+            else:
+                self.alerts.raise_(level, f"cache-{level}", f"cache {free:.0%} free ({used} of "
+                                   f"{self.config.capacity_bytes} bytes used); is the master target reachable?",
+                                   free=free)
+                self.metrics.alerts.labels(level).inc()
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._check_fill()
+                now = time.time()
+                with self._lock:
+                    items = list(self._caches.items())
+                for disk, cache in items:
+                    times = self._times[disk]
+                    while times and times[0][0] <= cache.acked_seq:
+                        times.popleft()
+                    self.metrics.rpo.labels(disk).set(now - times[0][1] if times else 0.0)
+                    self.metrics.backlog.labels(disk).set(cache.used_bytes())
+                    self.metrics.applied_seq.labels(disk).set(cache.acked_seq)
+            except Exception:
+                log.exception("monitor failed")
+
+    # -- agents -------------------------------------------------------------------------------
+    def _handle(self, conn: Connection) -> None:
+        hello = conn.recv_json(FrameType.HELLO)
+        disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
+        if not DISK_NAME.match(disk) or size <= 0 or size % 512:
+            conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+            return
+        cache = self._cache(disk)
+        if cache.last_seq == 0 and cache.used_bytes() == 0:
+            # A disk new to this process server (first sync, or an agent that moved here): start
+            # the stream where the master target is, or where the agent's retained records begin.
+            base = self._master_applied(disk, size)
+            if base is None:
+                first = hello.get("first_retained")
+                base = int(first) - 1 if first else 0
+            cache.rebase(base)
+        cache.set_disk_size(size)
+        self._ensure_forwarder(disk)
+        conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq,
+                                           "level": self.level})
+        comp = Compressor()
+        while not self._stop.is_set():
+            try:
+                ftype, payload = conn.recv()
+                if ftype == FrameType.PING:
+                    conn.send_json(FrameType.ACK, {"durable": cache.durable_seq, "applied": cache.acked_seq})
+                    continue
+                if ftype != FrameType.RECORDS:
+                    conn.send_json(FrameType.ERROR, {"error": f"expected RECORDS, got {ftype.name}"})
+                    return
+                records = decode_records(payload)
+            except CorruptData as err:
+                self._corrupt(disk, f"frame from {conn.peer[0]}: {err}")
+                conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
+                return
+            self.metrics.bytes_in.labels(disk).inc(len(payload))
+            stored: list[Record] = []
+            raw = packed = 0
+            for r in records:
+                if r.kind == Kind.WRITE and r.codec == CODEC_RAW and r.seq > cache.last_seq:
+                    codec, body = comp.compress(r.payload)
+                    raw += len(r.payload)
+                    packed += len(body)
+                    r = Record(r.kind, r.seq, r.offset, r.length, codec, body)
+                stored.append(r)
+            need = sum(r.size for r in stored)
+            if self.used_bytes() + need > self.config.capacity_bytes:
+                fresh = [r.seq for r in records if r.seq > cache.last_seq]
+                if fresh:
+                    self.alerts.raise_("critical", "cache-full", f"disk {disk}: cache full; agent "
+                                       f"{conn.peer[0]} falls back to bitmap tracking from seq {fresh[0]}",
+                                       disk=disk, from_seq=fresh[0])
+                    conn.send_json(FrameType.FALLBACK, {"from_seq": fresh[0], "reason": "process server cache full"})
+                    return
+            durable = cache.append(stored)
+            if raw:
+                self.metrics.raw_bytes.labels(disk).inc(raw)
+                self.metrics.stored_bytes.labels(disk).inc(packed)
+                self.metrics.compression_ratio.labels(disk).set(raw / max(packed, 1))
+            self._times[disk].append((durable, time.time()))
+            conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
+
+    def _master_applied(self, disk: str, size: int) -> int | None:
+        """The master target's applied sequence for `disk`, or None when it cannot be reached now."""
+        host, port = self.config.master_target
+        try:
+            conn = dial(host, port, self._client_ctx, timeout=3,
+                        server_hostname=self.config.master_target_hostname)
+        except AgentError:
+            return None
+        try:
+            conn.send_json(FrameType.HELLO, {"disk": disk, "size": size, "ps": self.config.name})
+            return int(conn.recv_json(FrameType.WELCOME)["applied"])
+        except AgentError:
+            return None
+        finally:
+            conn.close()
+
+    # -- forwarding ---------------------------------------------------------------------------
+    def _ensure_forwarder(self, disk: str) -> None:
+        with self._lock:
+            t = self._forwarders.get(disk)
+            if t is None or not t.is_alive():
+                t = threading.Thread(target=self._forward_loop, args=(disk,), name=f"fwd-{disk}", daemon=True)
+                self._forwarders[disk] = t
+                t.start()
+
+    def _forward_loop(self, disk: str) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                self._forward(disk)
+                backoff = 0.2
+            except CorruptData as err:
+                self.stalled[disk] = str(err)
+                self._corrupt(disk, str(err))
+                return  # never forward past a corrupt record; resync this disk from the agent
+            except AgentError as err:
+                log.info("forwarding %s: %s; retrying in %.1f s", disk, err, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _forward(self, disk: str) -> None:
+        cache = self._cache(disk)
+        host, port = self.config.master_target
+        conn = dial(host, port, self._client_ctx, server_hostname=self.config.master_target_hostname)
+        broken = threading.Event()
+        try:
+            conn.send_json(FrameType.HELLO, {"disk": disk, "size": cache.disk_size, "ps": self.config.name})
+            applied = int(conn.recv_json(FrameType.WELCOME)["applied"])
+            cache.set_acked(applied)
+            sent: collections.deque[tuple[int, int]] = collections.deque()  # (last seq, bytes) in flight
+
+            def read_acks() -> None:
+                try:
+                    while True:
+                        body = conn.recv_json(FrameType.ACK)
+                        cache.set_acked(int(body["applied"]))
+                except AgentError as err:
+                    log.info("forwarding %s: %s", disk, err)
+                finally:
+                    broken.set()
+                    with cache.changed:
+                        cache.changed.notify_all()
+
+            reader = threading.Thread(target=read_acks, name=f"fwd-ack-{disk}", daemon=True)
+            reader.start()
+            nxt = applied + 1
+            last_send = time.monotonic()
+            while not self._stop.is_set() and not broken.is_set():
+                with cache.changed:
+                    while sent and sent[0][0] <= cache.acked_seq:
+                        sent.popleft()
+                    inflight = sum(n for _, n in sent)
+                    if cache.durable_seq < nxt or inflight >= FORWARD_WINDOW_BYTES:
+                        cache.changed.wait(1.0)
+                        if time.monotonic() - last_send > PING_EVERY_S:
+                            conn.send_json(FrameType.PING, {})
+                            last_send = time.monotonic()
+                        continue
+                records = cache.read_from(nxt, FORWARD_FRAME_BYTES)
+                if not records:
+                    continue
+                payload = b"".join(r.encode() for r in records)
+                self.throttle.take(len(payload))
+                conn.send_payload(FrameType.RECORDS, payload)
+                last_send = time.monotonic()
+                self.metrics.bytes_out.labels(disk).inc(len(payload))
+                sent.append((records[-1].seq, len(payload)))
+                nxt = records[-1].seq + 1
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        with self._lock:
+            threads = list(self._forwarders.values())
+            caches = list(self._caches.values())
+        for cache in caches:
+            with cache.changed:
+                cache.changed.notify_all()
+        for t in threads:
+            t.join(timeout=5)
+        for cache in caches:
+            cache.close()

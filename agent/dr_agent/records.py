@@ -1,0 +1,177 @@
+"""Self-describing bytes: change records (cache, wire) and wire frames.
+
+A record is one change of one disk stream, numbered by a per-disk sequence number::
+
+    offset size  field
+    0      4     magic b"DRRC"
+    4      1     version (1)
+    5      1     kind: 1 write, 2 discard (reads back as zeros), 3 flush (barrier), 4 bookmark
+    6      1     codec of the payload: 0 raw, 1 zstd (dr_agent.compress)
+    7      1     reserved (0)
+    8      4     payload length (bytes, as stored)
+    12     8     sequence number (per disk, from 1, contiguous)
+    20     8     disk offset (bytes)
+    28     8     logical length (bytes: written data, discarded range; 0 for flush; JSON length for bookmark)
+    36     8     xxh3-64 of bytes 0..35 and the payload
+
+A frame is one message on a TLS connection::
+
+    0      4     magic b"DRFR"
+    4      1     version (1)
+    5      1     type (FrameType)
+    6      2     reserved (0)
+    8      4     payload length (bytes)
+    12     8     xxh3-64 of the payload
+
+Nothing is applied to a replica unless its record checksum verified on the hop that applies it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from dr_agent.errors import CorruptData
+
+RECORD_MAGIC = b"DRRC"
+RECORD_VERSION = 1
+RECORD_HEADER = struct.Struct("<4sBBBBIQQQQ")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 44 bytes
+# Largest payload a record may carry (bytes): FUSE hands at most 1 MiB per write; 64 MiB bounds a
+# corrupt length field so a reader never allocates gigabytes.
+MAX_RECORD_PAYLOAD = 64 * 1024 * 1024
+
+FRAME_MAGIC = b"DRFR"
+FRAME_VERSION = 1
+FRAME_HEADER = struct.Struct("<4sBBHIQ")
+FRAME_HEADER_SIZE = FRAME_HEADER.size  # 20 bytes
+MAX_FRAME_PAYLOAD = 80 * 1024 * 1024
+
+
+class Kind(enum.IntEnum):
+    WRITE = 1
+    DISCARD = 2
+    FLUSH = 3
+    BOOKMARK = 4
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1      # JSON: who is dialling, for which disk
+    WELCOME = 2    # JSON: the receiver's last durable sequence for that disk
+    RECORDS = 3    # concatenated records, in sequence order
+    ACK = 4        # JSON: {"durable": seq, "applied": seq}
+    FALLBACK = 5   # JSON: the cache is full; the agent tracks changes in a bitmap from "from_seq"
+    ERROR = 6      # JSON: {"error": "..."}; the connection closes after it
+    PING = 7       # JSON: keepalive / ask for an ACK
+
+
+def _checksum(header_without_sum: bytes, payload: bytes | memoryview) -> int:
+    h = xxhash.xxh3_64()
+    h.update(header_without_sum)
+    h.update(payload)
+    return h.intdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: Kind
+    seq: int
+    offset: int
+    length: int
+    codec: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        head = RECORD_HEADER.pack(
+            RECORD_MAGIC, RECORD_VERSION, self.kind, self.codec, 0, len(self.payload),
+            self.seq, self.offset, self.length, 0,
+        )[:-8]
+        return b"".join((head, struct.pack("<Q", _checksum(head, self.payload)), self.payload))
+
+    @property
+    def size(self) -> int:
+        return RECORD_HEADER_SIZE + len(self.payload)
+
+    def bookmark(self) -> dict[str, Any]:
+        """The bookmark's fields: id, kind (crash/app), group (multi-VM id or None), time (epoch s)."""
+        if self.kind != Kind.BOOKMARK:
+            raise ValueError(f"record {self.seq} is a {self.kind.name}, not a bookmark")
+        value: dict[str, Any] = json.loads(self.payload)
+        return value
+
+
+def bookmark_record(seq: int, bookmark_id: str, kind: str, group_id: str | None, time: float) -> Record:
+    body = json.dumps({"id": bookmark_id, "kind": kind, "group": group_id, "time": time}).encode()
+    return Record(Kind.BOOKMARK, seq, 0, len(body), 0, body)
+
+
+def decode_record(buf: bytes | memoryview, pos: int = 0) -> tuple[Record, int]:
+    """The record at `pos` and the position after it. Raises CorruptData, or EOFError when short."""
+    view = memoryview(buf)
+    if len(view) - pos < RECORD_HEADER_SIZE:
+        raise EOFError("short record header")
+    magic, version, kind, codec, _, plen, seq, offset, length, checksum = RECORD_HEADER.unpack_from(view, pos)
+    if magic != RECORD_MAGIC:
+        raise CorruptData(f"record magic {bytes(magic)!r} at byte {pos}; expected {RECORD_MAGIC!r}")
+    if version != RECORD_VERSION:
+        raise CorruptData(f"record version {version} at byte {pos}; this agent reads version {RECORD_VERSION}")
+    if plen > MAX_RECORD_PAYLOAD:
+        raise CorruptData(f"record payload length {plen} at byte {pos} exceeds {MAX_RECORD_PAYLOAD}")
+    end = pos + RECORD_HEADER_SIZE + plen
+    if end > len(view):
+        raise EOFError("short record payload")
+    payload = view[pos + RECORD_HEADER_SIZE:end]
+    if _checksum(bytes(view[pos:pos + RECORD_HEADER_SIZE - 8]), payload) != checksum:
+        raise CorruptData(f"record seq {seq} at byte {pos}: checksum mismatch")
+    try:
+        k = Kind(kind)
+    except ValueError:
+        raise CorruptData(f"record seq {seq}: unknown kind {kind}") from None
+    return Record(k, seq, offset, length, codec, bytes(payload)), end
+
+
+def decode_records(buf: bytes | memoryview) -> list[Record]:
+    out: list[Record] = []
+    pos = 0
+    while pos < len(buf):
+        try:
+            rec, pos = decode_record(buf, pos)
+        except EOFError:
+            raise CorruptData(f"a frame ends inside a record at byte {pos}") from None
+        out.append(rec)
+    return out
+
+
+def encode_frame(ftype: FrameType, payload: bytes) -> bytes:
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, ftype, 0, len(payload),
+                             xxhash.xxh3_64_intdigest(payload)) + payload
+
+
+def json_frame(ftype: FrameType, body: dict[str, Any]) -> bytes:
+    return encode_frame(ftype, json.dumps(body).encode())
+
+
+def parse_frame_header(head: bytes) -> tuple[FrameType, int, int]:
+    """(type, payload length, checksum) of a frame header; raises CorruptData."""
+    magic, version, ftype, _, plen, checksum = FRAME_HEADER.unpack(head)
+    if magic != FRAME_MAGIC:
+        raise CorruptData(f"frame magic {magic!r}; expected {FRAME_MAGIC!r}")
+    if version != FRAME_VERSION:
+        raise CorruptData(f"frame version {version}; this agent speaks version {FRAME_VERSION}")
+    if plen > MAX_FRAME_PAYLOAD:
+        raise CorruptData(f"frame payload length {plen} exceeds {MAX_FRAME_PAYLOAD}")
+    try:
+        t = FrameType(ftype)
+    except ValueError:
+        raise CorruptData(f"unknown frame type {ftype}") from None
+    return t, plen, checksum
+
+
+def verify_frame_payload(payload: bytes, checksum: int) -> None:
+    if xxhash.xxh3_64_intdigest(payload) != checksum:
+        raise CorruptData(f"frame checksum mismatch ({len(payload)} byte payload)")

@@ -1,0 +1,290 @@
+"""The agent's ChangeSink that ships changes to a process server (see dr_agent.changes).
+
+Changes are numbered per disk, batched into RECORDS frames and sent pipelined over one TLS
+connection the agent dials (nothing listens on the source machine). `flush` returns once the
+process server has fsynced every change before it. Records stay in memory until the master target
+has applied them (bounded by `retain_bytes`), so after a lost connection the sink reconnects (to
+the same process server, or the next healthy one in its list) and replays from the receiver's last
+durable sequence. If the process server's cache is full it answers FALLBACK: the sink stops
+shipping data and keeps a dirty-range map instead (bitmap tracking) for a resync to read later.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dr_agent.changes import BookmarkKind
+from dr_agent.errors import AgentError, TransportError
+from dr_agent.pki import Identity, client_context
+from dr_agent.records import FrameType, Kind, Record, bookmark_record
+from dr_agent.transport import PING_INTERVAL_S, Connection, dial
+
+log = logging.getLogger(__name__)
+
+# Bytes per RECORDS frame: 1 MiB keeps frames large enough for throughput (FUSE hands up to 1 MiB
+# per write) and small enough that a flush barrier ships promptly.
+BATCH_BYTES = 1024 * 1024
+# Bytes sent but not yet durable at the process server before `write` waits (backpressure).
+WINDOW_BYTES = 64 * 1024 * 1024
+# Bytes kept after they are durable at the process server, until the master target applied them,
+# so a move to another process server can replay them.
+RETAIN_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The process server asked for bitmap tracking (its cache is full) or the stream has a gap."""
+
+    from_seq: int
+    reason: str
+
+
+class ProcessServerSink:
+    def __init__(self, *, disk: str, size: int, servers: list[tuple[str, int]], identity: Identity,
+                 server_hostname: str | None = None, batch_bytes: int = BATCH_BYTES,
+                 window_bytes: int = WINDOW_BYTES, retain_bytes: int = RETAIN_BYTES,
+                 patience_s: float = 300.0, on_fallback: Callable[[Fallback], None] | None = None) -> None:
+        if not servers:
+            raise TransportError("a sink needs at least one process server address")
+        self.disk, self.size = disk, size
+        self.servers = list(servers)
+        self._ctx = client_context(identity)
+        self._hostname = server_hostname
+        self.batch_bytes, self.window_bytes, self.retain_bytes = batch_bytes, window_bytes, retain_bytes
+        self.patience_s = patience_s
+        self.on_fallback = on_fallback
+        self._cv = threading.Condition()
+        self._conn: Connection | None = None
+        self._broken = True
+        self._server = 0
+        self.seq = 0
+        self.durable = 0
+        self.applied = 0
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._retained: collections.deque[Record] = collections.deque()
+        self._retained_bytes = 0
+        self._undurable: dict[int, int] = {}     # seq -> bytes, sent but not durable yet
+        self._undurable_bytes = 0
+        self._written_at: collections.deque[tuple[int, float]] = collections.deque()
+        self.lag_samples: collections.deque[float] = collections.deque(maxlen=100_000)  # write->applied, s
+        self.fallback: Fallback | None = None
+        self.dirty: list[tuple[int, int]] = []   # (offset, length) changed while tracking
+        self.sent_bytes = 0                      # payload bytes of WRITE records shipped (resync checks)
+        self.reconnects = 0
+        self._last_send = time.monotonic()
+        self._keepalive = threading.Thread(target=self._keepalive_loop, name=f"sink-ping-{disk}", daemon=True)
+        self._closed = False
+        self._keepalive.start()
+
+    # -- ChangeSink ---------------------------------------------------------------------------
+    def write(self, offset: int, data: bytes) -> None:
+        if self.fallback is not None:
+            self.dirty.append((offset, len(data)))
+            return
+        self._add(Record(Kind.WRITE, self.seq + 1, offset, len(data), 0, bytes(data)))
+        self.sent_bytes += len(data)
+
+    def discard(self, offset: int, length: int) -> None:
+        if self.fallback is not None:
+            self.dirty.append((offset, length))
+            return
+        self._add(Record(Kind.DISCARD, self.seq + 1, offset, length, 0, b""))
+
+    def flush(self) -> None:
+        if self.fallback is not None:
+            return  # bitmap tracking: the source disk itself is the record of these changes
+        self._add(Record(Kind.FLUSH, self.seq + 1, 0, 0, 0, b""))
+        target = self.seq
+        self._ship()
+        self._wait(lambda: self.durable >= target or self.fallback is not None, "flush")
+
+    def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
+        if self.fallback is not None:
+            return
+        self._add(bookmark_record(self.seq + 1, bookmark_id, kind, group_id, time.time()))
+        self._ship()
+
+    # -- extras -------------------------------------------------------------------------------
+    def wait_applied(self, timeout: float = 120.0) -> None:
+        """Wait until the master target applied everything sent so far (tests, benchmarks, shutdown)."""
+        self._ship()
+        target = self.seq
+        deadline = time.monotonic() + timeout
+        while self.applied < target and self.fallback is None:
+            if time.monotonic() > deadline:
+                raise TransportError(f"disk {self.disk}: applied {self.applied} of {target} "
+                                     f"within {timeout:.0f} s")
+            self._wait(lambda: not self._broken or self.fallback is not None, "wait_applied")
+            self._ping()
+            with self._cv:
+                self._cv.wait_for(lambda: self.applied >= target, timeout=0.2)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._cv:
+            conn, self._conn, self._broken = self._conn, None, True
+            self._cv.notify_all()
+        if conn is not None:
+            conn.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _add(self, rec: Record) -> None:
+        self.seq = rec.seq
+        self._pending.append(rec)
+        self._pending_bytes += rec.size
+        self._written_at.append((rec.seq, time.monotonic()))
+        if self._pending_bytes >= self.batch_bytes:
+            self._ship()
+
+    def _ship(self) -> None:
+        while self._pending and self.fallback is None:
+            self._wait(lambda: self._undurable_bytes < self.window_bytes or self.fallback is not None, "window")
+            if self.fallback is not None:
+                return
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            with self._cv:
+                for r in batch:
+                    self._retained.append(r)
+                    self._retained_bytes += r.size
+                    self._undurable[r.seq] = r.size
+                    self._undurable_bytes += r.size
+                conn = self._conn if not self._broken else None
+            if conn is None:
+                continue  # _wait reconnects and replays the retained records
+            try:
+                conn.send_payload(FrameType.RECORDS, b"".join(r.encode() for r in batch))
+                self._last_send = time.monotonic()
+            except TransportError as err:
+                self._mark_broken(conn, err)
+
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            with self._cv:
+                if done():
+                    return
+                broken = self._broken
+                if not broken:
+                    self._cv.wait(0.5)
+                    continue
+            if time.monotonic() > deadline:
+                raise TransportError(f"disk {self.disk}: no process server of {self.servers} took the "
+                                     f"stream within {self.patience_s:.0f} s ({what})")
+            self._connect()
+
+    def _mark_broken(self, conn: Connection, err: Exception) -> None:
+        log.info("sink %s: connection lost: %s", self.disk, err)
+        with self._cv:
+            if self._conn is conn:
+                self._broken = True
+                self._conn = None
+            self._cv.notify_all()
+        conn.close()
+
+    def _connect(self) -> None:
+        """Dial the current process server, else the next one; replay what it lacks."""
+        for attempt in range(len(self.servers)):
+            host, port = self.servers[self._server]
+            try:
+                conn = dial(host, port, self._ctx, timeout=5, server_hostname=self._hostname)
+                with self._cv:
+                    first = self._retained[0].seq if self._retained else None
+                conn.send_json(FrameType.HELLO, {"disk": self.disk, "size": self.size, "first_retained": first})
+                welcome = conn.recv_json(FrameType.WELCOME)
+            except AgentError as err:
+                log.info("sink %s: process server %s:%d unavailable: %s", self.disk, host, port, err)
+                self._server = (self._server + 1) % len(self.servers)
+                if attempt == len(self.servers) - 1:
+                    time.sleep(0.5)
+                continue
+            self._resume(conn, int(welcome["durable"]), int(welcome.get("applied", 0)))
+            return
+
+    def _resume(self, conn: Connection, durable: int, applied: int) -> None:
+        with self._cv:
+            self.reconnects += 1
+            if self.seq == 0 and not self._retained and not self._pending:
+                self.seq = durable  # a restarted agent continues the stream's numbering
+            self._on_ack(durable, applied)
+            replay = [r for r in self._retained if r.seq > durable]
+            if replay and replay[0].seq != durable + 1:
+                fb = Fallback(durable + 1, f"the process server has up to seq {durable}; this agent "
+                                           f"retains from {replay[0].seq}: resync needed")
+                self._fall_back(fb)
+                conn.close()
+                return
+            self._conn, self._broken = conn, False
+            self._cv.notify_all()
+        threading.Thread(target=self._read_loop, args=(conn,), name=f"sink-ack-{self.disk}", daemon=True).start()
+        try:
+            for i in range(0, len(replay), 256):
+                conn.send_payload(FrameType.RECORDS, b"".join(r.encode() for r in replay[i:i + 256]))
+        except TransportError as err:
+            self._mark_broken(conn, err)
+
+    def _on_ack(self, durable: int, applied: int) -> None:
+        """Called with self._cv held."""
+        if durable > self.durable:
+            for s in range(self.durable + 1, durable + 1):
+                self._undurable_bytes -= self._undurable.pop(s, 0)
+            self.durable = durable
+        if applied > self.applied:
+            self.applied = applied
+            now = time.monotonic()
+            while self._written_at and self._written_at[0][0] <= applied:
+                self.lag_samples.append(now - self._written_at.popleft()[1])
+        while self._retained and (self._retained[0].seq <= self.applied or (
+                self._retained_bytes > self.retain_bytes and self._retained[0].seq <= self.durable)):
+            self._retained_bytes -= self._retained.popleft().size
+        self._cv.notify_all()
+
+    def _fall_back(self, fb: Fallback) -> None:
+        """Called with self._cv held: keep the unsent changes as dirty ranges and stop shipping."""
+        self.fallback = fb
+        for r in list(self._retained) + self._pending:
+            if r.seq >= fb.from_seq and r.kind in (Kind.WRITE, Kind.DISCARD):
+                self.dirty.append((r.offset, r.length))
+        self._pending, self._pending_bytes = [], 0
+        self._cv.notify_all()
+        if self.on_fallback is not None:
+            self.on_fallback(fb)
+
+    def _read_loop(self, conn: Connection) -> None:
+        try:
+            while True:
+                ftype, payload = conn.recv()
+                body = json.loads(payload) if payload else {}
+                if ftype == FrameType.ACK:
+                    with self._cv:
+                        self._on_ack(int(body.get("durable", self.durable)), int(body.get("applied", 0)))
+                elif ftype == FrameType.FALLBACK:
+                    with self._cv:
+                        self._fall_back(Fallback(int(body["from_seq"]), str(body.get("reason", ""))))
+                    raise TransportError("fallback to bitmap tracking")
+                elif ftype == FrameType.ERROR:
+                    raise TransportError(f"process server: {body.get('error')}")
+        except AgentError as err:
+            self._mark_broken(conn, err)
+
+    def _ping(self) -> None:
+        with self._cv:
+            conn = self._conn if not self._broken else None
+        if conn is not None:
+            try:
+                conn.send_json(FrameType.PING, {})
+                self._last_send = time.monotonic()
+            except TransportError as err:
+                self._mark_broken(conn, err)
+
+    def _keepalive_loop(self) -> None:
+        while not self._closed:
+            time.sleep(1.0)
+            if time.monotonic() - self._last_send > PING_INTERVAL_S:
+                self._ping()

@@ -1,0 +1,196 @@
+"""Framed, mutually authenticated TLS connections: who dials whom, and the frame reader.
+
+Connections are outbound from the primary site: agents dial the process server and the process
+server dials the master target. Nothing on a source machine listens. Each connection carries one
+disk stream (HELLO names the disk); frames are verified before anything reads their payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dr_agent.errors import AuthError, CorruptData, ProtocolError, TransportError
+from dr_agent.pki import peer_role
+from dr_agent.records import (
+    FRAME_HEADER_SIZE,
+    FrameType,
+    encode_frame,
+    json_frame,
+    parse_frame_header,
+    verify_frame_payload,
+)
+
+log = logging.getLogger(__name__)
+
+# A peer that sends nothing for this long (seconds) is considered gone; senders PING well within it.
+IDLE_TIMEOUT_S = 30.0
+# Seconds of silence after which a sender PINGs (well inside IDLE_TIMEOUT_S).
+PING_INTERVAL_S = 5.0
+# TLS handshakes must finish within this (seconds), so a silent client cannot hold a thread.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Connection:
+    sock: ssl.SSLSocket
+    peer: tuple[str, str] = ("", "")  # (common name, role)
+    _send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def send(self, frame: bytes) -> None:
+        try:
+            with self._send_lock:
+                self.sock.sendall(frame)
+        except (OSError, ValueError) as err:
+            raise TransportError(f"send failed: {err}") from None
+
+    def send_json(self, ftype: FrameType, body: dict[str, Any]) -> None:
+        self.send(json_frame(ftype, body))
+
+    def send_payload(self, ftype: FrameType, payload: bytes) -> None:
+        self.send(encode_frame(ftype, payload))
+
+    def _read_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(min(n - len(buf), 4 * 1024 * 1024))
+            except (OSError, ValueError) as err:
+                raise TransportError(f"receive failed: {err}") from None
+            if not chunk:
+                raise TransportError("the peer closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self) -> tuple[FrameType, bytes]:
+        """The next verified frame. Raises CorruptData on a bad checksum, TransportError when closed."""
+        ftype, plen, checksum = parse_frame_header(self._read_exact(FRAME_HEADER_SIZE))
+        payload = self._read_exact(plen)
+        verify_frame_payload(payload, checksum)
+        return ftype, payload
+
+    def recv_json(self, expect: FrameType) -> dict[str, Any]:
+        ftype, payload = self.recv()
+        body: dict[str, Any] = json.loads(payload) if payload else {}
+        if ftype == FrameType.ERROR:
+            raise ProtocolError(f"the peer refused: {body.get('error', '?')}")
+        if ftype != expect:
+            raise ProtocolError(f"expected a {expect.name} frame, got {ftype.name}")
+        return body
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def dial(host: str, port: int, ctx: ssl.SSLContext, *, timeout: float = 10.0,
+         server_hostname: str | None = None) -> Connection:
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as err:
+        raise TransportError(f"cannot connect to {host}:{port}: {err.strerror or err}") from None
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname=server_hostname or host)
+    except ssl.SSLError as err:
+        raw.close()
+        raise AuthError(f"TLS handshake with {host}:{port} failed: {err.reason or err}") from None
+    except OSError as err:
+        raw.close()
+        raise TransportError(f"TLS handshake with {host}:{port} failed: {err}") from None
+    sock.settimeout(IDLE_TIMEOUT_S)
+    conn = Connection(sock)
+    conn.peer = peer_role(sock)
+    return conn
+
+
+class Listener:
+    """Accepts TLS connections on loopback or a given address and runs `handler` per connection.
+
+    Peers whose certificate is not signed by the CA fail the handshake; peers whose role is not in
+    `roles` are refused with an ERROR frame. Each connection gets its own thread.
+    """
+
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, roles: tuple[str, ...],
+                 handler: Callable[[Connection], None], *, name: str) -> None:
+        self._ctx = ctx
+        self._roles = roles
+        self._handler = handler
+        self._name = name
+        self._sock = socket.create_server((host, port), reuse_port=False)
+        self._sock.settimeout(0.5)
+        self.port: int = self._sock.getsockname()[1]
+        self.refused = 0  # handshakes or roles refused (metrics read it)
+        self._stop = threading.Event()
+        self._conns: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), name=f"{self._name}-conn", daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            sock = self._ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            self.refused += 1
+            log.warning("%s: refused a TLS client: %s", self._name, err)
+            raw.close()
+            return
+        sock.settimeout(IDLE_TIMEOUT_S)
+        conn = Connection(sock)
+        try:
+            conn.peer = peer_role(sock)
+        except AuthError:
+            self.refused += 1
+            conn.close()
+            return
+        if conn.peer[1] not in self._roles:
+            self.refused += 1
+            log.warning("%s: refused %s: role %r may not dial here", self._name, conn.peer[0], conn.peer[1])
+            try:
+                conn.send_json(FrameType.ERROR, {"error": f"role {conn.peer[1]!r} may not dial a {self._name}"})
+            except TransportError:
+                pass
+            conn.close()
+            return
+        with self._lock:
+            self._conns.add(conn)
+        try:
+            self._handler(conn)
+        except (TransportError, ProtocolError, CorruptData) as err:
+            log.info("%s: connection from %s ended: %s", self._name, conn.peer[0], err)
+        except Exception:  # a bug must not kill the service: log it with its traceback
+            log.exception("%s: connection handler failed", self._name)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=5)
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            c.close()
