@@ -1,0 +1,66 @@
+"""Azure names and addresses derived from the spec and the plan, shared with the data path.
+
+Pulumi-free on purpose: the master target (issue 6) and the failover runner (issue 7) compute the
+same blob addresses from the same functions.
+
+Replica layout (the contract with the data path): every protected disk is one page blob
+`replica/<machine>/<disk>.vhd` (container `replica`, a fixed VHD) in the storage account the plan
+assigns to that disk; master targets keep their recovery-point journal in container `retention` of
+their retention account. A failover imports the managed disks from exactly those blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+REPLICA_CONTAINER = "replica"
+RETENTION_CONTAINER = "retention"
+# Azure naming rules (learn.microsoft.com, "Naming rules and restrictions for Azure resources").
+STORAGE_NAME_MAX = 24   # storage accounts: 3-24 lower-case letters and digits, globally unique
+KEYVAULT_NAME_MAX = 24  # key vaults: 3-24 letters, digits and dashes, globally unique
+VM_NAME_MAX = 64        # Linux VM names; Windows computer names are cut to 15 (see computer_name)
+WINDOWS_COMPUTER_NAME_MAX = 15
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def storage_account_name(estate: str, plan_name: str) -> str:
+    """The Azure name of a plan storage account: lower-case alphanumerics, at most 24, stable.
+
+    Estate and plan name are joined; when that is too long, it is cut and a 6-hex digest of the
+    whole keeps it unique and reproducible.
+    """
+    full = re.sub(r"[^a-z0-9]", "", f"{estate}{plan_name}".lower())
+    if plan_name.lower().startswith(re.sub(r"[^a-z0-9]", "", estate.lower())):
+        full = re.sub(r"[^a-z0-9]", "", plan_name.lower())
+    if 3 <= len(full) <= STORAGE_NAME_MAX:
+        return full
+    return full[: STORAGE_NAME_MAX - 6] + _digest(f"{estate}/{plan_name}", 6)
+
+
+def key_vault_name(estate: str, resource_group: str) -> str:
+    """`<estate>-kv-<4 hex>` cut to 24: globally unique per estate and resource group."""
+    suffix = "-kv-" + _digest(f"{estate}/{resource_group}", 4)
+    return estate[: KEYVAULT_NAME_MAX - len(suffix)].rstrip("-") + suffix
+
+
+def replica_blob(machine: str, disk: str) -> str:
+    """Blob name of a disk's replica inside container `replica`."""
+    return f"{machine}/{disk}.vhd"
+
+
+def replica_blob_url(account: str, machine: str, disk: str) -> str:
+    return f"https://{account}.blob.core.windows.net/{REPLICA_CONTAINER}/{replica_blob(machine, disk)}"
+
+
+def computer_name(name: str, windows: bool) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9-]", "-", name).strip("-")
+    return cleaned[:WINDOWS_COMPUTER_NAME_MAX] if windows else cleaned[:VM_NAME_MAX]
+
+
+def failover_resource_group(resource_group: str, recovery_plan: str) -> str:
+    """One resource group per recovery plan (the seed: one cloud service per failed-over plan)."""
+    return f"{resource_group}-{recovery_plan}-failover"

@@ -1,0 +1,157 @@
+"""`declare(estate, plan, options)`: the whole Azure side of a DR estate, one Pulumi program.
+
+Both `stacks/azure/__main__.py` (real `pulumi up`) and `dr preview` (Pulumi's mock runtime) call
+it. The spec is validated and the stack options are checked before the first resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_azure_native.authorization as authorization
+import pulumi_azure_native.resources as resources
+
+from dr.azure import bootstrap, naming
+from dr.azure.components import (
+    RETENTION_DISK_GB,
+    ConfigurationServer,
+    KeyVault,
+    MasterTargetServer,
+    Network,
+    RecoverySite,
+    ServerNet,
+    StorageTier,
+    Target,
+    Vault,
+)
+from dr.azure.contract import StackPlan
+from dr.azure.options import StackOptions, check, check_spec, failover_plan_name
+from dr.model import Estate
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What `declare` built: the root component and the stack outputs to export."""
+
+    root: pulumi.ComponentResource
+    outputs: dict[str, Any]
+
+
+def _free_addresses(estate: Estate) -> Iterator[str]:
+    """Static addresses for the always-on servers: the recovery subnet's first usable addresses,
+    skipping Azure's reserved four and every source machine's own address (kept at failover)."""
+    subnet = ipaddress.ip_network(estate.azure.network.subnet_prefix)
+    taken = {m.address for m in estate.machines if m.address}
+    for index, address in enumerate(subnet.hosts()):
+        if index + 1 < 4:  # hosts() starts at .1; .1-.3 are Azure's
+            continue
+        if str(address) not in taken:
+            yield str(address)
+
+
+class DrEstate(pulumi.ComponentResource):
+    def __init__(self, name: str, *, estate: Estate, plan: StackPlan, options: StackOptions) -> None:
+        super().__init__("dr:azure:Estate", name, None, None)
+        azure = estate.azure
+        child = pulumi.ResourceOptions(parent=self)
+        client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        base_tags = {"dr-estate": estate.estate, "managed-by": "dr"}
+        if azure.network.existing:
+            found = resources.get_resource_group_output(
+                resource_group_name=azure.resource_group, opts=pulumi.InvokeOutputOptions(parent=self))
+            rg_name: pulumi.Input[str] = found.name
+        else:
+            rg = resources.ResourceGroup(
+                f"{name}-rg",
+                resource_group_name=azure.resource_group,
+                location=azure.region,
+                tags={**base_tags, "dr-role": "estate"},
+                opts=child,
+            )
+            rg_name = rg.name
+        target = Target(estate=estate, resource_group_name=rg_name, subscription_id=client.subscription_id,
+                        tenant_id=client.tenant_id, tags=base_tags)
+
+        net = Network(f"{name}-network", target=target, opts=child)
+        kv = KeyVault(f"{name}-keyvault", target=target, passphrase=options.registration_passphrase,
+                      admin_password=options.admin_password, opts=child)
+        tier = StorageTier(f"{name}-storage", target=target, accounts=plan.storage_accounts, opts=child)
+        Vault(f"{name}-asr", target=target, opts=child)
+
+        addresses = _free_addresses(estate)
+        cs_addresses = {cs.name: next(addresses) for cs in plan.config_servers}
+        first_cs = plan.config_servers[0].name if plan.config_servers else None
+        registration = bootstrap.Registration(
+            configuration_server=f"https://{cs_addresses[first_cs]}:{bootstrap.CONTROL_PORT}" if first_cs else "",
+            passphrase_secret_uri=bootstrap.passphrase_secret_uri(kv.vault_name),
+            package_version=options.package_version,
+        )
+        servers: dict[str, Any] = {}
+        for cs in plan.config_servers:
+            server = ConfigurationServer(
+                f"{name}-{cs.name}", target=target, server=cs,
+                net=ServerNet(net.subnet_id, net.control_nsg.id, cs_addresses[cs.name]),
+                key_vault=kv.vault, custom_data=bootstrap.render_config_server(estate, cs.name, registration),
+                admin_user=options.admin_user, ssh_public_key=options.ssh_public_key, opts=child,
+            )
+            servers[cs.name] = {"private_ip": server.private_ip, "public_ip": server.public_ip}
+        master_targets: dict[str, Any] = {}
+        for mts in plan.master_targets:
+            used = sorted({plan.account_of_disk(m, d.name).name
+                           for m in mts.machines for d in estate.machine(m).disks})
+            retention = plan.retention_account_of(mts.name)
+            if retention is not None:
+                used.append(retention.name)
+            server_mts = MasterTargetServer(
+                f"{name}-{mts.name}", target=target, mts=mts,
+                net=ServerNet(net.subnet_id, net.data_nsg.id, next(addresses)),
+                accounts=tier.accounts, account_names=used, key_vault=kv.vault,
+                custom_data=bootstrap.render_master_target(estate, plan, mts, registration),
+                admin_user=options.admin_user, ssh_public_key=options.ssh_public_key,
+                admin_password=options.admin_password, retention_gb=RETENTION_DISK_GB, opts=child,
+            )
+            master_targets[mts.name] = {"private_ip": server_mts.private_ip, "public_ip": server_mts.public_ip}
+
+        requested = failover_plan_name(estate, options)
+        failover_vms = {vm.machine: vm for vm in plan.failover_vms}
+        sites: dict[str, Any] = {}
+        for rp in estate.recovery_plans:
+            kind = options.failover if rp.name == requested else "none"
+            disk_sources: dict[str, list[tuple[str, pulumi.Input[str]]]] = {}
+            if kind != "none":
+                for group in rp.groups:
+                    for m in group.machines:
+                        sources: list[tuple[str, pulumi.Input[str]]] = []
+                        for disk in estate.machine(m).disks:
+                            account = plan.account_of_disk(m, disk.name)
+                            sources.append((naming.storage_account_name(estate.estate, account.name),
+                                            tier.accounts[account.name].id))
+                        disk_sources[m] = sources
+            site = RecoverySite(
+                f"{name}-{rp.name}", target=target, plan=rp, failover=kind, failover_vms=failover_vms,
+                disk_sources=disk_sources, subnet_id=net.subnet_id, nsg_id=net.recovery_nsg.id, opts=child,
+            )
+            sites[rp.name] = {"resource_group": site.resource_group.name, "failover": kind,
+                              "machines": site.machines}
+        self.outputs: dict[str, Any] = {
+            "resource_group": rg_name,
+            "key_vault": kv.vault_name,
+            "storage_accounts": {a: naming.storage_account_name(estate.estate, a) for a in tier.accounts},
+            "configuration_servers": servers,
+            "master_targets": master_targets,
+            "recovery_plans": sites,
+            "replica_layout": f"{naming.REPLICA_CONTAINER}/<machine>/<disk>.vhd",
+        }
+        self.register_outputs(self.outputs)
+
+
+def declare(estate: Estate, plan: StackPlan, options: StackOptions) -> Declared:
+    """Declare every Azure resource of the estate. Raises SpecInvalid / StackInvalid before any."""
+    check_spec(estate)
+    check(estate, plan, options)
+    root = DrEstate(estate.estate, estate=estate, plan=plan, options=options)
+    return Declared(root=root, outputs=root.outputs)
