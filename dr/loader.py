@@ -164,6 +164,8 @@ def _read_yaml(path: Path, stack: tuple[Path, ...]) -> Document:
         mark = err.problem_mark or err.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
         problem = (err.problem or err.context or "not valid YAML").strip()
+        if err.problem and err.context and err.context_mark and err.context_mark is not mark:
+            problem += f" ({err.context.strip()} that starts at line {err.context_mark.line + 1})"
         raise SpecUnreadable(f"{where}: not valid YAML: {problem}; fix the syntax there") from None
     except YAMLError as err:
         raise SpecUnreadable(f"{file}: not valid YAML: {str(err).splitlines()[0]}") from None

@@ -99,11 +99,11 @@ SubscriptionRef = Annotated[
 class Network(Spec):
     """The recovery network in Azure; `existing: true` refers to a VNet that is already there."""
 
-    vnet: Name
-    address_space: Prefix
-    subnet: Name
-    subnet_prefix: Prefix
-    existing: bool = False
+    vnet: Name = Field(description="name of the recovery VNet")
+    address_space: Prefix = Field(description="its address space, e.g. 10.50.0.0/16")
+    subnet: Name = Field(description="the subnet recovery VMs get their NICs in")
+    subnet_prefix: Prefix = Field(description="its prefix, inside address_space")
+    existing: bool = Field(default=False, description="refer to a VNet that exists instead of creating it")
     test_vnet: Name | None = Field(
         default=None,
         description="isolated VNet for test failovers (same address space); default '<vnet>-test'",
@@ -126,12 +126,14 @@ Redundancy = Literal["LRS", "ZRS", "GRS", "RA-GRS", "GZRS", "RA-GZRS"]
 
 
 class Azure(Spec):
-    subscription: SubscriptionRef
-    region: Name
-    resource_group: Name
-    connectivity: Literal["internet", "vpn", "expressroute"]
+    subscription: SubscriptionRef = Field(description="subscription id: {env: VAR}, {file: path} or the GUID")
+    region: Name = Field(description="Azure region every component goes to, e.g. westeurope")
+    resource_group: Name = Field(description="resource group of the always-on DR components")
+    connectivity: Literal["internet", "vpn", "expressroute"] = Field(
+        description="how the primary site reaches Azure (decides what the network security groups open)"
+    )
     network: Network
-    storage_redundancy: Redundancy = "GRS"
+    storage_redundancy: Redundancy = Field(default="GRS", description="replica storage; must be geo-redundant")
     quota: Quota
     vault_region: Name | None = Field(default=None, description="region of the Recovery Services vault")
     storage_region: Name | None = Field(default=None, description="region of the replica storage accounts")
@@ -146,11 +148,13 @@ class Azure(Spec):
 
 
 class VCenter(Spec):
-    host: Name
+    """A vCenter Server the site's VMs are discovered through."""
+
+    host: Name = Field(description="host name or address")
     port: Annotated[int, Field(ge=1, le=65535)] = 443
-    version: Version
-    user: Name
-    password: SecretRef
+    version: Version = Field(description='vCenter version, quoted: "5.5"')
+    user: Name = Field(description="a read-only discovery account")
+    password: SecretRef = Field(description="{env: VAR} or {file: path}; never the password itself")
     insecure: bool = Field(default=False, description="skip TLS certificate checks (lab only)")
 
 
@@ -169,21 +173,25 @@ class ProcessServer(Spec):
     """An on-premises process server. Size fields left out are filled in by `dr plan`."""
 
     name: Name
-    address: Name
-    os: Text
-    vcpus: Annotated[int, Field(ge=1)] | None = None
-    memory_gb: Annotated[float, Field(gt=0)] | None = None
-    cache_gb: Annotated[float, Field(gt=0)] | None = None
+    address: Name = Field(description="address the agents dial")
+    os: Text = Field(description="operating system, e.g. Windows Server 2012 R2")
+    vcpus: Annotated[int, Field(ge=1)] | None = Field(default=None, description="declared size, checked by dr plan")
+    memory_gb: Annotated[float, Field(gt=0)] | None = Field(default=None, description="declared memory, GB")
+    cache_gb: Annotated[float, Field(gt=0)] | None = Field(default=None, description="declared cache disk, GB")
     public_address: Name | None = Field(
         default=None, description="address the process server reaches Azure from (connectivity: internet)"
     )
 
 
 class Site(Spec):
+    """A primary site: where source machines run, how they are reached, and its process servers."""
+
     name: Name
-    vcenter: VCenter | None = None
-    esxi_hosts: list[EsxiHost] = Field(default_factory=list)
-    process_servers: list[ProcessServer] = Field(default_factory=list)
+    vcenter: VCenter | None = Field(default=None, description="the vCenter of this site's VMware machines")
+    esxi_hosts: list[EsxiHost] = Field(default_factory=list, description="standalone ESXi hosts (no vCenter)")
+    process_servers: list[ProcessServer] = Field(
+        default_factory=list, description="declared process servers; dr plan adds missing ones"
+    )
     bandwidth_mbps: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="WAN bandwidth available to replication, megabits per second"
     )
@@ -197,6 +205,8 @@ class Site(Spec):
 
 
 class Disk(Spec):
+    """A disk of a source machine (ASR replicates disks: a disk is a "volume" in sizing)."""
+
     name: Name
     size_gb: Annotated[float, Field(gt=0, description="provisioned size, GB")]
     iops: Annotated[float, Field(ge=0, description="peak write IOPS (profiled p95, or estimated)")] = 0
@@ -236,21 +246,23 @@ class Replicability(Spec):
 
 
 class Machine(Spec):
-    name: Name
-    site: Name
+    """A source machine: a VMware VM or a physical server. Protected when a protection group names it."""
+
+    name: Name = Field(description="English (ASCII) name, unique in the estate")
+    site: Name = Field(description="the site it runs at")
     kind: Literal["vmware", "physical"]
-    os: Text
+    os: Text = Field(description="e.g. 'Windows Server 2012 R2', 'CentOS 6.5', 'SLES 11 SP3'")
     arch: Literal["x86_64", "x86"] = "x86_64"
     vcpus: Annotated[int, Field(ge=1)]
     memory_gb: Annotated[float, Field(gt=0)]
     nics: Annotated[int, Field(ge=1)] = 1
     disks: Annotated[list[Disk], Field(min_length=1)]
-    address: Name | None = None
+    address: Name | None = Field(default=None, description="IP or host name (required for physical servers)")
     firmware: Literal["bios", "uefi"] = "bios"
     secure_boot: bool = False
     bitlocker: bool = False
     dynamic_disks: bool = False
-    clustered: bool = False
+    clustered: bool = Field(default=False, description="a cluster node (cannot be protected)")
     power_state: Literal["on", "off"] = "on"
     tools: Literal["running", "not_running", "not_installed"] | None = Field(
         default=None, description="VMware tools state (VMware only; unset means running)"
@@ -286,8 +298,10 @@ class Policy(Spec):
 
 
 class ProtectionGroup(Spec):
+    """Machines replicated under one policy; with multi-VM consistency they share recovery points."""
+
     name: Name
-    members: Annotated[list[Name], Field(min_length=1)]
+    members: Annotated[list[Name], Field(min_length=1)] = Field(description="machine names")
     policy: Policy = Field(default_factory=Policy)
 
 
@@ -319,22 +333,28 @@ class Action(Spec):
 
 
 class PlanGroup(Spec):
+    """One step of a recovery plan: its machines start together, after the previous group."""
+
     name: Name
-    machines: Annotated[list[Name], Field(min_length=1)]
-    before: list[Action] = Field(default_factory=list)
-    after: list[Action] = Field(default_factory=list)
+    machines: Annotated[list[Name], Field(min_length=1)] = Field(description="protected machines, started in parallel")
+    before: list[Action] = Field(default_factory=list, description="actions before the group's machines start")
+    after: list[Action] = Field(default_factory=list, description="actions after they are up")
 
 
 class TrafficManager(Spec):
-    profile: Name
-    on_premises_endpoint: Name
-    azure_endpoint: Name | None = None
+    """A Traffic Manager profile switched at failover (priority routing: on-premises 1, Azure 2)."""
+
+    profile: Name = Field(description="profile name (its DNS name prefix)")
+    on_premises_endpoint: Name = Field(description="DNS name of the primary site's endpoint")
+    azure_endpoint: Name | None = Field(default=None, description="the Azure endpoint (default: the recovery VM)")
     ttl_seconds: Annotated[int, Field(ge=0)] = 30
 
 
 class RecoveryPlan(Spec):
+    """How an application fails over: groups in order, actions between them, then Traffic Manager."""
+
     name: Name
-    groups: Annotated[list[PlanGroup], Field(min_length=1)]
+    groups: Annotated[list[PlanGroup], Field(min_length=1)] = Field(description="in start order")
     traffic_manager: TrafficManager | None = None
     failback: bool = Field(default=False, description="reprotect and fail back after failover (vSphere only)")
 
@@ -358,9 +378,11 @@ class Smtp(Spec):
 
 
 class Notifications(Spec):
-    email: list[Email] = Field(default_factory=list)
-    events: list[Event] = Field(default_factory=lambda: list(ALL_EVENTS))
-    webhook: Name | None = None
+    """Who hears of alerts and failovers."""
+
+    email: list[Email] = Field(default_factory=list, description="recipients")
+    events: list[Event] = Field(default_factory=lambda: list(ALL_EVENTS), description="which events (default all)")
+    webhook: Name | None = Field(default=None, description="URL that receives each event as JSON")
     smtp: Smtp | None = None
 
 
@@ -399,17 +421,19 @@ class Estate(Spec):
     estate: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] = Field(
         description="estate name: lower-case letters, digits and dashes (it prefixes Azure resource names)"
     )
-    support_profile: Literal["asr-2015", "asr-2023"] = "asr-2015"
+    support_profile: Literal["asr-2015", "asr-2023"] = Field(
+        default="asr-2015", description="support matrix: asr-2015 (the seed's) or asr-2023 (current ASR)"
+    )
     include: list[Text] = Field(
         default_factory=list, description="other YAML files (e.g. discovered inventories) merged into this one"
     )
-    azure: Azure
-    sites: list[Site] = Field(default_factory=list)
-    machines: list[Machine] = Field(default_factory=list)
-    protection_groups: list[ProtectionGroup] = Field(default_factory=list)
-    recovery_plans: list[RecoveryPlan] = Field(default_factory=list)
+    azure: Azure = Field(description="the Azure target")
+    sites: list[Site] = Field(default_factory=list, description="primary sites")
+    machines: list[Machine] = Field(default_factory=list, description="source machines (inventory)")
+    protection_groups: list[ProtectionGroup] = Field(default_factory=list, description="what is protected, how")
+    recovery_plans: list[RecoveryPlan] = Field(default_factory=list, description="how it fails over")
     notifications: Notifications = Field(default_factory=Notifications)
-    planning: Planning = Field(default_factory=Planning)
+    planning: Planning = Field(default_factory=Planning, description="planner factors (seed defaults)")
 
     # Lookups used across the project (derived, never stored).
     def machine(self, name: str) -> Machine:
