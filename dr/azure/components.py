@@ -25,16 +25,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-import pulumi_azure_native.authorization as authorization
-import pulumi_azure_native.compute as compute
-import pulumi_azure_native.keyvault as keyvault
-import pulumi_azure_native.network as network
-import pulumi_azure_native.recoveryservices as recoveryservices
-import pulumi_azure_native.storage as storage
-import pulumi_azure_native.trafficmanager as trafficmanager
+from pulumi_azure_native import (
+    authorization,
+    compute,
+    keyvault,
+    network,
+    recoveryservices,
+    storage,
+    trafficmanager,
+)
 
 from dr.azure import naming
-from dr.azure.bootstrap import ADMIN_PASSWORD_SECRET, CONTROL_PORT, DATA_PORT, PASSPHRASE_SECRET, RETENTION_LUN
+from dr.azure.bootstrap import (
+    ADMIN_PASSWORD_SECRET,
+    CONTROL_PORT,
+    DATA_PORT,
+    PASSPHRASE_SECRET,
+    RETENTION_LUN,
+)
 from dr.azure.contract import ConfigServer, FailoverVm, MasterTarget, StorageAccount
 from dr.azure.options import CONTROL_PORT_ROLE, DATA_PORT_ROLE, GEO_REDUNDANT, primary_site_sources
 from dr.model import Estate, Machine, RecoveryPlan
@@ -368,7 +376,7 @@ def _os_profile(name: str, target: Target, *, windows: bool, admin_user: str, ss
     encoded = base64.b64encode(custom_data.encode()).decode()
     if windows:
         return compute.OSProfileArgs(
-            computer_name=naming.computer_name(name, windows=True),
+            computer_name=naming.computer_name(naming.short_name(target.estate.estate, name), windows=True),
             admin_username=admin_user,
             admin_password=pulumi.Output.secret(admin_password) if admin_password is not None else None,
             custom_data=encoded,
@@ -718,7 +726,7 @@ class RecoverySite(pulumi.ComponentResource):
                  disk_sources: Mapping[str, Sequence[tuple[str, pulumi.Input[str]]]],
                  subnet_id: pulumi.Input[str], nsg_id: pulumi.Input[str],
                  opts: pulumi.ResourceOptions | None = None) -> None:
-        import pulumi_azure_native.resources as resources
+        from pulumi_azure_native import resources
 
         super().__init__("dr:azure:RecoverySite", name, None, opts)
         rg_name = naming.failover_resource_group(target.estate.azure.resource_group, plan.name)

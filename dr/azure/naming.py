@@ -33,6 +33,8 @@ def storage_account_name(estate: str, plan_name: str) -> str:
     Estate and plan name are joined; when that is too long, it is cut and a 6-hex digest of the
     whole keeps it unique and reproducible.
     """
+    if re.fullmatch(r"[a-z0-9]{3,24}", plan_name):  # the planner already names accounts Azure-validly
+        return plan_name
     full = re.sub(r"[^a-z0-9]", "", f"{estate}{plan_name}".lower())
     if plan_name.lower().startswith(re.sub(r"[^a-z0-9]", "", estate.lower())):
         full = re.sub(r"[^a-z0-9]", "", plan_name.lower())
@@ -56,7 +58,13 @@ def replica_blob_url(account: str, machine: str, disk: str) -> str:
     return f"https://{account}.blob.core.windows.net/{REPLICA_CONTAINER}/{replica_blob(machine, disk)}"
 
 
+def short_name(estate: str, name: str) -> str:
+    """A plan server name without the estate prefix the planner gives it (`<estate>-mtsw01` -> `mtsw01`)."""
+    return name.removeprefix(f"{estate}-") or name
+
+
 def computer_name(name: str, windows: bool) -> str:
+    """The guest host name; Windows keeps 15 characters (NetBIOS), so pass a short name."""
     cleaned = re.sub(r"[^A-Za-z0-9-]", "-", name).strip("-")
     return cleaned[:WINDOWS_COMPUTER_NAME_MAX] if windows else cleaned[:VM_NAME_MAX]
 

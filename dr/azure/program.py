@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_azure_native.authorization as authorization
-import pulumi_azure_native.resources as resources
+from pulumi_azure_native import authorization, resources
 
 from dr.azure import bootstrap, naming
 from dr.azure.components import (
@@ -93,7 +92,7 @@ class DrEstate(pulumi.ComponentResource):
         servers: dict[str, Any] = {}
         for cs in plan.config_servers:
             server = ConfigurationServer(
-                f"{name}-{cs.name}", target=target, server=cs,
+                f"{name}-{naming.short_name(estate.estate, cs.name)}", target=target, server=cs,
                 net=ServerNet(net.subnet_id, net.control_nsg.id, cs_addresses[cs.name]),
                 key_vault=kv.vault, custom_data=bootstrap.render_config_server(estate, cs.name, registration),
                 admin_user=options.admin_user, ssh_public_key=options.ssh_public_key, opts=child,
@@ -107,7 +106,7 @@ class DrEstate(pulumi.ComponentResource):
             if retention is not None:
                 used.append(retention.name)
             server_mts = MasterTargetServer(
-                f"{name}-{mts.name}", target=target, mts=mts,
+                f"{name}-{naming.short_name(estate.estate, mts.name)}", target=target, mts=mts,
                 net=ServerNet(net.subnet_id, net.data_nsg.id, next(addresses)),
                 accounts=tier.accounts, account_names=used, key_vault=kv.vault,
                 custom_data=bootstrap.render_master_target(estate, plan, mts, registration),
