@@ -23,7 +23,8 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from dr.errors import SpecUnreadable
-from dr.findings import Location, Path as DataPath
+from dr.findings import Location
+from dr.findings import Path as DataPath
 
 # Top-level keys an included file may add items to; anything else stays in the including file.
 MERGEABLE = ("sites", "machines", "protection_groups", "recovery_plans")

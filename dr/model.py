@@ -13,6 +13,7 @@ Python DSL: the same classes compose an estate in code::
 from __future__ import annotations
 
 import ipaddress
+import typing
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -363,7 +364,7 @@ Event = Literal[
     "rpo_missed", "machine_off", "cache_warning", "cache_critical", "heartbeat_lost",
     "failover_started", "failover_succeeded", "failover_failed",
 ]
-ALL_EVENTS: tuple[str, ...] = Event.__args__  # type: ignore[attr-defined]
+ALL_EVENTS: tuple[Event, ...] = typing.get_args(Event)
 
 Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 

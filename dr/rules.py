@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from dr.findings import Finding, Path, Severity
 from dr.matrix import SupportMatrix, support_matrix
-from dr.model import Estate, Machine
+from dr.model import Estate, EsxiHost, Machine, VCenter
 from dr.osinfo import parse_os
 
 Problem = tuple[Path, Severity, str]
@@ -203,8 +203,11 @@ def check(
             f"process server {name!r} is defined twice; names must be unique")
 
     # Sites: vSphere versions and process servers.
+    path: Path
     for s_i, site in enumerate(estate.sites):
-        hosts = [(("sites", s_i, "vcenter"), site.vcenter)] if site.vcenter else []
+        hosts: list[tuple[Path, VCenter | EsxiHost]] = (
+            [(("sites", s_i, "vcenter"), site.vcenter)] if site.vcenter else []
+        )
         hosts += [(("sites", s_i, "esxi_hosts", h_i), host) for h_i, host in enumerate(site.esxi_hosts)]
         for path, host in hosts:
             if host is not None and host.version not in matrix.vmware.versions:
@@ -234,12 +237,12 @@ def check(
                 add((*base, "site"), "error", f"site {site.name!r} has no vcenter: or esxi_hosts: to reach this "
                     "VMware machine; add one, or make the machine kind: physical")
         is_protected = machine.name in protected
-        for path, severity, message in machine_problems(machine, matrix):
+        for rel, severity, message in machine_problems(machine, matrix):
             if not is_protected and severity == "error":
-                add((*base, *path), "warning", f"cannot be replicated: {message} (inventory only: in no "
+                add((*base, *rel), "warning", f"cannot be replicated: {message} (inventory only: in no "
                     "protection group)")
             else:
-                add((*base, *path), severity, message)
+                add((*base, *rel), severity, message)
 
     # Protection groups.
     machine_names = [m.name for m in estate.machines]
@@ -247,11 +250,11 @@ def check(
     first_group: dict[str, str] = {}
     for g_i, group in enumerate(estate.protection_groups):
         for x_i, member in enumerate(group.members):
-            path: Path = ("protection_groups", g_i, "members", x_i)
+            where: Path = ("protection_groups", g_i, "members", x_i)
             if member not in known:
-                add(path, "error", f"unknown machine {member!r}{did_you_mean(member, machine_names)}")
+                add(where, "error", f"unknown machine {member!r}{did_you_mean(member, machine_names)}")
             elif member in first_group:
-                add(path, "error", f"{member!r} is already in protection group {first_group[member]!r}; "
+                add(where, "error", f"{member!r} is already in protection group {first_group[member]!r}; "
                     "a machine is in at most one protection group")
             else:
                 first_group[member] = group.name

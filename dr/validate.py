@@ -19,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from dr import rules
 from dr.errors import SpecInvalid, SpecUnreadable
-from dr.findings import Finding, Path as DataPath, sort_key
+from dr.findings import Finding, sort_key
+from dr.findings import Path as DataPath
 from dr.loader import MERGEABLE, SourceMap, load_document, load_python
 from dr.model import Estate
 
@@ -123,7 +124,7 @@ def _message(error: Any, path: DataPath) -> str:
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
         hint = rules.did_you_mean(str(value), choices) if isinstance(value, str) else ""
         return f"expected one of {', '.join(choices)}; found {_found(value)}{hint}"
-    if kind.endswith("_parsing") or kind.endswith("_type"):
+    if kind.endswith(("_parsing", "_type")):
         what = msg.removeprefix("Input should be ").removesuffix(", unable to parse string as an integer")
         what = what.removesuffix(", unable to parse string as a number")
         return f"expected {what}; found {_found(value)}"

@@ -10,7 +10,6 @@ from dr.errors import MissingExtra, SecretUnavailable
 from dr.extras import require
 from dr.model import EnvRef, FileRef
 from dr.secrets import describe, resolve
-
 from tests.conftest import ROOT, run_dr
 
 VALID = (ROOT / "examples/sharepoint/dr.yaml").read_text(encoding="utf-8")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from dr.validate import load_valid, validate_path
-
 from tests.conftest import ROOT, run_dr
 
 EXAMPLES = ["examples/sharepoint/dr.yaml", "examples/linux-estate/dr.yaml"]

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from dr.duration import format_duration, parse_duration
 from dr.loader import load_document
 from dr.validate import validate_path
-
 from tests.conftest import ROOT
 
 

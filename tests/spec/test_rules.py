@@ -13,7 +13,6 @@ import pytest
 
 from dr.loader import load_document
 from dr.validate import check_data
-
 from tests.conftest import ROOT
 
 SHAREPOINT = load_document(ROOT / "examples/sharepoint/dr.yaml")

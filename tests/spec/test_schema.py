@@ -8,7 +8,6 @@ import jsonschema
 import pytest
 
 from dr.loader import load_document
-
 from tests.conftest import ROOT, run_dr
 
 
