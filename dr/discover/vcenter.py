@@ -197,7 +197,7 @@ def connect(source: Source) -> Any:
         )
     except (vim.fault.InvalidLogin, vim.fault.NoPermission, vim.fault.NotAuthenticated, OSError) as err:
         raise translate(source, err) from None
-    except Exception as err:  # noqa: BLE001 - pyVmomi wraps some socket errors in its own types
+    except Exception as err:  # pyVmomi wraps some socket errors in its own types
         cause = err.__cause__ or err.__context__
         if isinstance(cause, OSError):
             raise translate(source, cause) from None
@@ -213,14 +213,24 @@ def disconnect(si: Any) -> None:
 
 def check_privileges(si: Any, source: Source, privileges: Sequence[str] = DISCOVERY_PRIVILEGES) -> None:
     """Raise MissingPrivilege unless the session holds `privileges` on the root folder."""
+    from pyVmomi import vmodl
+
     content = si.RetrieveContent()
     session = content.sessionManager.currentSession
     if session is None:
         raise MissingPrivilege(f"{source.where}: no session after login; check the user's role")
-    granted = content.authorizationManager.HasPrivilegeOnEntity(
-        entity=content.rootFolder, sessionId=session.key, privId=list(privileges)
-    )
-    missing = [p for p, ok in zip(privileges, granted, strict=False) if not ok]
+    # HasPrivilegeOnEntities answers privilege by privilege (an absent isGranted counts as refused);
+    # vSphere before 5.5 only has HasPrivilegeOnEntity, which answers a list of booleans.
+    manager = content.authorizationManager
+    try:
+        answers = manager.HasPrivilegeOnEntities(entity=[content.rootFolder], sessionId=session.key,
+                                                 privId=list(privileges))
+        granted = {a.privId: bool(a.isGranted) for e in answers or [] for a in e.privAvailability or []}
+    except vmodl.fault.MethodNotFound:
+        flags = manager.HasPrivilegeOnEntity(entity=content.rootFolder, sessionId=session.key,
+                                             privId=list(privileges))
+        granted = dict(zip(privileges, (bool(f) for f in flags), strict=False))
+    missing = [p for p in privileges if not granted.get(p, False)]
     if missing:
         raise MissingPrivilege(
             f"{source.where}: user {source.user!r} lacks {', '.join(missing)} on the root folder; give it the "
@@ -245,14 +255,17 @@ def guarded(source: Source, work: Callable[[], Any]) -> Any:
 # Retrieval: one container view, one PropertyCollector retrieval (paged).
 
 
-def retrieve(si: Any, types: Mapping[Any, Sequence[str]], page_size: int = PAGE_SIZE) -> Iterator[tuple[Any, dict[str, Any]]]:
+def retrieve(
+    si: Any, types: Mapping[Any, Sequence[str]], page_size: int = PAGE_SIZE,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Every object of `types` under the root folder with the named properties, in pages."""
     _, vim = _pyvmomi()
     content = si.RetrieveContent()
     view = content.viewManager.CreateContainerView(content.rootFolder, list(types), True)
     try:
         collector = content.propertyCollector
-        traversal = vim.PropertyCollector.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)
+        traversal = vim.PropertyCollector.TraversalSpec(
+            name="view", type=vim.view.ContainerView, path="view", skip=False)
         spec = vim.PropertyCollector.FilterSpec(
             objectSet=[vim.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
             propSet=[vim.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths), all=False)

@@ -34,6 +34,19 @@ func (m *restricted) HasPrivilegeOnEntity(req *types.HasPrivilegeOnEntity) soap.
 	return &methods.HasPrivilegeOnEntityBody{Res: &types.HasPrivilegeOnEntityResponse{Returnval: granted}}
 }
 
+func (m *restricted) HasPrivilegeOnEntities(req *types.HasPrivilegeOnEntities) soap.HasFault {
+	var result []types.EntityPrivilege
+	for _, entity := range req.Entity {
+		privilege := types.EntityPrivilege{Entity: entity}
+		for _, id := range req.PrivId {
+			privilege.PrivAvailability = append(privilege.PrivAvailability,
+				types.PrivilegeAvailability{PrivId: id, IsGranted: !m.deny[id]})
+		}
+		result = append(result, privilege)
+	}
+	return &methods.HasPrivilegeOnEntitiesBody{Res: &types.HasPrivilegeOnEntitiesResponse{Returnval: result}}
+}
+
 func main() {
 	esx := flag.Bool("esx", false, "simulate a standalone ESXi host instead of a vCenter")
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve on (loopback only)")
