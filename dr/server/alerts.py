@@ -27,7 +27,7 @@ from dr.model import Notifications, Smtp
 from dr.secrets import resolve
 from dr.server.service import ConfigServer
 
-Severity = Literal["warning", "critical"]
+Severity = Literal["info", "warning", "critical"]
 # Webhook and SMTP calls give up after this long (seconds; our choice: an alert loop must not hang).
 SEND_TIMEOUT_S = 10.0
 # Conditions evaluated from health (failover_failed is raised by the runner, not here).
@@ -238,6 +238,6 @@ class AlertLoop:
         while not self._stop.wait(self._interval_s):
             try:
                 evaluate(self._server, self._dispatcher)
-            except Exception as err:  # noqa: BLE001 - the loop reports and goes on
+            except Exception as err:
                 self._server.event("warning", "alert_loop_error", "config-server", f"{type(err).__name__}: {err}")
 

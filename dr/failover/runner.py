@@ -1,0 +1,392 @@
+"""The recovery-plan runner: executes a job's stored steps in order, durable after every step.
+
+Groups run in order; the machines of one group run in parallel; a failed step stops the job, says
+which step and why, raises a `failover_failed` alert, and leaves every finished step recorded, so
+`dr failover --resume JOB` continues at the failed step (a retried step must be idempotent: exports
+overwrite, uploads replace, scripts should tolerate a second run). A manual step waits until it is
+confirmed at the terminal or through the API (`POST /api/v1/jobs/JOB/steps/N/confirm`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dr.failover import actions
+from dr.failover.points import Choice, Point, choose
+from dr.failover.provider import Environment, FailoverError, provisioning_report, recovery_group, recovery_network
+from dr.failover.steps import (
+    FailoverType,
+    PlanNotRunnable,
+    change_point_steps,
+    cleanup_steps,
+    commit_steps,
+    failback_steps,
+    failover_steps,
+    find_plan,
+    plan_machines,
+)
+from dr.model import Estate, RecoveryPlan
+from dr.server import alerts
+from dr.server.jobs import JobRecord, Jobs, NewStep, StepRecord
+from dr.server.service import ConfigServer, Conflict
+
+# How often a waiting manual step re-reads the store for a confirmation (seconds).
+CONFIRM_POLL_S = 0.5
+
+
+def _none(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runner:
+    server: ConfigServer
+    env: Environment
+    spec_path: Path
+    dispatcher: alerts.Dispatcher | None = None
+    echo: Callable[[str], None] = field(default=_none)
+    prompt: Callable[[str], bool] | None = None
+    poll_s: float = CONFIRM_POLL_S
+
+    @property
+    def estate(self) -> Estate:
+        return self.server.estate
+
+    @property
+    def jobs(self) -> Jobs:
+        return Jobs(store=self.server.store, clock=self.server.clock)
+
+    # ------------------------------------------------------------------ creating jobs
+    def _create(self, *, kind: str, plan: RecoveryPlan, options: dict[str, Any], steps: list[NewStep]) -> str:
+        job_id = self.jobs.create(kind=kind, plan=plan.name, spec=str(self.spec_path.resolve()),
+                                  options=options, steps=steps)
+        self.echo(f"job {job_id}: {kind} of plan {plan.name}, {len(steps)} steps")
+        return job_id
+
+    def start_failover(self, plan_name: str, failover_type: FailoverType, choice: Choice) -> str:
+        plan = find_plan(self.estate, plan_name)
+        steps = failover_steps(self.estate, plan, failover_type, choice,
+                               automatic_shutdown=self.env.source is not None)
+        return self._create(kind=f"{failover_type}-failover", plan=plan,
+                            options={"type": failover_type, "point": str(choice), "direction": "primary-to-azure"},
+                            steps=steps)
+
+    def _source_job(self, job_id: str, *, allowed: tuple[str, ...], verb: str) -> tuple[JobRecord, RecoveryPlan]:
+        job = self.jobs.get(job_id)
+        if job.kind not in allowed:
+            raise PlanNotRunnable(
+                f"{verb} applies to a {' or '.join(allowed)} job; job {job_id} is a {job.kind}: give another job"
+            )
+        if job.state != "succeeded":
+            raise PlanNotRunnable(
+                f"job {job_id} is {job.state}: {verb} needs a finished job (`dr failover --resume {job_id}` first)"
+            )
+        return job, find_plan(self.estate, job.plan)
+
+    def start_cleanup(self, job_id: str) -> str:
+        _, plan = self._source_job(job_id, allowed=("test-failover",), verb="cleanup")
+        return self._create(kind="cleanup", plan=plan, options={"source_job": job_id, "type": "test"},
+                            steps=cleanup_steps(self.estate, plan))
+
+    def start_commit(self, job_id: str) -> str:
+        job, plan = self._source_job(job_id, allowed=("planned-failover", "unplanned-failover"), verb="commit")
+        return self._create(kind="commit", plan=plan, options={"source_job": job_id, "type": job.options["type"]},
+                            steps=commit_steps(plan))
+
+    def start_change_point(self, job_id: str, choice: Choice) -> str:
+        job, plan = self._source_job(job_id, allowed=("test-failover", "planned-failover", "unplanned-failover"),
+                                     verb="change-point")
+        committed = [j for j in self.jobs.list(1000)
+                     if j["kind"] == "commit" and j["state"] == "succeeded"
+                     and self.jobs.get(j["id"]).options.get("source_job") == job_id]
+        if committed:
+            raise PlanNotRunnable(f"job {job_id} was committed by job {committed[0]['id']}: its point is final")
+        return self._create(kind="change-point", plan=plan,
+                            options={"source_job": job_id, "type": job.options["type"], "point": str(choice),
+                                     "direction": "primary-to-azure"},
+                            steps=change_point_steps(self.estate, plan, job.options["type"], choice))
+
+    def start_failback(self, job_id: str) -> str:
+        # The plan is checked first: a physical machine is refused whatever the job's state.
+        steps = failback_steps(self.estate, find_plan(self.estate, self.jobs.get(job_id).plan))
+        _, plan = self._source_job(job_id, allowed=("planned-failover", "unplanned-failover"), verb="failback")
+        return self._create(kind="failback", plan=plan,
+                            options={"source_job": job_id, "type": "planned", "direction": "azure-to-primary"},
+                            steps=steps)
+
+    # ------------------------------------------------------------------ running
+    def run(self, job_id: str) -> JobRecord:
+        job = self.jobs.get(job_id)
+        if job.state == "succeeded":
+            self.echo(f"job {job_id} has already succeeded: nothing to do")
+            return job
+        plan = find_plan(self.estate, job.plan)
+        todo = [s for s in job.steps if s.state not in ("succeeded", "skipped")]
+        if len(todo) != len(job.steps):
+            self.echo(f"job {job_id}: resuming at step {todo[0].idx} of {len(job.steps)}")
+            self.jobs.log(job_id, f"resumed at step {todo[0].idx}")
+        else:
+            self._notify("failover_started", job_id, "info", f"{job.kind} of plan {plan.name} started (job {job_id})")
+        self.jobs.set_job(job_id, "running")
+        index = 0
+        while index < len(todo):
+            batch = [todo[index]]
+            if batch[0].kind in ("failover_machine", "failback_machine"):
+                while (index + len(batch) < len(todo) and todo[index + len(batch)].kind == batch[0].kind
+                       and todo[index + len(batch)].group == batch[0].group):
+                    batch.append(todo[index + len(batch)])
+            failures = self._run_batch(job_id, plan, batch)
+            if failures:
+                step, error = failures[0]
+                where = f"step {step.idx}" + (f" (group {step.group})" if step.group else "")
+                message = f"{where}: {step.title}: {error}"
+                self.jobs.set_job(job_id, "failed", error=message)
+                self.jobs.log(job_id, f"stopped: {message}")
+                self.server.event("critical", "failover_failed", job_id, message)
+                if self.dispatcher is not None:
+                    alerts.open_alert(self.server, self.dispatcher, alerts.Condition(
+                        kind="failover_failed", subject=job_id, severity="critical",
+                        message=f"{job.kind} of plan {plan.name} stopped at {message}"))
+                raise FailoverError(
+                    f"job {job_id} stopped at {message}; fix the cause, then `dr failover --resume {job_id}`"
+                )
+            index += len(batch)
+        self.jobs.set_job(job_id, "succeeded")
+        self.jobs.log(job_id, "succeeded")
+        if self.dispatcher is not None:
+            alerts.clear_alert(self.server, self.dispatcher, "failover_failed", job_id)
+        self._notify("failover_succeeded", job_id, "info", f"{job.kind} of plan {plan.name} succeeded (job {job_id})")
+        self.echo(f"job {job_id} succeeded")
+        return self.jobs.get(job_id)
+
+    def _notify(self, kind: str, job_id: str, severity: str, message: str) -> None:
+        self.server.event(severity, kind, job_id, message)
+        if self.dispatcher is not None:
+            self.dispatcher.dispatch(self.server, alerts.Alert(
+                kind=kind, subject=job_id, severity=severity, message=message,  # type: ignore[arg-type]
+                estate=self.estate.estate, time=self.server.clock()), "raised")
+
+    def _run_batch(self, job_id: str, plan: RecoveryPlan,
+                   batch: list[StepRecord]) -> list[tuple[StepRecord, str]]:
+        if len(batch) == 1:
+            error = self._run_step(job_id, plan, batch[0])
+            return [] if error is None else [(batch[0], error)]
+        with ThreadPoolExecutor(max_workers=len(batch), thread_name_prefix="dr-failover") as pool:
+            results = list(pool.map(lambda s: self._run_step(job_id, plan, s), batch))
+        return [(s, e) for s, e in zip(batch, results, strict=True) if e is not None]
+
+    def _run_step(self, job_id: str, plan: RecoveryPlan, step: StepRecord) -> str | None:
+        self.jobs.set_step(job_id, step.idx, "running")
+        self.jobs.log(job_id, f"step {step.idx} started: {step.title}")
+        self.echo(f"[{step.idx}] {step.title}")
+        try:
+            output = self._execute(job_id, plan, step)
+        except FailoverError as err:
+            self.jobs.set_step(job_id, step.idx, "failed", output=str(err))
+            self.jobs.log(job_id, f"step {step.idx} failed: {err}")
+            self.echo(f"[{step.idx}] failed: {err}")
+            return str(err)
+        except Exception as err:
+            text = f"{type(err).__name__}: {err}"
+            self.jobs.set_step(job_id, step.idx, "failed", output=text)
+            self.jobs.log(job_id, f"step {step.idx} failed: {text}")
+            self.echo(f"[{step.idx}] failed: {text}")
+            return text
+        self.jobs.set_step(job_id, step.idx, "succeeded", output=output)
+        self.jobs.log(job_id, f"step {step.idx} succeeded" + (f": {output.splitlines()[0]}" if output else ""))
+        return None
+
+    # ------------------------------------------------------------------ the steps
+    def _execute(self, job_id: str, plan: RecoveryPlan, step: StepRecord) -> str:
+        job = self.jobs.get(job_id)
+        kind = step.kind
+        if kind == "shutdown":
+            return self._shutdown(job_id, step)
+        if kind == "drain":
+            return self._drain(job, step)
+        if kind == "choose_point":
+            return self._choose_point(job, plan, step)
+        if kind == "failover_machine":
+            return self._failover_machine(job, plan, step)
+        if kind in ("script", "runbook"):
+            return self._action(job, plan, step)
+        if kind == "manual":
+            return self._wait_for_confirmation(job_id, step, step.detail["action"]["manual"])
+        if kind == "traffic_manager":
+            detail = step.detail
+            return (f"Traffic Manager profile {detail['profile']}: endpoint {detail['from']} disabled, "
+                    f"{detail['to']} enabled (declared by the Pulumi stack; not applied here: no Pulumi CLI)")
+        if kind == "delete_group":
+            rg = step.detail["resource_group"]
+            removed = self.env.disks.delete_group(rg)
+            return f"resource group {rg}: {removed} disk(s) removed"
+        if kind == "commit":
+            assert step.machine is not None
+            chosen = self._chosen(self.jobs.get(job.options["source_job"]))[step.machine]
+            machine = self.estate.machine(step.machine)
+            done = self.env.catalog.commit(machine, chosen["point_id"])
+            if self.env.replication is not None:
+                done += "; " + self.env.replication.commit(machine, chosen["point_id"])
+            return done
+        if kind in ("reprotect", "failback_machine"):
+            assert step.machine is not None
+            if self.env.replication is None:
+                raise FailoverError(
+                    f"{step.machine}: reverse replication needs the replication data path (dr_agent's master "
+                    "target on premises), which this runner is not connected to"
+                )
+            machine = self.estate.machine(step.machine)
+            if kind == "reprotect":
+                return self.env.replication.reprotect(machine, job=job_id)
+            raise FailoverError(f"{step.machine}: failback through the data path is not available in this build")
+        raise FailoverError(f"unknown step kind {kind!r}: this job was written by another version of dr")
+
+    def _shutdown(self, job_id: str, step: StepRecord) -> str:
+        assert step.machine is not None
+        machine = self.estate.machine(step.machine)
+        if not step.detail.get("automatic") or self.env.source is None:
+            return self._wait_for_confirmation(job_id, step, f"shut down {machine.name} and confirm")
+        try:
+            return self.env.source.shutdown(machine)
+        except Exception as err:
+            if step.detail.get("best_effort"):
+                return f"shutdown of {machine.name} failed ({err}); continuing: unplanned failover"
+            raise
+
+    def _drain(self, job: JobRecord, step: StepRecord) -> str:
+        assert step.machine is not None
+        shutdown = next((s for s in job.steps if s.kind == "shutdown" and s.machine == step.machine), None)
+        since = shutdown.started if shutdown is not None and shutdown.started is not None else step.started or 0.0
+        point = self.env.catalog.drain(self.estate.machine(step.machine), since=since, clock=self.server.clock)
+        self.jobs.update_detail(job.id, step.idx, {**step.detail, "point": _point_dict(step.machine, point)})
+        return f"{step.machine}: final point {point.point_id} ({point.kind}) applied"
+
+    def _catalog(self, plan: RecoveryPlan) -> dict[str, dict[str, list[Point]]]:
+        return {
+            name: {d.name: self.env.catalog.points(name, d.name) for d in self.estate.machine(name).disks}
+            for name in plan_machines(plan)
+        }
+
+    def _choose_point(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        drained = {s.machine: s.detail["point"] for s in job.steps if s.kind == "drain" and "point" in s.detail}
+        if drained:
+            chosen = drained
+        else:
+            picked = choose(self._catalog(plan), Choice.parse(step.detail["choice"]))
+            chosen = {m: _point_dict(m, Point(point_id=c.point_id, time=c.time, kind=c.kind,  # type: ignore[arg-type]
+                                                  group_id=c.group_id))
+                      for m, c in picked.items()}
+        self.jobs.update_detail(job.id, step.idx, {**step.detail, "chosen": chosen})
+        return "\n".join(f"{m}: point {c['point_id']} ({c['kind']}"
+                         + (f", multi-VM {c['group_id']}" if c["group_id"] else "") + f", t={c['time']:.3f})"
+                         for m, c in chosen.items())
+
+    def _chosen(self, job: JobRecord) -> dict[str, dict[str, Any]]:
+        for s in reversed(job.steps):
+            if s.kind == "choose_point" and "chosen" in s.detail:
+                return dict(s.detail["chosen"])
+        raise FailoverError(f"job {job.id} has no chosen recovery point yet")
+
+    def _failover_machine(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        assert step.machine is not None
+        machine = self.estate.machine(step.machine)
+        point = self._chosen(job)[machine.name]
+        failover_type = job.options["type"]
+        rg = recovery_group(self.estate, plan, failover_type)
+        urls = []
+        folder = self.env.workdir / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for disk in machine.disks:
+            image = folder / f"{machine.name}-{disk.name}.img"
+            try:
+                self.env.exporter.export(machine.name, disk.name, point["point_id"], image)
+                urls.append(self.env.disks.put_disk(rg, f"{machine.name}/{disk.name}.vhd", image))
+            finally:
+                image.unlink(missing_ok=True)
+        report = provisioning_report(self.estate, plan, machine, failover_type, urls)
+        self.jobs.update_detail(job.id, step.idx, {**step.detail, "point": point, "disks": urls, "report": report})
+        return (f"{machine.name}: {len(urls)} disk(s) at point {point['point_id']} in {rg}; "
+                f"would provision {report['size']} VM on {report['network']}/{report['subnet']}")
+
+    def context(self, job: JobRecord, plan: RecoveryPlan, group: str) -> dict[str, Any]:
+        """The plan context a script or runbook gets (JSON)."""
+        failover_type = job.options.get("type", "planned")
+        source = self.jobs.get(job.options["source_job"]) if "source_job" in job.options else job
+        machines: dict[str, Any] = {}
+        for name in plan_machines(plan):
+            spec = self.estate.machine(name)
+            done = next((s for s in source.steps if s.kind == "failover_machine" and s.machine == name
+                         and "report" in s.detail), None)
+            machines[name] = {
+                "kind": spec.kind, "source": spec.address or name,
+                "recovery": None if done is None else {
+                    "vm": done.detail["report"]["vm"], "resource_group": done.detail["report"]["resource_group"],
+                    "network": done.detail["report"]["network"], "size": done.detail["report"]["size"],
+                    "disks": done.detail["disks"], "point": done.detail["point"],
+                },
+            }
+        return {
+            "estate": self.estate.estate, "plan": plan.name, "job": job.id, "failover_type": failover_type,
+            "direction": job.options.get("direction", "primary-to-azure"), "group": group,
+            "resource_group": recovery_group(self.estate, plan, failover_type),
+            "network": recovery_network(self.estate, failover_type), "machines": machines,
+        }
+
+    def _action(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        action = step.detail["action"]
+        base = self.spec_path.resolve().parent
+        timeout = _seconds(action.get("timeout", "600s"))
+        context = self.context(job, plan, step.group or "")
+        if step.kind == "script":
+            path = (base / action["script"]).resolve()
+            result = actions.run_script(path, context=context, timeout_s=timeout, workdir=self.env.workdir / job.id,
+                                        stdin_context=False)
+        else:
+            path = actions.find_runbook(base, action["runbook"])
+            result = actions.run_script(path, context=context, timeout_s=timeout, workdir=self.env.workdir / job.id,
+                                        stdin_context=True)
+        return result.output
+
+    def _wait_for_confirmation(self, job_id: str, step: StepRecord, text: str) -> str:
+        jobs = self.jobs
+        jobs.set_step(job_id, step.idx, "waiting")
+        jobs.set_job(job_id, "waiting")
+        jobs.log(job_id, f"step {step.idx} waits for confirmation: {text}")
+        self.echo(f"[{step.idx}] waiting: {text}\n      confirm here, with `dr failover confirm {job_id} {step.idx}`, "
+                  f"or POST /api/v1/jobs/{job_id}/steps/{step.idx}/confirm")
+        stop = threading.Event()
+        if self.prompt is not None:
+            prompt = self.prompt
+
+            def ask() -> None:
+                if prompt(text) and not stop.is_set():
+                    try:
+                        jobs.confirm(job_id, step.idx, by="terminal")
+                    except Conflict:
+                        pass
+
+            threading.Thread(target=ask, name="dr-confirm", daemon=True).start()
+        try:
+            while (by := jobs.confirmed_by(job_id, step.idx)) is None:
+                time.sleep(self.poll_s)
+        finally:
+            stop.set()
+        jobs.set_job(job_id, "running")
+        return f"confirmed by {by}"
+
+
+def _seconds(text: str) -> float:
+    from dr.duration import parse_duration
+
+    return parse_duration(text).total_seconds()
+
+
+def _point_dict(machine: str, point: Point) -> dict[str, Any]:
+    return {"machine": machine, "point_id": point.point_id, "time": point.time, "kind": point.kind,
+            "group_id": point.group_id}
