@@ -24,6 +24,7 @@ from dr.errors import MissingExtra
 from dr.model import Disk, Machine
 
 GIB = 1024**3  # bytes per GB as the spec counts sizes
+MARK = "@@dr-fact@@ "  # separates the outputs of the fact commands in one SSH exec
 
 
 @dataclass(frozen=True)
@@ -93,27 +94,52 @@ def collect(target: SshTarget) -> Any:
     except OSError as err:
         raise SourceUnreachable(f"{target.where}: cannot connect ({err.strerror or err}); check the address, "
                                 "the port and that sshd is running") from None
-    outputs: dict[str, str] = {}
+    # One exec channel for every command (one round trip instead of nine), each output between markers.
+    script = "; ".join(f"echo '{MARK}{name}'; {command}; echo \"{MARK}status $?\""
+                       for name, command in COMMANDS.items())
     try:
-        for name, command in COMMANDS.items():
-            try:
-                _, stdout, stderr = client.exec_command(command, timeout=target.timeout)
-                text = stdout.read().decode("utf-8", "replace")
-                status = stdout.channel.recv_exit_status()
-            except TimeoutError:
-                raise SourceTimeout(f"{target.where}: `{command}` did not finish within {target.timeout:g} s") from None
-            if status != 0:
-                error = stderr.read().decode("utf-8", "replace").strip().splitlines()
-                raise SourceError(f"{target.where}: `{command}` failed (exit {status}: "
-                                  f"{error[0][:160] if error else 'no message'}); the server needs util-linux "
-                                  "2.27+ (lsblk -J, findmnt -J) and iproute2 (ip -j)")
-            outputs[name] = text
+        try:
+            _, stdout, stderr = client.exec_command(script, timeout=target.timeout)
+            text = stdout.read().decode("utf-8", "replace")
+            stdout.channel.recv_exit_status()
+            errors = stderr.read().decode("utf-8", "replace").strip().splitlines()
+        except TimeoutError:
+            raise SourceTimeout(
+                f"{target.where}: the fact commands did not finish within {target.timeout:g} s") from None
     finally:
         client.close()
+    outputs = _split(text)
+    for name, command in COMMANDS.items():
+        if name not in outputs:
+            raise SourceError(f"{target.where}: `{command}` printed nothing; is this a Linux server?")
+        status = outputs[name][1]
+        if status != 0:
+            raise SourceError(f"{target.where}: `{command}` failed (exit {status}: "
+                              f"{errors[0][:160] if errors else 'no message'}); the server needs util-linux "
+                              "2.27+ (lsblk -J, findmnt -J) and iproute2 4.14+ (ip -j)")
     try:
-        return facts_from_outputs(outputs)
+        return facts_from_outputs({name: body for name, (body, _) in outputs.items()})
     except FactError as err:
         raise SourceError(f"{target.where}: {err}") from None
+
+
+def _split(text: str) -> dict[str, tuple[str, int]]:
+    """The combined output -> {fact name: (stdout, exit status)}."""
+    out: dict[str, tuple[str, int]] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(MARK):
+            tag = line[len(MARK):].strip()
+            if tag.startswith("status ") and name is not None:
+                status = int(tag.split()[1]) if tag.split()[1].isdigit() else -1
+                out[name] = ("".join(lines), status)
+                name, lines = None, []
+            else:
+                name, lines = tag, []
+        elif name is not None:
+            lines.append(line)
+    return out
 
 
 def _disk_name(device_name: str) -> str:
