@@ -59,6 +59,11 @@ class Runner:
         return self.server.estate
 
     @property
+    def notifications(self) -> alerts.Dispatcher:
+        """The given dispatcher, or the spec's notifications (alerts are recorded even with no notifier)."""
+        return self.dispatcher or alerts.Dispatcher.from_spec(self.estate.notifications)
+
+    @property
     def jobs(self) -> Jobs:
         return Jobs(store=self.server.store, clock=self.server.clock)
 
@@ -149,28 +154,25 @@ class Runner:
                 self.jobs.set_job(job_id, "failed", error=message)
                 self.jobs.log(job_id, f"stopped: {message}")
                 self.server.event("critical", "failover_failed", job_id, message)
-                if self.dispatcher is not None:
-                    alerts.open_alert(self.server, self.dispatcher, alerts.Condition(
-                        kind="failover_failed", subject=job_id, severity="critical",
-                        message=f"{job.kind} of plan {plan.name} stopped at {message}"))
+                alerts.open_alert(self.server, self.notifications, alerts.Condition(
+                    kind="failover_failed", subject=job_id, severity="critical",
+                    message=f"{job.kind} of plan {plan.name} stopped at {message}"))
                 raise FailoverError(
                     f"job {job_id} stopped at {message}; fix the cause, then `dr failover --resume {job_id}`"
                 )
             index += len(batch)
         self.jobs.set_job(job_id, "succeeded")
         self.jobs.log(job_id, "succeeded")
-        if self.dispatcher is not None:
-            alerts.clear_alert(self.server, self.dispatcher, "failover_failed", job_id)
+        alerts.clear_alert(self.server, self.notifications, "failover_failed", job_id)
         self._notify("failover_succeeded", job_id, "info", f"{job.kind} of plan {plan.name} succeeded (job {job_id})")
         self.echo(f"job {job_id} succeeded")
         return self.jobs.get(job_id)
 
     def _notify(self, kind: str, job_id: str, severity: str, message: str) -> None:
         self.server.event(severity, kind, job_id, message)
-        if self.dispatcher is not None:
-            self.dispatcher.dispatch(self.server, alerts.Alert(
-                kind=kind, subject=job_id, severity=severity, message=message,  # type: ignore[arg-type]
-                estate=self.estate.estate, time=self.server.clock()), "raised")
+        self.notifications.dispatch(self.server, alerts.Alert(
+            kind=kind, subject=job_id, severity=severity, message=message,  # type: ignore[arg-type]
+            estate=self.estate.estate, time=self.server.clock()), "raised")
 
     def _run_batch(self, job_id: str, plan: RecoveryPlan,
                    batch: list[StepRecord]) -> list[tuple[StepRecord, str]]:

@@ -148,13 +148,13 @@ class Jobs:
                            (dumps(detail), job_id, idx))
 
     def confirm(self, job_id: str, idx: int, by: str) -> None:
-        """Confirm a manual step (it must be waiting, or pending: confirming ahead is allowed)."""
+        """Confirm a waiting step (a manual action, a manual shutdown); a pending manual step may be confirmed ahead."""
         job = self.get(job_id)
         step = next((s for s in job.steps if s.idx == idx), None)
         if step is None:
             raise NotFound(f"job {job_id} has no step {idx}")
-        if step.kind != "manual":
-            raise Conflict(f"step {idx} of job {job_id} is a {step.kind} step, not a manual one")
+        if step.kind != "manual" and step.state != "waiting":
+            raise Conflict(f"step {idx} of job {job_id} is a {step.kind} step that does not wait for a confirmation")
         if step.state not in ("waiting", "pending"):
             raise Conflict(f"step {idx} of job {job_id} is {step.state}: only a waiting manual step is confirmed")
         self.store.execute("UPDATE job_steps SET confirmed_by = ? WHERE job_id = ? AND idx = ?", (by, job_id, idx))

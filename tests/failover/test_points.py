@@ -40,17 +40,17 @@ def test_each_choice() -> None:
 
 
 def test_no_point_says_why() -> None:
-    with pytest.raises(NoRecoveryPoint, match="web01 has no .* recovery point .*choose another --point"):
+    with pytest.raises(NoRecoveryPoint, match=r"web01 has no .* recovery point .*choose another --point"):
         chosen("1970-01-01T00:01:40Z")
-    with pytest.raises(NoRecoveryPoint, match="no multi-VM consistent point .*multi_vm_consistency"):
+    with pytest.raises(NoRecoveryPoint, match=r"no multi-VM consistent point .*multi_vm_consistency"):
         choose({"a": {"c": [p("1", 1, group="x")]}, "b": {"c": [p("2", 1, group="y")]}},
                Choice.parse("latest-multi-vm"))
-    with pytest.raises(NoRecoveryPoint, match="a has no recovery point common to all its disks"):
+    with pytest.raises(NoRecoveryPoint, match=r"a has no recovery point common to all its disks"):
         choose({"a": {"c": [p("1", 1)], "d": [p("2", 1)]}}, Choice.parse("latest"))
 
 
 def test_a_bad_choice_is_a_user_error() -> None:
-    with pytest.raises(DrError, match="--point expects one of latest, latest-processed"):
+    with pytest.raises(DrError, match=r"--point expects one of latest, latest-processed"):
         Choice.parse("yesterday")
     assert str(Choice.parse("2026-11-24T23:00:00Z")) == "2026-11-24T23:00:00Z"
     assert str(Choice.parse("2026-11-24T23:00:00")) == "2026-11-24T23:00:00Z"

@@ -56,7 +56,7 @@ def test_failback_of_a_physical_machine_is_refused(sharepoint: Estate) -> None:
     physical = Machine.model_validate({**db.model_dump(), "kind": "physical"})
     estate = sharepoint.model_copy(update={"machines": [physical if m.name == "sql01" else m
                                                         for m in sharepoint.machines]})
-    with pytest.raises(PlanNotRunnable, match="failback of physical machine.s. sql01 is not supported.*VMware VM"):
+    with pytest.raises(PlanNotRunnable, match=r"failback of physical machine.s. sql01 is not supported.*VMware VM"):
         failback_steps(estate, find_plan(estate, "sharepoint"))
     lines = render(failback_steps(sharepoint, find_plan(sharepoint, "sharepoint")))
     assert lines[0] == "  1. reprotect dc01: reverse replication from Azure to the on-premises master target"
@@ -64,5 +64,5 @@ def test_failback_of_a_physical_machine_is_refused(sharepoint: Estate) -> None:
 
 
 def test_an_unknown_plan_names_the_known_ones(sharepoint: Estate) -> None:
-    with pytest.raises(PlanNotRunnable, match="no recovery plan 'nope' .*plans: sharepoint"):
+    with pytest.raises(PlanNotRunnable, match=r"no recovery plan 'nope' .*plans: sharepoint"):
         find_plan(sharepoint, "nope")

@@ -31,7 +31,7 @@ class Inbox:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
             self.messages.append(message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
@@ -63,7 +63,7 @@ def webhook() -> Iterator[tuple[Hooks, str]]:
     hooks = Hooks()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             hooks.calls.append(json.loads(body))
             self.send_response(204)
