@@ -101,6 +101,9 @@ def app_consistent(mount_points: Sequence[Path | str], pre_scripts: Sequence[Scr
         for script in pre_scripts:
             run_script(script, timeout=script_timeout)
         for mount_point in map(Path, mount_points):
+            if not os.path.ismount(mount_point):  # FIFREEZE on any path freezes that path's whole file system
+                raise FreezeError(f"{mount_point} is not a mount point; list the mount points of the protected "
+                                  "file systems (see `findmnt`)")
             try:
                 _linux.freeze(mount_point)
             except OSError as err:

@@ -387,6 +387,9 @@ class TrackingAgent:
     # -- Participant -------------------------------------------------------------------------
     def pause(self) -> None:
         for mount_point in self.mount_points:
+            if not os.path.ismount(mount_point):
+                self._thaw()
+                raise FreezeError(f"{mount_point} is not a mount point; list the mount points of {self.device}")
             try:
                 _linux.freeze(mount_point)
             except OSError as err:

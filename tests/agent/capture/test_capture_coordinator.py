@@ -1,0 +1,215 @@
+"""Multi-VM consistency: agents dial a coordinator; one bookmark id in every stream, or none."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from capture_helpers import MiB, need_root_tools
+
+from dr_agent.capture.consistency import (
+    HELLO,
+    PAUSE,
+    PAUSED,
+    Coordinator,
+    CoordinatorClient,
+    recv_frame,
+    send_frame,
+    tcp_connector,
+    tcp_listener,
+)
+from dr_agent.capture.errors import CoordinationAborted
+from dr_agent.capture.filetarget import FileTarget, ReceivedBookmark
+from dr_agent.capture.splitter import Splitter
+from dr_agent.errors import CorruptData
+
+GROUP = "sharepoint"
+COUNTER = struct.Struct("<Q")
+POINTS = 30  # group points taken under a running dependent writer
+
+
+@dataclass
+class Vm:
+    """One source machine: a disk behind a splitter, its replica, its agent's coordinator client."""
+
+    name: str
+    splitter: Splitter
+    target: FileTarget
+    fd: int
+    at_bookmark: dict[str, int]  # bookmark id -> the counter in the replica when the bookmark arrived
+    client: CoordinatorClient | None = None
+
+    def write_counter(self, n: int) -> None:
+        # the FUSE file is direct_io: when pwrite returns, the splitter has applied the write to
+        # the disk and handed it to the sink, so the next machine's write depends on this one
+        os.pwrite(self.fd, COUNTER.pack(n).ljust(4096, b"\0"), 0)
+
+
+@pytest.fixture
+def vms(tmp_path: Path) -> Iterator[list[Vm]]:
+    need_root_tools(fuse=True)
+    with ExitStack() as stack:
+        machines = []
+        for name in ("web01", "app01", "sql01"):
+            base = tmp_path / name
+            (base / "fuse").mkdir(parents=True)
+            backing, replica = base / "disk.img", base / "replica.img"
+            with open(backing, "wb") as f:
+                f.truncate(4 * MiB)
+            seen: dict[str, int] = {}
+
+            def on_bookmark(mark: ReceivedBookmark, replica: Path = replica, seen: dict[str, int] = seen) -> None:
+                with open(replica, "rb") as f:
+                    seen[mark.bookmark_id] = COUNTER.unpack(f.read(8))[0]
+
+            target = stack.enter_context(FileTarget(replica, 4 * MiB, on_bookmark=on_bookmark))
+            splitter = stack.enter_context(Splitter(backing, base / "fuse", target, name=name))
+            fd = os.open(splitter.path, os.O_RDWR)
+            stack.callback(os.close, fd)
+            machines.append(Vm(name, splitter, target, fd, seen))
+        yield machines
+        for vm in machines:
+            if vm.client is not None:
+                vm.client.close()
+
+
+class SlowLinkSocket(socket.socket):
+    """A TCP connection whose every received message arrives `delay` seconds late (a long WAN link)."""
+
+    delay = 0.02  # seconds
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        time.sleep(self.delay)
+        return data
+
+
+def slow_connector(host: str, port: int) -> Callable[[], socket.socket]:
+    def connect() -> socket.socket:
+        sock = SlowLinkSocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.connect((host, port))
+        return sock
+    return connect
+
+
+def connect_all(coordinator: Coordinator, vms: list[Vm]) -> None:
+    """Every agent dials the coordinator; the last one over a slow link (its MARK arrives late:
+    without the pause phase the other machines would run ahead meanwhile)."""
+    host, port = coordinator.address
+    for vm in vms:
+        connect = slow_connector(host, port) if vm is vms[-1] else tcp_connector(host, port)
+        vm.client = CoordinatorClient(connect, agent_id=vm.name, group_id=GROUP,
+                                      participants=[vm.splitter], retry_interval=0.1)
+        vm.client.__enter__()
+    coordinator.wait_for_agents(GROUP, [vm.name for vm in vms], timeout=10)
+
+
+def dependent_writer(vms: list[Vm], stop: threading.Event) -> threading.Thread:
+    """Write n to every disk in order, each completed before the next: a cross-machine dependency."""
+    def run() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for vm in vms:
+                vm.write_counter(n)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_group_point_puts_one_id_in_every_stream_at_a_consistent_cut(vms: list[Vm]) -> None:
+    with Coordinator(tcp_listener()) as coordinator:
+        connect_all(coordinator, vms)
+        stop = threading.Event()
+        writer = dependent_writer(vms, stop)
+        points = []
+        try:
+            for _ in range(POINTS):
+                time.sleep(0.01)
+                points.append(coordinator.checkpoint(GROUP, timeout=5))
+        finally:
+            stop.set()
+            writer.join(10)
+    for point in points:
+        assert sorted(point.agents) == sorted(vm.name for vm in vms)
+        counters = [vm.at_bookmark[point.bookmark_id] for vm in vms]
+        # writes go web01 -> app01 -> sql01, each completed first: a consistent cut never shows a later
+        # machine ahead of an earlier one, nor more than one step apart
+        assert counters[0] >= counters[1] >= counters[2] >= counters[0] - 1, counters
+    for vm in vms:
+        marks = vm.target.received.bookmarks
+        assert [m.bookmark_id for m in marks] == [p.bookmark_id for p in points]
+        assert {m.group_id for m in marks} == {GROUP}
+    assert points[-1].paused_for < 5
+
+
+def test_an_agent_that_cannot_pause_in_time_aborts_the_point_for_everyone(vms: list[Vm]) -> None:
+    stuck = vms[1]
+    with Coordinator(tcp_listener()) as coordinator:
+        connect_all(coordinator, vms)
+        released = threading.Event()
+
+        def hold_apply_path() -> None:  # a change in flight that takes far too long
+            with stuck.splitter.exclusive():
+                released.wait(10)
+
+        holder = threading.Thread(target=hold_apply_path, daemon=True)
+        holder.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(CoordinationAborted, match=r"app01 did not answer PAUSED"):
+            coordinator.checkpoint(GROUP, bookmark_id="aborted-point", timeout=0.5)
+        assert time.monotonic() - started < 3
+        # the others were resumed: their writes go through while app01 is still stuck
+        for vm in (vms[0], vms[2]):
+            done = threading.Event()
+            threading.Thread(target=lambda vm=vm, done=done: (vm.write_counter(7), done.set()), daemon=True).start()
+            assert done.wait(5), f"{vm.name} is still held after the abort"
+        released.set()
+        holder.join(5)
+        point = coordinator.checkpoint(GROUP, timeout=5)
+    for vm in vms:
+        ids = [m.bookmark_id for m in vm.target.received.bookmarks]
+        assert ids == [point.bookmark_id], f"{vm.name}: {ids}"
+    stuck.write_counter(8)  # and the stuck machine runs again
+
+
+def test_an_agent_held_by_a_silent_coordinator_resumes_by_itself(vms: list[Vm]) -> None:
+    vm = vms[0]
+    listener = tcp_listener()
+    host, port = listener.getsockname()[:2]
+    client = CoordinatorClient(tcp_connector(host, port), agent_id=vm.name, group_id=GROUP,
+                               participants=[vm.splitter], retry_interval=0.1)
+    with listener, client:
+        conn, _ = listener.accept()
+        with conn:
+            assert recv_frame(conn)[0] == HELLO
+            send_frame(conn, PAUSE, {"point": "p1", "hold_timeout": 0.5})
+            assert recv_frame(conn) == (PAUSED, {"point": "p1"})
+            blocked_write = threading.Thread(target=vm.write_counter, args=(1,), daemon=True)
+            blocked_write.start()
+            blocked_write.join(0.2)
+            assert blocked_write.is_alive(), "a paused disk must hold writes"
+            blocked_write.join(5)  # the hold timeout (0.5 s) lets it through without any RESUME
+            assert not blocked_write.is_alive()
+            assert vm.target.received.bookmarks == []
+
+
+def test_a_corrupted_control_frame_is_detected() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        send_frame(a, HELLO, {"agent_id": "web01", "group_id": GROUP})
+        frame = bytearray(b.recv(4096))
+        frame[-3] ^= 0x01
+        a.sendall(bytes(frame))
+        with pytest.raises(CorruptData, match="CRC-32"):
+            recv_frame(b)
