@@ -294,6 +294,8 @@ def profile_vcenter(host: str, port: int, user: str, password_env: str, insecure
         figures, keyed, unsampled = profile(source, devices, duration_s=duration_s, interval_s=interval_s,
                                             pct=pct, on_round=lambda done, total: advance(1))
     changes = inventory.apply_figures(doc, keyed)
+    names = inventory.machine_keys(doc)
+    unsampled = sorted(names.get(key, key) for key in unsampled)
     if not dry_run:
         inventory.save(inventory_path, doc)
     label = f"p{pct:g}"

@@ -412,6 +412,16 @@ def apply_figures(
     return changes
 
 
+def machine_keys(doc: CommentedMap) -> dict[str, str]:
+    """instance_uuid (or name) -> machine name, for the VMware machines of the file."""
+    out: dict[str, str] = {}
+    for item in doc.get("machines") or []:
+        if isinstance(item, CommentedMap) and item.get("kind") == "vmware":
+            facts = item.get("vmware") if isinstance(item.get("vmware"), Mapping) else {}
+            out[str((facts or {}).get("instance_uuid") or item.get("name"))] = str(item.get("name"))
+    return out
+
+
 def disk_devices(doc: CommentedMap) -> dict[str, list[str]]:
     """instance_uuid (or name) -> the device instances (scsi0:0, ...) of its disks, as the file lists them."""
     out: dict[str, list[str]] = {}
@@ -455,6 +465,17 @@ def render_changes(outcome_changes: Sequence[Change], fmt: str, *, title: str) -
 
 
 __all__ = [
-    "Change", "Outcome", "apply_figures", "disk_devices", "dump", "load", "merge", "never",
-    "owned_by_vcenter", "render_changes", "save", "write_discovery",
+    "Change",
+    "Outcome",
+    "apply_figures",
+    "disk_devices",
+    "dump",
+    "load",
+    "machine_keys",
+    "merge",
+    "never",
+    "owned_by_vcenter",
+    "render_changes",
+    "save",
+    "write_discovery",
 ]
