@@ -10,9 +10,6 @@ its token as an HttpOnly cookie through a login link minted by an operator
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at definition time,
 # and they name dependencies local to `create_app`.
 
-import hashlib
-import json
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,11 +32,19 @@ from dr.server.schemas import (
     RegisterRequest,
     RegisterResponse,
 )
-from dr.server.service import AuthError, ConfigServer, Conflict, Forbidden, NotFound, Principal
+from dr.server.service import (
+    LOGIN_LINK_TTL_S,
+    AuthError,
+    ConfigServer,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Principal,
+    mint_login_code,
+    use_login_code,
+)
 
 COOKIE = "dr_token"
-# A dashboard login link works once, within this many seconds (our choice).
-LOGIN_LINK_TTL_S = 600
 # The dashboard reloads itself this often (seconds).
 DASHBOARD_REFRESH_S = 15
 TEMPLATES = Path(__file__).parent / "templates"
@@ -170,21 +175,13 @@ def create_app(server: ConfigServer) -> FastAPI:
     @app.post("/api/v1/login-links", tags=["dashboard"])
     def login_link(request: Request, who: Operator) -> dict[str, Any]:
         """A one-time link that logs a browser into the dashboard (valid for 10 minutes)."""
-        code = secrets.token_urlsafe(24)
-        key = "login:" + hashlib.sha256(code.encode()).hexdigest()
-        server.store.set_meta(key, json.dumps({"expires": server.clock() + LOGIN_LINK_TTL_S, "by": who.name}))
+        code = mint_login_code(server.store, by=who.name, now=server.clock())
         return {"path": f"/login/{code}", "url": str(request.base_url).rstrip("/") + f"/login/{code}",
                 "expires_in_seconds": LOGIN_LINK_TTL_S}
 
     @app.get("/login/{code}", include_in_schema=False)
     def use_login_link(code: str, request: Request) -> Response:
-        key = "login:" + hashlib.sha256(code.encode()).hexdigest()
-        with server.store.transaction() as tx:
-            rows = tx.query("SELECT value FROM meta WHERE key = ?", (key,))
-            tx.execute("DELETE FROM meta WHERE key = ?", (key,))
-        if not rows or json.loads(rows[0]["value"])["expires"] < server.clock():
-            raise AuthError("this login link is unknown, used or expired: run `dr config-server login-link` again")
-        by = json.loads(rows[0]["value"])["by"]
+        by = use_login_code(server.store, code, now=server.clock())
         token = server.mint_token(name=f"{by}-browser", role="operator")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict",

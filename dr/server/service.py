@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -57,6 +58,52 @@ def _hash_passphrase(passphrase: str, salt: bytes) -> bytes:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# A dashboard login link works once, within this many seconds (our choice).
+LOGIN_LINK_TTL_S = 600
+
+
+def verify_passphrase(store: Store, passphrase: str) -> bool:
+    """Whether `passphrase` is the vault's (False when the store has no vault yet)."""
+    record = store.get_meta("vault_passphrase")
+    if record is None:
+        return False
+    _, salt, digest = record.split("$")
+    return hmac.compare_digest(_hash_passphrase(passphrase, bytes.fromhex(salt)).hex(), digest)
+
+
+def require_passphrase(store: Store, passphrase: str) -> None:
+    if store.get_meta("vault_passphrase") is None:
+        raise AuthError(f"{store.display_url} has no vault yet: start the server once with `dr config-server start`")
+    if not verify_passphrase(store, passphrase):
+        raise AuthError("the vault passphrase is wrong: use the one the configuration server was started with")
+
+
+def mint_token(store: Store, *, name: str, role: Role, now: float) -> str:
+    """A new API token (only its SHA-256 is stored)."""
+    token = secrets.token_urlsafe(32)
+    store.execute("INSERT INTO tokens (token_hash, component, role, created) VALUES (?, ?, ?, ?)",
+                  (_token_hash(token), name, role, now))
+    return token
+
+
+def mint_login_code(store: Store, *, by: str, now: float) -> str:
+    """A one-time dashboard login code (path `/login/<code>`), valid LOGIN_LINK_TTL_S seconds."""
+    code = secrets.token_urlsafe(24)
+    store.set_meta("login:" + _token_hash(code), json.dumps({"expires": now + LOGIN_LINK_TTL_S, "by": by}))
+    return code
+
+
+def use_login_code(store: Store, code: str, *, now: float) -> str:
+    """Consume a login code; return who minted it. Raises AuthError when unknown, used or expired."""
+    key = "login:" + _token_hash(code)
+    with store.transaction() as tx:
+        rows = tx.query("SELECT value FROM meta WHERE key = ?", (key,))
+        tx.execute("DELETE FROM meta WHERE key = ?", (key,))
+    if not rows or json.loads(rows[0]["value"])["expires"] < now:
+        raise AuthError("this login link is unknown, used or expired: run `dr config-server login-link` again")
+    return str(json.loads(rows[0]["value"])["by"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,19 +233,10 @@ class ConfigServer:
             )
 
     def check_passphrase(self, passphrase: str) -> bool:
-        record = self.store.get_meta("vault_passphrase")
-        if record is None:
-            return False
-        _, salt, digest = record.split("$")
-        return hmac.compare_digest(_hash_passphrase(passphrase, bytes.fromhex(salt)).hex(), digest)
+        return verify_passphrase(self.store, passphrase)
 
     def mint_token(self, *, name: str, role: Role) -> str:
-        token = secrets.token_urlsafe(32)
-        self.store.execute(
-            "INSERT INTO tokens (token_hash, component, role, created) VALUES (?, ?, ?, ?)",
-            (_token_hash(token), name, role, self.clock()),
-        )
-        return token
+        return mint_token(self.store, name=name, role=role, now=self.clock())
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:

@@ -40,7 +40,8 @@ def live(sqlite_store: object, sharepoint: object) -> Iterator[tuple[ConfigServe
     server = ConfigServer(store=sqlite_store, estate=sharepoint, clock=_time.time)  # type: ignore[arg-type]
     server.init_vault(PASSPHRASE)
     port = free_port()
-    config = uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning",
+                            timeout_graceful_shutdown=1)
     http = uvicorn.Server(config)
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
@@ -52,6 +53,7 @@ def live(sqlite_store: object, sharepoint: object) -> Iterator[tuple[ConfigServe
         yield server, f"http://127.0.0.1:{port}"
     finally:
         http.should_exit = True
+        http.force_exit = True  # Chromium may leave keep-alive connections behind
         thread.join(timeout=10)
 
 
