@@ -264,7 +264,15 @@ class BlockTracker:
         if self._instance is None:
             raise CaptureError(f"the tracker of {self.device} is not started")
         number = next(self._marks)
-        (self._instance / "trace_marker").write_text(f"dr-sync-{number}\n")
+        for attempt in (1, 2):
+            try:
+                (self._instance / "trace_marker").write_text(f"dr-sync-{number}\n")
+                break
+            except OSError as err:  # EBADF: the ring buffer is full (overwrite is off): drain, retry
+                self.collect()
+                if attempt == 2:
+                    self._lose(f"the trace buffer is full and refused our marker ({err.strerror})")
+                    return
         deadline = time.monotonic() + timeout
         while True:
             self.collect()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import MiB, SplitDisk, e2fsck_clean, is_frozen, mkfs_ext4
-
 from dr_agent.capture.consistency import app_consistent, run_script
 from dr_agent.capture.errors import FreezeError, ScriptFailed
 

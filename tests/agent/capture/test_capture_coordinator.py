@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import MiB, need_root_tools
-
 from dr_agent.capture.consistency import (
     HELLO,
     PAUSE,
