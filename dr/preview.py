@@ -32,11 +32,21 @@ MOCK_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 MOCK_TENANT = "11111111-1111-1111-1111-111111111111"
 # The logical-name input of each azure-native type (its `name` output), for the mock runtime.
 _NAME_KEYS = {
-    "ResourceGroup": "resourceGroupName", "VirtualNetwork": "virtualNetworkName", "Subnet": "subnetName",
-    "NetworkSecurityGroup": "networkSecurityGroupName", "NetworkInterface": "networkInterfaceName",
-    "PublicIPAddress": "publicIpAddressName", "StorageAccount": "accountName", "BlobContainer": "containerName",
-    "Vault": "vaultName", "Secret": "secretName", "VirtualMachine": "vmName", "Disk": "diskName",
-    "VirtualMachineExtension": "vmExtensionName", "Profile": "profileName", "RoleAssignment": "roleAssignmentName",
+    "ResourceGroup": "resourceGroupName",
+    "VirtualNetwork": "virtualNetworkName",
+    "Subnet": "subnetName",
+    "NetworkSecurityGroup": "networkSecurityGroupName",
+    "NetworkInterface": "networkInterfaceName",
+    "PublicIPAddress": "publicIpAddressName",
+    "StorageAccount": "accountName",
+    "BlobContainer": "containerName",
+    "Vault": "vaultName",
+    "Secret": "secretName",
+    "VirtualMachine": "vmName",
+    "Disk": "diskName",
+    "VirtualMachineExtension": "vmExtensionName",
+    "Profile": "profileName",
+    "RoleAssignment": "roleAssignmentName",
 }
 
 
@@ -75,9 +85,11 @@ def _mask(value: Any) -> Any:
 def _rule(rule: dict[str, Any]) -> str:
     sources = rule.get("sourceAddressPrefixes") or [rule.get("sourceAddressPrefix", "*")]
     target = rule.get("destinationAddressPrefix", "*")
-    return (f"{rule.get('direction', '?').lower()} {rule.get('access', '?').lower()} "
-            f"{rule.get('protocol', '*')}/{rule.get('destinationPortRange', '*')} "
-            f"from {','.join(sources)} to {target} ({rule.get('name', '')})")
+    return (
+        f"{rule.get('direction', '?').lower()} {rule.get('access', '?').lower()} "
+        f"{rule.get('protocol', '*')}/{rule.get('destinationPortRange', '*')} "
+        f"from {','.join(sources)} to {target} ({rule.get('name', '')})"
+    )
 
 
 def key_properties(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +130,15 @@ def key_properties(inputs: dict[str, Any]) -> dict[str, Any]:
         out["private_ip"] = addresses
     endpoints = inputs.get("endpoints") or []
     if endpoints:
-        out["endpoints"] = [f"{e.get('name')} priority {e.get('priority')} -> "
-                            f"{e.get('target') or e.get('targetResourceId', '?')}" for e in endpoints]
-    data_disks = (inputs.get("storageProfile") or {}).get("dataDisks") or []
+        out["endpoints"] = [
+            f"{e.get('name')} priority {e.get('priority')} -> {e.get('target') or e.get('targetResourceId', '?')}"
+            for e in endpoints
+        ]
+    tags = inputs.get("tags")
+    if isinstance(tags, dict) and "dr-bootstrap" in tags:  # a review sees when custom data changes
+        out["bootstrap"] = tags["dr-bootstrap"]
+    storage_profile = inputs.get("storageProfile")
+    data_disks = (storage_profile.get("dataDisks") if isinstance(storage_profile, dict) else None) or []
     if data_disks:
         out["data_disks"] = len(data_disks)
     return out
@@ -151,9 +169,17 @@ class Preview:
             "failover_plan": self.failover_plan,
             "counts": self.counts(),
             "resources": [
-                {"urn": r.urn, "type": r.type, "name": r.name, "parent": r.parent, "custom": r.custom,
-                 "properties": r.key_properties, "tags": r.inputs.get("tags", {})}
-                for r in self.resources if r.type != "pulumi:pulumi:Stack"
+                {
+                    "urn": r.urn,
+                    "type": r.type,
+                    "name": r.name,
+                    "parent": r.parent,
+                    "custom": r.custom,
+                    "properties": r.key_properties,
+                    "tags": r.inputs.get("tags", {}),
+                }
+                for r in self.resources
+                if r.type != "pulumi:pulumi:Stack"
             ],
         }
 
@@ -171,8 +197,10 @@ def _mocks_and_monitor() -> Any:
         def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
             kind = args.typ.rsplit(":", 1)[-1]
             name = args.inputs.get(_NAME_KEYS.get(kind, ""), None) or args.name
-            rid = (f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/"
-                   f"{args.inputs.get('resourceGroupName', name)}/providers/{args.typ.split(':', 1)[-1]}/{name}")
+            rid = (
+                f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/"
+                f"{args.inputs.get('resourceGroupName', name)}/providers/{args.typ.split(':', 1)[-1]}/{name}"
+            )
             outputs = dict(args.inputs, name=name)
             if isinstance(args.inputs.get("identity"), dict):
                 principal = str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
@@ -184,15 +212,27 @@ def _mocks_and_monitor() -> Any:
         def call(self, args: MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
             given = args.args
             if args.token == "azure-native:authorization:getClientConfig":
-                return {"clientId": MOCK_TENANT, "objectId": MOCK_TENANT, "subscriptionId": MOCK_SUBSCRIPTION,
-                        "tenantId": MOCK_TENANT}
+                return {
+                    "clientId": MOCK_TENANT,
+                    "objectId": MOCK_TENANT,
+                    "subscriptionId": MOCK_SUBSCRIPTION,
+                    "tenantId": MOCK_TENANT,
+                }
             if args.token == "azure-native:network:getSubnet":
-                return {"id": (f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{given['resourceGroupName']}"
-                               f"/providers/Microsoft.Network/virtualNetworks/{given['virtualNetworkName']}"
-                               f"/subnets/{given['subnetName']}"), "name": given["subnetName"]}
+                return {
+                    "id": (
+                        f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{given['resourceGroupName']}"
+                        f"/providers/Microsoft.Network/virtualNetworks/{given['virtualNetworkName']}"
+                        f"/subnets/{given['subnetName']}"
+                    ),
+                    "name": given["subnetName"],
+                }
             if args.token == "azure-native:resources:getResourceGroup":
-                return {"id": f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{given['resourceGroupName']}",
-                        "name": given["resourceGroupName"], "location": "existing"}
+                return {
+                    "id": f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{given['resourceGroupName']}",
+                    "name": given["resourceGroupName"],
+                    "location": "existing",
+                }
             return {}
 
     class Recorder(mocks.MockMonitor):
@@ -202,12 +242,18 @@ def _mocks_and_monitor() -> Any:
             super().__init__(m)
             self.declarations: list[Declaration] = []
 
-        def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        def RegisterResource(self, request: Any) -> Any:
             response = super().RegisterResource(request)
-            self.declarations.append(Declaration(
-                urn=response.urn, type=request.type, name=request.name, parent=request.parent or None,
-                custom=bool(request.custom), inputs=_mask(rpc.deserialize_properties(request.object)),
-            ))
+            self.declarations.append(
+                Declaration(
+                    urn=response.urn,
+                    type=request.type,
+                    name=request.name,
+                    parent=request.parent or None,
+                    custom=bool(request.custom),
+                    inputs=_mask(rpc.deserialize_properties(request.object)),
+                )
+            )
             return response
 
     return AzureMocks(), Recorder
@@ -238,12 +284,17 @@ def run(estate: Estate, plan: StackPlan, options: StackOptions, *, stack: str = 
     contextvars.Context().run(body)
     from dr.azure.options import failover_plan_name
 
-    return Preview(estate=estate.estate, failover=options.failover,
-                   failover_plan=failover_plan_name(estate, options), resources=tuple(recorder.declarations))
+    return Preview(
+        estate=estate.estate,
+        failover=options.failover,
+        failover_plan=failover_plan_name(estate, options),
+        resources=tuple(recorder.declarations),
+    )
 
 
-def preview_options(estate: Estate, plan: StackPlan, failover: FailoverKind = "none",
-                    failover_plan: str | None = None) -> StackOptions:
+def preview_options(
+    estate: Estate, plan: StackPlan, failover: FailoverKind = "none", failover_plan: str | None = None
+) -> StackOptions:
     """Options for an offline run: placeholder secrets (masked in every output, never deployed)."""
     windows = any(m.os == "windows" for m in plan.master_targets)
     return StackOptions(
@@ -255,14 +306,16 @@ def preview_options(estate: Estate, plan: StackPlan, failover: FailoverKind = "n
     )
 
 
-def preview(estate: Estate, plan: StackPlan | None = None, failover: FailoverKind = "none",
-            failover_plan: str | None = None) -> Preview:
+def preview(
+    estate: Estate, plan: StackPlan | None = None, failover: FailoverKind = "none", failover_plan: str | None = None
+) -> Preview:
     plan = plan if plan is not None else plan_of(estate)
     return run(estate, plan, preview_options(estate, plan, failover, failover_plan))
 
 
-def resource_delta(old_estate: Estate, new_estate: Estate, *, old_plan: StackPlan | None = None,
-                   new_plan: StackPlan | None = None) -> dict[str, Any]:
+def resource_delta(
+    old_estate: Estate, new_estate: Estate, *, old_plan: StackPlan | None = None, new_plan: StackPlan | None = None
+) -> dict[str, Any]:
     """Resources added, removed and changed (key properties) from one spec to the next, JSON-able.
 
     Both specs run without failover, under the same stack name, so URNs compare one to one.
@@ -276,8 +329,11 @@ def resource_delta(old_estate: Estate, new_estate: Estate, *, old_plan: StackPla
     changed = []
     for urn in sorted(old.keys() & new.keys()):
         before, after = old[urn].key_properties, new[urn].key_properties
-        changes = {k: {"old": before.get(k), "new": after.get(k)}
-                   for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
+        changes = {
+            k: {"old": before.get(k), "new": after.get(k)}
+            for k in sorted(before.keys() | after.keys())
+            if before.get(k) != after.get(k)
+        }
         if changes:
             changed.append({"urn": urn, "type": new[urn].type, "name": new[urn].name, "changes": changes})
     return {
@@ -303,8 +359,10 @@ def render_text(result: Preview) -> str:
         children.setdefault(r.parent, []).append(r)
     stack = [r for r in result.resources if r.type == "pulumi:pulumi:Stack"]
     roots = children.get(stack[0].urn, []) if stack else children.get(None, [])
-    lines = [f"estate {result.estate}: {len(result.cloud())} Azure resources, failover "
-             f"{result.failover}" + (f" (plan {result.failover_plan})" if result.failover_plan else "")]
+    lines = [
+        f"estate {result.estate}: {len(result.cloud())} Azure resources, failover "
+        f"{result.failover}" + (f" (plan {result.failover_plan})" if result.failover_plan else "")
+    ]
 
     def walk(node: Declaration, prefix: str, last: bool) -> None:
         branch = "└── " if last else "├── "
@@ -328,9 +386,14 @@ def render_text(result: Preview) -> str:
 
 def render_markdown(result: Preview) -> str:
     names = {r.urn: r.name for r in result.resources}
-    lines = [f"### Azure resources of `{result.estate}` (failover: {result.failover}"
-             + (f", plan `{result.failover_plan}`" if result.failover_plan else "") + ")", "",
-             "| Type | Name | Parent | Key properties |", "|---|---|---|---|"]
+    lines = [
+        f"### Azure resources of `{result.estate}` (failover: {result.failover}"
+        + (f", plan `{result.failover_plan}`" if result.failover_plan else "")
+        + ")",
+        "",
+        "| Type | Name | Parent | Key properties |",
+        "|---|---|---|---|",
+    ]
     for r in result.resources:
         if r.type == "pulumi:pulumi:Stack":
             continue

@@ -46,13 +46,15 @@ def master_target_config(estate: Estate, plan: StackPlan, mts: MasterTarget, reg
         for disk in machine.disks:
             account = plan.account_of_disk(machine.name, disk.name)
             azure_name = naming.storage_account_name(estate.estate, account.name)
-            disks.append({
-                "disk": f"{machine.name}/{disk.name}",
-                "size_gb": disk.size_gb,
-                "storage_account": azure_name,
-                "container": naming.REPLICA_CONTAINER,
-                "blob": naming.replica_blob(machine.name, disk.name),
-            })
+            disks.append(
+                {
+                    "disk": f"{machine.name}/{disk.name}",
+                    "size_gb": disk.size_gb,
+                    "storage_account": azure_name,
+                    "container": naming.REPLICA_CONTAINER,
+                    "blob": naming.replica_blob(machine.name, disk.name),
+                }
+            )
     retention = plan.retention_account_of(mts.name)
     return {
         "role": "master-target",

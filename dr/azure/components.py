@@ -18,6 +18,7 @@ Internet): see `OPENED_PORTS`. The components never size anything: sizes come fr
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import uuid
 from collections.abc import Mapping, Sequence
@@ -56,8 +57,18 @@ OPENED_PORTS: Mapping[int, str] = {
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 # Marketplace images (Gen1, so the seed's A/D sizes, which are Gen1-only, can boot them).
-LINUX_IMAGE = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts", "version": "latest"}
-WINDOWS_IMAGE = {"publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2022-datacenter", "version": "latest"}
+LINUX_IMAGE = {
+    "publisher": "Canonical",
+    "offer": "0001-com-ubuntu-server-jammy",
+    "sku": "22_04-lts",
+    "version": "latest",
+}
+WINDOWS_IMAGE = {
+    "publisher": "MicrosoftWindowsServer",
+    "offer": "WindowsServer",
+    "sku": "2022-datacenter",
+    "version": "latest",
+}
 # Retention disk of a master target when the plan does not state `retention_gb`: 1023 GB, the
 # largest data disk of the seed's era (Azure's 2015 VHD limit), so retention uses all it may.
 RETENTION_DISK_GB = 1023
@@ -101,6 +112,12 @@ class Target:
         return ",".join(names)[:256]  # Azure tag values hold at most 256 characters
 
 
+def bootstrap_digest(custom_data: str) -> str:
+    """12 hex of the custom data's SHA-256, tagged on the VM: a review sees when it changes (and
+    Azure replaces a VM whose custom data changes), even when a secret hides the whole os profile."""
+    return hashlib.sha256(custom_data.encode()).hexdigest()[:12]
+
+
 def _child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(parent=parent, **kwargs)
 
@@ -112,8 +129,13 @@ def _role_id(target: Target, role: str) -> pulumi.Output[str]:
 
 
 def _grant(
-    owner: pulumi.Resource, name: str, *, target: Target, principal_id: pulumi.Input[str],
-    scope: pulumi.Input[str], role: str,
+    owner: pulumi.Resource,
+    name: str,
+    *,
+    target: Target,
+    principal_id: pulumi.Input[str],
+    scope: pulumi.Input[str],
+    role: str,
 ) -> authorization.RoleAssignment:
     # The assignment name must be a GUID; derive it so a re-run declares the same one.
     stable = uuid.uuid5(uuid.NAMESPACE_URL, f"dr/{target.estate.estate}/{name}/{role}")
@@ -205,15 +227,18 @@ class Network(pulumi.ComponentResource):
         self.control_nsg = self._nsg(f"{name}-control", target, _inbound_rules(target, CONTROL_PORT), "control")
         self.data_nsg = self._nsg(f"{name}-data", target, _inbound_rules(target, DATA_PORT), "data")
         self.recovery_nsg = self._nsg(f"{name}-recovery", target, [], "recovery")
-        self.register_outputs({
-            "subnet_id": self.subnet_id,
-            "control_nsg": self.control_nsg.id,
-            "data_nsg": self.data_nsg.id,
-            "recovery_nsg": self.recovery_nsg.id,
-        })
+        self.register_outputs(
+            {
+                "subnet_id": self.subnet_id,
+                "control_nsg": self.control_nsg.id,
+                "data_nsg": self.data_nsg.id,
+                "recovery_nsg": self.recovery_nsg.id,
+            }
+        )
 
-    def _nsg(self, name: str, target: Target, rules: list[network.SecurityRuleArgs], role: str
-             ) -> network.NetworkSecurityGroup:
+    def _nsg(
+        self, name: str, target: Target, rules: list[network.SecurityRuleArgs], role: str
+    ) -> network.NetworkSecurityGroup:
         return network.NetworkSecurityGroup(
             name,
             network_security_group_name=f"{target.estate.estate}-{role}-nsg",
@@ -229,8 +254,15 @@ class KeyVault(pulumi.ComponentResource):
     """The estate's Key Vault (RBAC authorization, soft delete) and its secrets; servers read them
     with their managed identity, so no secret is ever in custom data or plain config."""
 
-    def __init__(self, name: str, *, target: Target, passphrase: pulumi.Input[str],
-                 admin_password: pulumi.Input[str] | None, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        passphrase: pulumi.Input[str],
+        admin_password: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:KeyVault", name, None, opts)
         self.vault_name = naming.key_vault_name(target.estate.estate, target.estate.azure.resource_group)
         self.vault = keyvault.Vault(
@@ -268,8 +300,14 @@ class StorageTier(pulumi.ComponentResource):
     """The plan's storage accounts: geo-redundant, no anonymous blob access, HTTPS and TLS 1.2 only;
     a private `replica` container (page-blob VHDs) or `retention` container (recovery-point journal)."""
 
-    def __init__(self, name: str, *, target: Target, accounts: Sequence[StorageAccount],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        accounts: Sequence[StorageAccount],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:StorageTier", name, None, opts)
         sku = GEO_REDUNDANT[target.estate.azure.storage_redundancy]
         self.accounts: dict[str, storage.StorageAccount] = {}
@@ -286,8 +324,11 @@ class StorageTier(pulumi.ComponentResource):
                 allow_blob_public_access=False,
                 minimum_tls_version="TLS1_2",
                 enable_https_traffic_only=True,
-                tags=target.tagged(dr_role=account.purpose, dr_plan_account=account.name,
-                                   dr_protection_group=target.groups_of(machines)),
+                tags=target.tagged(
+                    dr_role=account.purpose,
+                    dr_plan_account=account.name,
+                    dr_protection_group=target.groups_of(machines),
+                ),
                 opts=_child(self),
             )
             storage.BlobContainer(
@@ -316,7 +357,8 @@ class Vault(pulumi.ComponentResource):
             properties=recoveryservices.VaultPropertiesArgs(
                 public_network_access="Enabled",
                 redundancy_settings=recoveryservices.VaultPropertiesRedundancySettingsArgs(
-                    standard_tier_storage_redundancy="GeoRedundant", cross_region_restore="Enabled",
+                    standard_tier_storage_redundancy="GeoRedundant",
+                    cross_region_restore="Enabled",
                 ),
             ),
             tags=target.tagged(dr_role="recovery-services-vault"),
@@ -334,8 +376,9 @@ class ServerNet:
     private_ip: str
 
 
-def _server_nic(owner: pulumi.ComponentResource, name: str, target: Target, net: ServerNet, role: str
-                ) -> tuple[network.NetworkInterface, network.PublicIPAddress | None]:
+def _server_nic(
+    owner: pulumi.ComponentResource, name: str, target: Target, net: ServerNet, role: str
+) -> tuple[network.NetworkInterface, network.PublicIPAddress | None]:
     public: network.PublicIPAddress | None = None
     if target.estate.azure.connectivity == "internet":
         # The process servers dial this address from the internet; the NSG admits them only.
@@ -355,22 +398,32 @@ def _server_nic(owner: pulumi.ComponentResource, name: str, target: Target, net:
         resource_group_name=target.resource_group_name,
         location=target.region,
         network_security_group=network.NetworkSecurityGroupArgs(id=net.nsg_id),
-        ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
-            name="primary",
-            primary=True,
-            subnet=network.SubnetArgs(id=net.subnet_id),
-            private_ip_allocation_method="Static",
-            private_ip_address=net.private_ip,
-            public_ip_address=network.PublicIPAddressArgs(id=public.id) if public is not None else None,
-        )],
+        ip_configurations=[
+            network.NetworkInterfaceIPConfigurationArgs(
+                name="primary",
+                primary=True,
+                subnet=network.SubnetArgs(id=net.subnet_id),
+                private_ip_allocation_method="Static",
+                private_ip_address=net.private_ip,
+                public_ip_address=network.PublicIPAddressArgs(id=public.id) if public is not None else None,
+            )
+        ],
         tags=target.tagged(dr_role=role),
         opts=_child(owner),
     )
     return nic, public
 
 
-def _os_profile(name: str, target: Target, *, windows: bool, admin_user: str, ssh_public_key: str,
-                admin_password: pulumi.Input[str] | None, custom_data: str) -> compute.OSProfileArgs:
+def _os_profile(
+    name: str,
+    target: Target,
+    *,
+    windows: bool,
+    admin_user: str,
+    ssh_public_key: str,
+    admin_password: pulumi.Input[str] | None,
+    custom_data: str,
+) -> compute.OSProfileArgs:
     import base64
 
     encoded = base64.b64encode(custom_data.encode()).decode()
@@ -388,9 +441,14 @@ def _os_profile(name: str, target: Target, *, windows: bool, admin_user: str, ss
         custom_data=encoded,
         linux_configuration=compute.LinuxConfigurationArgs(
             disable_password_authentication=True,
-            ssh=compute.SshConfigurationArgs(public_keys=[compute.SshPublicKeyArgs(
-                path=f"/home/{admin_user}/.ssh/authorized_keys", key_data=ssh_public_key,
-            )]),
+            ssh=compute.SshConfigurationArgs(
+                public_keys=[
+                    compute.SshPublicKeyArgs(
+                        path=f"/home/{admin_user}/.ssh/authorized_keys",
+                        key_data=ssh_public_key,
+                    )
+                ]
+            ),
         ),
     )
 
@@ -402,9 +460,19 @@ def _image(windows: bool) -> compute.ImageReferenceArgs:
 class ConfigurationServer(pulumi.ComponentResource):
     """The configuration server VM (Linux, size from the plan) running `dr config-server`."""
 
-    def __init__(self, name: str, *, target: Target, server: ConfigServer, net: ServerNet,
-                 key_vault: keyvault.Vault, custom_data: str, admin_user: str, ssh_public_key: str,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        server: ConfigServer,
+        net: ServerNet,
+        key_vault: keyvault.Vault,
+        custom_data: str,
+        admin_user: str,
+        ssh_public_key: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:ConfigurationServer", name, None, opts)
         nic, public = _server_nic(self, name, target, net, "configuration-server")
         self.vm = compute.VirtualMachine(
@@ -417,37 +485,65 @@ class ConfigurationServer(pulumi.ComponentResource):
             storage_profile=compute.StorageProfileArgs(
                 image_reference=_image(windows=False),
                 os_disk=compute.OSDiskArgs(
-                    name=f"{name}-os", create_option="FromImage", caching=compute.CachingTypes.READ_WRITE,
+                    name=f"{name}-os",
+                    create_option="FromImage",
+                    caching=compute.CachingTypes.READ_WRITE,
                     managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=SERVER_OS_DISK_SKU),
                 ),
             ),
-            os_profile=_os_profile(name, target, windows=False, admin_user=admin_user,
-                                   ssh_public_key=ssh_public_key, admin_password=None, custom_data=custom_data),
+            os_profile=_os_profile(
+                name,
+                target,
+                windows=False,
+                admin_user=admin_user,
+                ssh_public_key=ssh_public_key,
+                admin_password=None,
+                custom_data=custom_data,
+            ),
             network_profile=compute.NetworkProfileArgs(
-                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]),
+                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
+            ),
             diagnostics_profile=compute.DiagnosticsProfileArgs(
-                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
-            tags=target.tagged(dr_role="configuration-server"),
+                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
+            ),
+            tags=target.tagged(dr_role="configuration-server", dr_bootstrap=bootstrap_digest(custom_data)),
             opts=_child(self),
         )
         principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
-        _grant(self, f"{name}-kv-secrets", target=target, principal_id=principal, scope=key_vault.id,
-               role=ROLE_KEY_VAULT_SECRETS_USER)
+        _grant(
+            self,
+            f"{name}-kv-secrets",
+            target=target,
+            principal_id=principal,
+            scope=key_vault.id,
+            role=ROLE_KEY_VAULT_SECRETS_USER,
+        )
         self.private_ip = net.private_ip
         self.public_ip = public.ip_address if public is not None else None
-        self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip,
-                               "public_ip": self.public_ip})
+        self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip, "public_ip": self.public_ip})
 
 
 class MasterTargetServer(pulumi.ComponentResource):
     """A master target VM (A4 or D14 per the plan; Windows or Linux image by OS) with its retention
     disk, write access to its storage accounts and read access to the passphrase."""
 
-    def __init__(self, name: str, *, target: Target, mts: MasterTarget, net: ServerNet,
-                 accounts: Mapping[str, storage.StorageAccount], account_names: Sequence[str],
-                 key_vault: keyvault.Vault, custom_data: str, admin_user: str, ssh_public_key: str,
-                 admin_password: pulumi.Input[str] | None, retention_gb: int,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        mts: MasterTarget,
+        net: ServerNet,
+        accounts: Mapping[str, storage.StorageAccount],
+        account_names: Sequence[str],
+        key_vault: keyvault.Vault,
+        custom_data: str,
+        admin_user: str,
+        ssh_public_key: str,
+        admin_password: pulumi.Input[str] | None,
+        retention_gb: int,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:MasterTarget", name, None, opts)
         windows = mts.os == "windows"
         groups = target.groups_of(mts.machines)
@@ -473,22 +569,38 @@ class MasterTargetServer(pulumi.ComponentResource):
             storage_profile=compute.StorageProfileArgs(
                 image_reference=_image(windows),
                 os_disk=compute.OSDiskArgs(
-                    name=f"{name}-os", create_option="FromImage", caching=compute.CachingTypes.READ_WRITE,
+                    name=f"{name}-os",
+                    create_option="FromImage",
+                    caching=compute.CachingTypes.READ_WRITE,
                     managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=SERVER_OS_DISK_SKU),
                 ),
-                data_disks=[compute.DataDiskArgs(
-                    lun=RETENTION_LUN, create_option="Attach", caching=compute.CachingTypes.NONE,
-                    managed_disk=compute.ManagedDiskParametersArgs(id=retention.id),
-                )],
+                data_disks=[
+                    compute.DataDiskArgs(
+                        lun=RETENTION_LUN,
+                        create_option="Attach",
+                        caching=compute.CachingTypes.NONE,
+                        managed_disk=compute.ManagedDiskParametersArgs(id=retention.id),
+                    )
+                ],
             ),
-            os_profile=_os_profile(name, target, windows=windows, admin_user=admin_user,
-                                   ssh_public_key=ssh_public_key, admin_password=admin_password,
-                                   custom_data=custom_data),
+            os_profile=_os_profile(
+                name,
+                target,
+                windows=windows,
+                admin_user=admin_user,
+                ssh_public_key=ssh_public_key,
+                admin_password=admin_password,
+                custom_data=custom_data,
+            ),
             network_profile=compute.NetworkProfileArgs(
-                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]),
+                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
+            ),
             diagnostics_profile=compute.DiagnosticsProfileArgs(
-                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
-            tags=target.tagged(dr_role="master-target", dr_protection_group=groups),
+                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
+            ),
+            tags=target.tagged(
+                dr_role="master-target", dr_protection_group=groups, dr_bootstrap=bootstrap_digest(custom_data)
+            ),
             opts=_child(self),
         )
         if windows:
@@ -503,24 +615,44 @@ class MasterTargetServer(pulumi.ComponentResource):
                 type="CustomScriptExtension",
                 type_handler_version="1.10",
                 auto_upgrade_minor_version=True,
-                protected_settings={"commandToExecute": (
-                    "powershell -ExecutionPolicy Bypass -NoProfile -Command \""
-                    "Copy-Item C:\\AzureData\\CustomData.bin C:\\AzureData\\dr-bootstrap.ps1 -Force; "
-                    "& C:\\AzureData\\dr-bootstrap.ps1\""
-                )},
+                protected_settings={
+                    "commandToExecute": (
+                        'powershell -ExecutionPolicy Bypass -NoProfile -Command "'
+                        "Copy-Item C:\\AzureData\\CustomData.bin C:\\AzureData\\dr-bootstrap.ps1 -Force; "
+                        '& C:\\AzureData\\dr-bootstrap.ps1"'
+                    )
+                },
                 tags=target.tagged(dr_role="master-target"),
                 opts=_child(self),
             )
         principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
-        _grant(self, f"{name}-kv-secrets", target=target, principal_id=principal, scope=key_vault.id,
-               role=ROLE_KEY_VAULT_SECRETS_USER)
+        _grant(
+            self,
+            f"{name}-kv-secrets",
+            target=target,
+            principal_id=principal,
+            scope=key_vault.id,
+            role=ROLE_KEY_VAULT_SECRETS_USER,
+        )
         for account in account_names:
-            _grant(self, f"{name}-blob-{account}", target=target, principal_id=principal,
-                   scope=accounts[account].id, role=ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR)
+            _grant(
+                self,
+                f"{name}-blob-{account}",
+                target=target,
+                principal_id=principal,
+                scope=accounts[account].id,
+                role=ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR,
+            )
         self.private_ip = net.private_ip
         self.public_ip = public.ip_address if public is not None else None
-        self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip,
-                               "public_ip": self.public_ip, "machines": list(mts.machines)})
+        self.register_outputs(
+            {
+                "vm_id": self.vm.id,
+                "private_ip": self.private_ip,
+                "public_ip": self.public_ip,
+                "machines": list(mts.machines),
+            }
+        )
 
 
 class IsolatedNetwork(pulumi.ComponentResource):
@@ -529,8 +661,15 @@ class IsolatedNetwork(pulumi.ComponentResource):
 
     subnet_id: pulumi.Output[str]
 
-    def __init__(self, name: str, *, target: Target, resource_group_name: pulumi.Input[str], plan: str,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        resource_group_name: pulumi.Input[str],
+        plan: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:IsolatedNetwork", name, None, opts)
         spec = target.estate.azure.network
         tags = target.tagged(dr_role="test-failover-network", dr_plan=plan)
@@ -539,13 +678,20 @@ class IsolatedNetwork(pulumi.ComponentResource):
             network_security_group_name=f"{name}-nsg",
             resource_group_name=resource_group_name,
             location=target.region,
-            security_rules=[network.SecurityRuleArgs(
-                name=TEST_ISOLATION_RULE,
-                description="a test failover must not reach the internet (isolation)",
-                priority=4000, direction="Outbound", access="Deny", protocol="*",
-                source_address_prefix="*", source_port_range="*",
-                destination_address_prefix="Internet", destination_port_range="*",
-            )],
+            security_rules=[
+                network.SecurityRuleArgs(
+                    name=TEST_ISOLATION_RULE,
+                    description="a test failover must not reach the internet (isolation)",
+                    priority=4000,
+                    direction="Outbound",
+                    access="Deny",
+                    protocol="*",
+                    source_address_prefix="*",
+                    source_port_range="*",
+                    destination_address_prefix="Internet",
+                    destination_port_range="*",
+                )
+            ],
             tags=tags,
             opts=_child(self),
         )
@@ -587,50 +733,67 @@ class RecoveryVm(pulumi.ComponentResource):
     """A failed-over machine: managed disks imported from its replica VHD blobs (first disk = OS
     disk), one NIC per source NIC in the recovery (or isolated) subnet, a VM of the plan's size."""
 
-    def __init__(self, name: str, *, target: Target, machine: Machine, vm: FailoverVm,
-                 resource_group_name: pulumi.Input[str], subnet_id: pulumi.Input[str],
-                 nsg_id: pulumi.Input[str], disk_sources: Sequence[tuple[str, pulumi.Input[str]]],
-                 tags: Mapping[str, str], opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        machine: Machine,
+        vm: FailoverVm,
+        resource_group_name: pulumi.Input[str],
+        subnet_id: pulumi.Input[str],
+        nsg_id: pulumi.Input[str],
+        disk_sources: Sequence[tuple[str, pulumi.Input[str]]],
+        tags: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:RecoveryVm", name, None, opts)
         windows = "windows" in machine.os.lower()
         disks: list[compute.Disk] = []
         for index, (disk, (account_name, account_id)) in enumerate(zip(machine.disks, disk_sources, strict=True)):
-            disks.append(compute.Disk(
-                f"{name}-{disk.name}",
-                disk_name=f"{machine.name}-{disk.name}",
-                resource_group_name=resource_group_name,
-                location=target.region,
-                sku=compute.DiskSkuArgs(name=RECOVERY_DISK_SKU),
-                os_type=(compute.OperatingSystemTypes.WINDOWS if windows else compute.OperatingSystemTypes.LINUX)
-                if index == 0 else None,
-                hyper_v_generation=("V2" if machine.firmware == "uefi" else "V1") if index == 0 else None,
-                creation_data=compute.CreationDataArgs(
-                    create_option="Import",
-                    source_uri=naming.replica_blob_url(account_name, machine.name, disk.name),
-                    storage_account_id=account_id,
-                ),
-                tags=dict(tags),
-                opts=_child(self),
-            ))
+            disks.append(
+                compute.Disk(
+                    f"{name}-{disk.name}",
+                    disk_name=f"{machine.name}-{disk.name}",
+                    resource_group_name=resource_group_name,
+                    location=target.region,
+                    sku=compute.DiskSkuArgs(name=RECOVERY_DISK_SKU),
+                    os_type=(compute.OperatingSystemTypes.WINDOWS if windows else compute.OperatingSystemTypes.LINUX)
+                    if index == 0
+                    else None,
+                    hyper_v_generation=("V2" if machine.firmware == "uefi" else "V1") if index == 0 else None,
+                    creation_data=compute.CreationDataArgs(
+                        create_option="Import",
+                        source_uri=naming.replica_blob_url(account_name, machine.name, disk.name),
+                        storage_account_id=account_id,
+                    ),
+                    tags=dict(tags),
+                    opts=_child(self),
+                )
+            )
         static = _static_ip(machine, target.estate.azure.network.subnet_prefix)
         nics = []
         for n in range(machine.nics):
-            nics.append(network.NetworkInterface(
-                f"{name}-nic{n}",
-                network_interface_name=f"{machine.name}-nic{n}",
-                resource_group_name=resource_group_name,
-                location=target.region,
-                network_security_group=network.NetworkSecurityGroupArgs(id=nsg_id),
-                ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
-                    name="primary",
-                    primary=True,
-                    subnet=network.SubnetArgs(id=subnet_id),
-                    private_ip_allocation_method="Static" if (n == 0 and static) else "Dynamic",
-                    private_ip_address=static if n == 0 else None,
-                )],
-                tags=dict(tags),
-                opts=_child(self),
-            ))
+            nics.append(
+                network.NetworkInterface(
+                    f"{name}-nic{n}",
+                    network_interface_name=f"{machine.name}-nic{n}",
+                    resource_group_name=resource_group_name,
+                    location=target.region,
+                    network_security_group=network.NetworkSecurityGroupArgs(id=nsg_id),
+                    ip_configurations=[
+                        network.NetworkInterfaceIPConfigurationArgs(
+                            name="primary",
+                            primary=True,
+                            subnet=network.SubnetArgs(id=subnet_id),
+                            private_ip_allocation_method="Static" if (n == 0 and static) else "Dynamic",
+                            private_ip_address=static if n == 0 else None,
+                        )
+                    ],
+                    tags=dict(tags),
+                    opts=_child(self),
+                )
+            )
         self.vm = compute.VirtualMachine(
             f"{name}-vm",
             vm_name=machine.name,
@@ -644,16 +807,20 @@ class RecoveryVm(pulumi.ComponentResource):
                     managed_disk=compute.ManagedDiskParametersArgs(id=disks[0].id),
                 ),
                 data_disks=[
-                    compute.DataDiskArgs(lun=lun, create_option="Attach",
-                                         managed_disk=compute.ManagedDiskParametersArgs(id=d.id))
+                    compute.DataDiskArgs(
+                        lun=lun, create_option="Attach", managed_disk=compute.ManagedDiskParametersArgs(id=d.id)
+                    )
                     for lun, d in enumerate(disks[1:])
                 ],
             ),
-            network_profile=compute.NetworkProfileArgs(network_interfaces=[
-                compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=(n == 0)) for n, nic in enumerate(nics)
-            ]),
+            network_profile=compute.NetworkProfileArgs(
+                network_interfaces=[
+                    compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=(n == 0)) for n, nic in enumerate(nics)
+                ]
+            ),
             diagnostics_profile=compute.DiagnosticsProfileArgs(
-                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
+                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
+            ),
             tags=dict(tags),
             opts=_child(self),
         )
@@ -665,8 +832,15 @@ class TrafficManager(pulumi.ComponentResource):
     `azure_endpoint`, the Azure side is a static public IP with a DNS label that the recovery plan's
     after-action associates with the failed-over front end (nothing listens on it before)."""
 
-    def __init__(self, name: str, *, target: Target, plan: RecoveryPlan,
-                 resource_group_name: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        plan: RecoveryPlan,
+        resource_group_name: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("dr:azure:TrafficManager", name, None, opts)
         spec = plan.traffic_manager
         assert spec is not None
@@ -674,8 +848,11 @@ class TrafficManager(pulumi.ComponentResource):
         azure_endpoint: trafficmanager.EndpointArgs
         if spec.azure_endpoint is not None:
             azure_endpoint = trafficmanager.EndpointArgs(
-                name="azure", type="Microsoft.Network/trafficManagerProfiles/externalEndpoints",
-                target=spec.azure_endpoint, priority=2, endpoint_status="Enabled",
+                name="azure",
+                type="Microsoft.Network/trafficManagerProfiles/externalEndpoints",
+                target=spec.azure_endpoint,
+                priority=2,
+                endpoint_status="Enabled",
             )
         else:
             public = network.PublicIPAddress(
@@ -686,13 +863,17 @@ class TrafficManager(pulumi.ComponentResource):
                 sku=network.PublicIPAddressSkuArgs(name="Standard"),
                 public_ip_allocation_method="Static",
                 dns_settings=network.PublicIPAddressDnsSettingsArgs(
-                    domain_name_label=f"{target.estate.estate}-{plan.name}".lower()[:63]),
+                    domain_name_label=f"{target.estate.estate}-{plan.name}".lower()[:63]
+                ),
                 tags=tags,
                 opts=_child(self),
             )
             azure_endpoint = trafficmanager.EndpointArgs(
-                name="azure", type="Microsoft.Network/trafficManagerProfiles/azureEndpoints",
-                target_resource_id=public.id, priority=2, endpoint_status="Enabled",
+                name="azure",
+                type="Microsoft.Network/trafficManagerProfiles/azureEndpoints",
+                target_resource_id=public.id,
+                priority=2,
+                endpoint_status="Enabled",
             )
         self.profile = trafficmanager.Profile(
             f"{name}-profile",
@@ -705,27 +886,37 @@ class TrafficManager(pulumi.ComponentResource):
             monitor_config=trafficmanager.MonitorConfigArgs(protocol="HTTPS", port=443, path="/"),
             endpoints=[
                 trafficmanager.EndpointArgs(
-                    name="on-premises", type="Microsoft.Network/trafficManagerProfiles/externalEndpoints",
-                    target=spec.on_premises_endpoint, priority=1, endpoint_status="Enabled",
+                    name="on-premises",
+                    type="Microsoft.Network/trafficManagerProfiles/externalEndpoints",
+                    target=spec.on_premises_endpoint,
+                    priority=1,
+                    endpoint_status="Enabled",
                 ),
                 azure_endpoint,
             ],
             tags=tags,
             opts=_child(self),
         )
-        self.register_outputs({"profile_id": self.profile.id,
-                               "fqdn": f"{spec.profile}.trafficmanager.net"})
+        self.register_outputs({"profile_id": self.profile.id, "fqdn": f"{spec.profile}.trafficmanager.net"})
 
 
 class RecoverySite(pulumi.ComponentResource):
     """A recovery plan's side of Azure: its failover resource group (always), its Traffic Manager
     profile, and, when this plan's failover is requested, its recovery VMs (test: isolated network)."""
 
-    def __init__(self, name: str, *, target: Target, plan: RecoveryPlan, failover: str,
-                 failover_vms: Mapping[str, FailoverVm],
-                 disk_sources: Mapping[str, Sequence[tuple[str, pulumi.Input[str]]]],
-                 subnet_id: pulumi.Input[str], nsg_id: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        plan: RecoveryPlan,
+        failover: str,
+        failover_vms: Mapping[str, FailoverVm],
+        disk_sources: Mapping[str, Sequence[tuple[str, pulumi.Input[str]]]],
+        subnet_id: pulumi.Input[str],
+        nsg_id: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         from pulumi_azure_native import resources
 
         super().__init__("dr:azure:RecoverySite", name, None, opts)
@@ -743,19 +934,31 @@ class RecoverySite(pulumi.ComponentResource):
         self.machines: list[str] = []
         if failover != "none":
             if failover == "test":
-                isolated = IsolatedNetwork(f"{name}-test", target=target, resource_group_name=rg,
-                                           plan=plan.name, opts=_child(self))
+                isolated = IsolatedNetwork(
+                    f"{name}-test", target=target, resource_group_name=rg, plan=plan.name, opts=_child(self)
+                )
                 subnet_id = isolated.subnet_id
             for group in plan.groups:
                 for machine_name in group.machines:
                     machine = target.estate.machine(machine_name)
                     tags = target.tagged(
-                        dr_role="recovery-vm", dr_plan=plan.name, dr_failover=failover,
-                        dr_protection_group=target.groups_of([machine_name]), dr_plan_group=group.name,
+                        dr_role="recovery-vm",
+                        dr_plan=plan.name,
+                        dr_failover=failover,
+                        dr_protection_group=target.groups_of([machine_name]),
+                        dr_plan_group=group.name,
                     )
-                    RecoveryVm(f"{name}-{machine_name}", target=target, machine=machine,
-                               vm=failover_vms[machine_name], resource_group_name=rg, subnet_id=subnet_id,
-                               nsg_id=nsg_id, disk_sources=disk_sources[machine_name], tags=tags,
-                               opts=_child(self))
+                    RecoveryVm(
+                        f"{name}-{machine_name}",
+                        target=target,
+                        machine=machine,
+                        vm=failover_vms[machine_name],
+                        resource_group_name=rg,
+                        subnet_id=subnet_id,
+                        nsg_id=nsg_id,
+                        disk_sources=disk_sources[machine_name],
+                        tags=tags,
+                        opts=_child(self),
+                    )
                     self.machines.append(machine_name)
         self.register_outputs({"resource_group": rg, "failover": failover, "machines": self.machines})

@@ -95,7 +95,9 @@ def _need(data: Mapping[str, Any], key: str, where: str) -> Any:
     try:
         return data[key]
     except (KeyError, TypeError):
-        raise PlanUnusable(f"the plan's {where} has no {key!r}: expected the `dr plan --format json` contract") from None
+        raise PlanUnusable(
+            f"the plan's {where} has no {key!r}: expected the `dr plan --format json` contract"
+        ) from None
 
 
 def from_contract(data: Mapping[str, Any]) -> StackPlan:
@@ -110,8 +112,11 @@ def from_contract(data: Mapping[str, Any]) -> StackPlan:
         )
     return StackPlan(
         config_servers=tuple(
-            ConfigServer(name=_need(c, "name", "config_servers"), size=_need(c, "size", "config_servers"),
-                         volumes=int(c.get("volumes", 0)))
+            ConfigServer(
+                name=_need(c, "name", "config_servers"),
+                size=_need(c, "size", "config_servers"),
+                volumes=int(c.get("volumes", 0)),
+            )
             for c in _need(data, "config_servers", "top level")
         ),
         master_targets=tuple(
@@ -136,8 +141,12 @@ def from_contract(data: Mapping[str, Any]) -> StackPlan:
             for a in _need(data, "storage_accounts", "top level")
         ),
         failover_vms=tuple(
-            FailoverVm(machine=_need(v, "machine", "failover_vms"), size=_need(v, "size", "failover_vms"),
-                       vcpus=int(v.get("vcpus", 0)), family=str(v.get("family", "")))
+            FailoverVm(
+                machine=_need(v, "machine", "failover_vms"),
+                size=_need(v, "size", "failover_vms"),
+                vcpus=int(v.get("vcpus", 0)),
+                family=str(v.get("family", "")),
+            )
             for v in _need(data, "failover_vms", "top level")
         ),
     )

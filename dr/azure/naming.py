@@ -17,9 +17,9 @@ import re
 REPLICA_CONTAINER = "replica"
 RETENTION_CONTAINER = "retention"
 # Azure naming rules (learn.microsoft.com, "Naming rules and restrictions for Azure resources").
-STORAGE_NAME_MAX = 24   # storage accounts: 3-24 lower-case letters and digits, globally unique
+STORAGE_NAME_MAX = 24  # storage accounts: 3-24 lower-case letters and digits, globally unique
 KEYVAULT_NAME_MAX = 24  # key vaults: 3-24 letters, digits and dashes, globally unique
-VM_NAME_MAX = 64        # Linux VM names; Windows computer names are cut to 15 (see computer_name)
+VM_NAME_MAX = 64  # Linux VM names; Windows computer names are cut to 15 (see computer_name)
 WINDOWS_COMPUTER_NAME_MAX = 15
 
 

@@ -16,8 +16,12 @@ from dr.model import Estate
 
 FailoverKind = Literal["none", "test", "planned", "unplanned"]
 FAILOVER_KINDS: tuple[str, ...] = get_args(FailoverKind)
-GEO_REDUNDANT = {"GRS": "Standard_GRS", "RA-GRS": "Standard_RAGRS", "GZRS": "Standard_GZRS",
-                 "RA-GZRS": "Standard_RAGZRS"}
+GEO_REDUNDANT = {
+    "GRS": "Standard_GRS",
+    "RA-GRS": "Standard_RAGRS",
+    "GZRS": "Standard_GZRS",
+    "RA-GZRS": "Standard_RAGZRS",
+}
 # Placeholders `dr preview` uses where a real stack reads Pulumi secrets (never deployed).
 PREVIEW_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPreviewOnlyKeyNotForDeployment dr-preview"
 
@@ -128,8 +132,10 @@ def check(estate: Estate, plan: StackPlan, options: StackOptions) -> None:
             "server address (an IP) is declared: list the primary site's prefixes so 443/9443 open to them only"
         )
     if any(m.os == "windows" for m in plan.master_targets) and options.admin_password is None:
-        problems.append("the plan has Windows master targets: set the secret dr:adminPassword "
-                        "(pulumi config set --secret dr:adminPassword ...)")
+        problems.append(
+            "the plan has Windows master targets: set the secret dr:adminPassword "
+            "(pulumi config set --secret dr:adminPassword ...)"
+        )
     if not options.ssh_public_key.startswith(("ssh-", "ecdsa-")):
         problems.append("dr:sshPublicKey is not an OpenSSH public key (ssh-ed25519 ... / ssh-rsa ...)")
     known = {m.name for m in estate.machines}

@@ -61,7 +61,8 @@ class DrEstate(pulumi.ComponentResource):
         base_tags = {"dr-estate": estate.estate, "managed-by": "dr"}
         if azure.network.existing:
             found = resources.get_resource_group_output(
-                resource_group_name=azure.resource_group, opts=pulumi.InvokeOutputOptions(parent=self))
+                resource_group_name=azure.resource_group, opts=pulumi.InvokeOutputOptions(parent=self)
+            )
             rg_name: pulumi.Input[str] = found.name
         else:
             rg = resources.ResourceGroup(
@@ -72,12 +73,22 @@ class DrEstate(pulumi.ComponentResource):
                 opts=child,
             )
             rg_name = rg.name
-        target = Target(estate=estate, resource_group_name=rg_name, subscription_id=client.subscription_id,
-                        tenant_id=client.tenant_id, tags=base_tags)
+        target = Target(
+            estate=estate,
+            resource_group_name=rg_name,
+            subscription_id=client.subscription_id,
+            tenant_id=client.tenant_id,
+            tags=base_tags,
+        )
 
         net = Network(f"{name}-network", target=target, opts=child)
-        kv = KeyVault(f"{name}-keyvault", target=target, passphrase=options.registration_passphrase,
-                      admin_password=options.admin_password, opts=child)
+        kv = KeyVault(
+            f"{name}-keyvault",
+            target=target,
+            passphrase=options.registration_passphrase,
+            admin_password=options.admin_password,
+            opts=child,
+        )
         tier = StorageTier(f"{name}-storage", target=target, accounts=plan.storage_accounts, opts=child)
         Vault(f"{name}-asr", target=target, opts=child)
 
@@ -92,26 +103,37 @@ class DrEstate(pulumi.ComponentResource):
         servers: dict[str, Any] = {}
         for cs in plan.config_servers:
             server = ConfigurationServer(
-                f"{name}-{naming.short_name(estate.estate, cs.name)}", target=target, server=cs,
+                f"{name}-{naming.short_name(estate.estate, cs.name)}",
+                target=target,
+                server=cs,
                 net=ServerNet(net.subnet_id, net.control_nsg.id, cs_addresses[cs.name]),
-                key_vault=kv.vault, custom_data=bootstrap.render_config_server(estate, cs.name, registration),
-                admin_user=options.admin_user, ssh_public_key=options.ssh_public_key, opts=child,
+                key_vault=kv.vault,
+                custom_data=bootstrap.render_config_server(estate, cs.name, registration),
+                admin_user=options.admin_user,
+                ssh_public_key=options.ssh_public_key,
+                opts=child,
             )
             servers[cs.name] = {"private_ip": server.private_ip, "public_ip": server.public_ip}
         master_targets: dict[str, Any] = {}
         for mts in plan.master_targets:
-            used = sorted({plan.account_of_disk(m, d.name).name
-                           for m in mts.machines for d in estate.machine(m).disks})
+            used = sorted({plan.account_of_disk(m, d.name).name for m in mts.machines for d in estate.machine(m).disks})
             retention = plan.retention_account_of(mts.name)
             if retention is not None:
                 used.append(retention.name)
             server_mts = MasterTargetServer(
-                f"{name}-{naming.short_name(estate.estate, mts.name)}", target=target, mts=mts,
+                f"{name}-{naming.short_name(estate.estate, mts.name)}",
+                target=target,
+                mts=mts,
                 net=ServerNet(net.subnet_id, net.data_nsg.id, next(addresses)),
-                accounts=tier.accounts, account_names=used, key_vault=kv.vault,
+                accounts=tier.accounts,
+                account_names=used,
+                key_vault=kv.vault,
                 custom_data=bootstrap.render_master_target(estate, plan, mts, registration),
-                admin_user=options.admin_user, ssh_public_key=options.ssh_public_key,
-                admin_password=options.admin_password, retention_gb=RETENTION_DISK_GB, opts=child,
+                admin_user=options.admin_user,
+                ssh_public_key=options.ssh_public_key,
+                admin_password=options.admin_password,
+                retention_gb=RETENTION_DISK_GB,
+                opts=child,
             )
             master_targets[mts.name] = {"private_ip": server_mts.private_ip, "public_ip": server_mts.public_ip}
 
@@ -127,15 +149,25 @@ class DrEstate(pulumi.ComponentResource):
                         sources: list[tuple[str, pulumi.Input[str]]] = []
                         for disk in estate.machine(m).disks:
                             account = plan.account_of_disk(m, disk.name)
-                            sources.append((naming.storage_account_name(estate.estate, account.name),
-                                            tier.accounts[account.name].id))
+                            sources.append(
+                                (
+                                    naming.storage_account_name(estate.estate, account.name),
+                                    tier.accounts[account.name].id,
+                                )
+                            )
                         disk_sources[m] = sources
             site = RecoverySite(
-                f"{name}-{rp.name}", target=target, plan=rp, failover=kind, failover_vms=failover_vms,
-                disk_sources=disk_sources, subnet_id=net.subnet_id, nsg_id=net.recovery_nsg.id, opts=child,
+                f"{name}-{rp.name}",
+                target=target,
+                plan=rp,
+                failover=kind,
+                failover_vms=failover_vms,
+                disk_sources=disk_sources,
+                subnet_id=net.subnet_id,
+                nsg_id=net.recovery_nsg.id,
+                opts=child,
             )
-            sites[rp.name] = {"resource_group": site.resource_group.name, "failover": kind,
-                              "machines": site.machines}
+            sites[rp.name] = {"resource_group": site.resource_group.name, "failover": kind, "machines": site.machines}
         self.outputs: dict[str, Any] = {
             "resource_group": rg_name,
             "key_vault": kv.vault_name,

@@ -15,12 +15,22 @@ FAILOVERS = ("none", "test", "planned", "unplanned")
 
 @click.command("preview")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--failover", type=click.Choice(FAILOVERS), default="none", show_default=True,
-              help="declare the recovery VMs of a failover (test: in the isolated network)")
-@click.option("--plan", "plan_name", metavar="NAME", default=None,
-              help="the recovery plan to fail over (default: the only one)")
-@click.option("--plan-json", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="use this `dr plan --format json` output instead of planning again")
+@click.option(
+    "--failover",
+    type=click.Choice(FAILOVERS),
+    default="none",
+    show_default=True,
+    help="declare the recovery VMs of a failover (test: in the isolated network)",
+)
+@click.option(
+    "--plan", "plan_name", metavar="NAME", default=None, help="the recovery plan to fail over (default: the only one)"
+)
+@click.option(
+    "--plan-json",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="use this `dr plan --format json` output instead of planning again",
+)
 @format_option("text", "markdown", "json")
 def preview_command(file: Path, failover: str, plan_name: str | None, plan_json: Path | None, fmt: str) -> None:
     """Show every Azure resource the Pulumi stack would declare for FILE, without Pulumi or Azure.
@@ -44,8 +54,10 @@ def preview_command(file: Path, failover: str, plan_name: str | None, plan_json:
         try:
             data = json.loads(plan_json.read_text())
         except (OSError, ValueError) as err:
-            raise SpecUnreadable(f"{plan_json}: not a `dr plan --format json` output ({err}); "
-                                 "write it with dr plan FILE --format json > plan.json") from None
+            raise SpecUnreadable(
+                f"{plan_json}: not a `dr plan --format json` output ({err}); "
+                "write it with dr plan FILE --format json > plan.json"
+            ) from None
         plan = from_contract(data)
     else:
         plan = plan_of(estate)

@@ -1,0 +1,402 @@
+"""The Pulumi program under Pulumi's own mock runtime: what it declares equals what the plan decided.
+
+Every run goes through `pulumi.runtime.set_mocks` and `pulumi.runtime.test` (via dr.preview.run or
+directly); nothing here needs the Pulumi CLI or Azure.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+from functools import cache
+from typing import Any
+
+import pulumi
+import pulumi_azure_native.authorization as authorization
+import pulumi_azure_native.compute as compute
+import pulumi_azure_native.keyvault as keyvault
+import pulumi_azure_native.network as network
+import pulumi_azure_native.recoveryservices as recoveryservices
+import pulumi_azure_native.resources as resources
+import pulumi_azure_native.storage as storage
+import pulumi_azure_native.trafficmanager as trafficmanager
+import pytest
+from ruamel.yaml import YAML
+from stack_examples import estate_and_plan, linux_estate_planned
+
+from dr.azure import bootstrap, naming
+from dr.azure.components import OPENED_PORTS, TEST_ISOLATION_RULE
+from dr.azure.contract import StackPlan
+from dr.azure.options import StackInvalid, check
+from dr.errors import DrError
+from dr.model import Estate
+from dr.preview import Preview, preview, preview_options, render_markdown, render_text, resource_delta
+
+SDK = {  # type token -> SDK class, to ask the SDK itself which types take tags
+    "azure-native:resources:ResourceGroup": resources.ResourceGroup,
+    "azure-native:network:VirtualNetwork": network.VirtualNetwork,
+    "azure-native:network:Subnet": network.Subnet,
+    "azure-native:network:NetworkSecurityGroup": network.NetworkSecurityGroup,
+    "azure-native:network:NetworkInterface": network.NetworkInterface,
+    "azure-native:network:PublicIPAddress": network.PublicIPAddress,
+    "azure-native:storage:StorageAccount": storage.StorageAccount,
+    "azure-native:storage:BlobContainer": storage.BlobContainer,
+    "azure-native:recoveryservices:Vault": recoveryservices.Vault,
+    "azure-native:keyvault:Vault": keyvault.Vault,
+    "azure-native:keyvault:Secret": keyvault.Secret,
+    "azure-native:compute:VirtualMachine": compute.VirtualMachine,
+    "azure-native:compute:Disk": compute.Disk,
+    "azure-native:compute:VirtualMachineExtension": compute.VirtualMachineExtension,
+    "azure-native:trafficmanager:Profile": trafficmanager.Profile,
+    "azure-native:authorization:RoleAssignment": authorization.RoleAssignment,
+}
+WIDE_OPEN = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
+
+
+@cache
+def run(name: str, failover: str = "none", plan_name: str | None = None) -> Preview:
+    estate, plan = estate_and_plan(name)
+    return preview(estate, plan, failover, plan_name)  # type: ignore[arg-type]
+
+
+def _vms(result: Preview, role: str) -> list[dict[str, Any]]:
+    return [r.inputs for r in result.of_type(":compute:VirtualMachine") if r.inputs["tags"].get("dr-role") == role]
+
+
+def _failover_plan(estate: Estate) -> str:
+    return estate.recovery_plans[0].name
+
+
+def test_counts_and_sizes_equal_the_plan(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, plan = example
+    result = run(name)
+    cs = _vms(result, "configuration-server")
+    mts = _vms(result, "master-target")
+    assert sorted(v["vmName"] for v in cs) == sorted(c.name for c in plan.config_servers)
+    assert sorted((v["vmName"], v["hardwareProfile"]["vmSize"]) for v in mts) == sorted(
+        (m.name, m.size) for m in plan.master_targets
+    )
+    assert {v["vmName"]: v["hardwareProfile"]["vmSize"] for v in cs} == {c.name: c.size for c in plan.config_servers}
+    accounts = result.of_type(":storage:StorageAccount")
+    assert sorted(a.inputs["accountName"] for a in accounts) == sorted(
+        naming.storage_account_name(estate.estate, a.name) for a in plan.storage_accounts
+    )
+    containers = sorted(c.inputs["containerName"] for c in result.of_type(":storage:BlobContainer"))
+    assert containers == sorted("replica" if a.purpose == "replica" else "retention" for a in plan.storage_accounts)
+    # every MTS gets exactly one retention disk, attached at LUN 0
+    retention = [d for d in result.of_type(":compute:Disk") if d.inputs["tags"]["dr-role"] == "retention-disk"]
+    assert len(retention) == len(plan.master_targets)
+    # without a failover, no recovery VM and no imported disk exist
+    assert not result.of_type("dr:azure:RecoveryVm")
+    assert not [d for d in result.of_type(":compute:Disk") if d.inputs["creationData"]["createOption"] == "Import"]
+    assert len(result.of_type(":recoveryservices:Vault")) == 1
+    assert len(result.of_type("dr:azure:RecoverySite")) == len(estate.recovery_plans)
+
+
+def test_every_resource_in_the_spec_region(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, _ = example
+    for failover in ("none", "test"):
+        result = run(name, failover, _failover_plan(estate))
+        for r in result.cloud():
+            if "location" not in r.inputs:
+                assert "location" not in inspect.signature(SDK[r.type]._internal_init).parameters, r.type
+                continue
+            expected = {
+                "azure-native:storage:StorageAccount": estate.azure.storage_region or estate.azure.region,
+                "azure-native:recoveryservices:Vault": estate.azure.vault_region or estate.azure.region,
+                "azure-native:trafficmanager:Profile": "global",  # a DNS service, it has no region
+            }.get(r.type, estate.azure.region)
+            assert r.inputs["location"] == expected, (r.name, r.inputs["location"])
+
+
+def test_storage_is_geo_redundant_private_and_tls12(example: tuple[str, Estate, StackPlan]) -> None:
+    name, _, _ = example
+    result = run(name)
+    accounts = result.of_type(":storage:StorageAccount")
+    assert accounts
+    for a in accounts:
+        assert a.inputs["sku"]["name"] in {"Standard_GRS", "Standard_RAGRS", "Standard_GZRS", "Standard_RAGZRS"}
+        assert a.inputs["allowBlobPublicAccess"] is False
+        assert a.inputs["minimumTlsVersion"] == "TLS1_2"
+        assert a.inputs["enableHttpsTrafficOnly"] is True
+    for c in result.of_type(":storage:BlobContainer"):
+        assert c.inputs["publicAccess"] == "None"
+
+
+def test_no_rule_opens_anything_beyond_the_documented_ports(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, _ = example
+    for failover in ("none", "test"):
+        result = run(name, failover, _failover_plan(estate))
+        allowed_ports = set()
+        for nsg in result.of_type(":network:NetworkSecurityGroup"):
+            for rule in nsg.inputs.get("securityRules", []):
+                sources = rule.get("sourceAddressPrefixes") or [rule.get("sourceAddressPrefix")]
+                if rule["access"] == "Allow":
+                    assert rule["direction"] == "Inbound"
+                    assert int(rule["destinationPortRange"]) in OPENED_PORTS, rule
+                    assert not {str(s).lower() for s in sources} & WIDE_OPEN, rule
+                    assert rule["description"] == OPENED_PORTS[int(rule["destinationPortRange"])]
+                    allowed_ports.add(int(rule["destinationPortRange"]))
+        assert allowed_ports == set(OPENED_PORTS)
+        # no public address at all over VPN/ExpressRoute except Traffic Manager's Azure endpoint
+        if estate.azure.connectivity != "internet":
+            for pip in result.of_type(":network:PublicIPAddress"):
+                assert pip.inputs["tags"]["dr-role"] == "traffic-manager"
+
+
+def test_every_resource_is_tagged(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, _ = example
+    result = run(name, "test", _failover_plan(estate))
+    for r in result.cloud():
+        takes_tags = "tags" in inspect.signature(SDK[r.type]._internal_init).parameters
+        if not takes_tags:
+            assert "tags" not in r.inputs
+            continue
+        assert r.inputs["tags"]["dr-estate"] == estate.estate, r.name
+    for vm in result.of_type("dr:azure:RecoveryVm"):
+        kids = [r for r in result.cloud() if r.parent == vm.urn and "tags" in r.inputs]
+        assert kids
+        for kid in kids:
+            assert kid.inputs["tags"]["dr-plan"] == _failover_plan(estate)
+            assert kid.inputs["tags"]["dr-protection-group"]
+    for account in result.of_type(":storage:StorageAccount"):
+        if account.inputs["tags"]["dr-role"] == "replica":
+            assert account.inputs["tags"]["dr-protection-group"]
+
+
+@pytest.mark.parametrize("failover", ["test", "unplanned"])
+def test_recovery_vms_only_for_the_requested_plan(example: tuple[str, Estate, StackPlan], failover: str) -> None:
+    name, estate, plan = example
+    rp = estate.recovery_plans[0]
+    result = run(name, failover, rp.name)
+    wanted = [m for g in rp.groups for m in g.machines]
+    vms = [r.inputs for r in result.of_type(":compute:VirtualMachine") if r.inputs["tags"]["dr-role"] == "recovery-vm"]
+    assert sorted(v["vmName"] for v in vms) == sorted(wanted)
+    for v in vms:
+        assert v["hardwareProfile"]["vmSize"] == plan.failover_vm(v["vmName"]).size
+        assert v["storageProfile"]["osDisk"]["createOption"] == "Attach"
+        assert v["tags"]["dr-failover"] == failover
+    imported = [
+        d.inputs for d in result.of_type(":compute:Disk") if d.inputs["creationData"]["createOption"] == "Import"
+    ]
+    expected = sorted(
+        naming.replica_blob_url(
+            naming.storage_account_name(estate.estate, plan.account_of_disk(m, d.name).name), m, d.name
+        )
+        for m in wanted
+        for d in estate.machine(m).disks
+    )
+    assert sorted(d["creationData"]["sourceUri"] for d in imported) == expected
+    assert all(
+        d["creationData"]["storageAccountId"].endswith(d["creationData"]["sourceUri"].split(".")[0][8:])
+        for d in imported
+    )
+    # one failover resource group per recovery plan, and the VMs are in their plan's
+    groups = {r.inputs["resourceGroupName"] for r in result.of_type(":resources:ResourceGroup")}
+    for other in estate.recovery_plans:
+        assert naming.failover_resource_group(estate.azure.resource_group, other.name) in groups
+    assert {v["resourceGroupName"] for v in vms} == {
+        naming.failover_resource_group(estate.azure.resource_group, rp.name)
+    }
+
+
+def test_test_failover_uses_the_isolated_network(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, _ = example
+    result = run(name, "test", _failover_plan(estate))
+    spec = estate.azure.network
+    vnets = {r.inputs["virtualNetworkName"]: r.inputs for r in result.of_type(":network:VirtualNetwork")}
+    test_name = spec.test_vnet or f"{spec.vnet}-test"
+    assert vnets[test_name]["addressSpace"]["addressPrefixes"] == [spec.address_space]
+    test_subnets = [s for s in result.of_type(":network:Subnet") if s.inputs["virtualNetworkName"] == test_name]
+    assert len(test_subnets) == 1 and test_subnets[0].inputs["addressPrefix"] == spec.subnet_prefix
+    isolation = [
+        n
+        for n in result.of_type(":network:NetworkSecurityGroup")
+        if any(r["name"] == TEST_ISOLATION_RULE for r in n.inputs.get("securityRules", []))
+    ]
+    assert len(isolation) == 1
+    recovery_nics = [
+        n.inputs for n in result.of_type(":network:NetworkInterface") if n.inputs["tags"]["dr-role"] == "recovery-vm"
+    ]
+    assert recovery_nics
+    for nic in recovery_nics:
+        assert f"/virtualNetworks/{test_name}/" in nic["ipConfigurations"][0]["subnet"]["id"] or nic[
+            "ipConfigurations"
+        ][0]["subnet"]["id"].endswith(f"/{test_subnets[0].inputs['subnetName']}")
+        assert f"-{_failover_plan(estate)}-failover" in nic["ipConfigurations"][0]["subnet"]["id"]
+    # production failover puts them in the production subnet instead, and declares no test network
+    planned = run(name, "planned", _failover_plan(estate))
+    assert test_name not in {r.inputs["virtualNetworkName"] for r in planned.of_type(":network:VirtualNetwork")}
+    for nic in (
+        n.inputs for n in planned.of_type(":network:NetworkInterface") if n.inputs["tags"]["dr-role"] == "recovery-vm"
+    ):
+        assert f"-{_failover_plan(estate)}-failover" not in nic["ipConfigurations"][0]["subnet"]["id"]
+
+
+def test_traffic_manager_prefers_on_premises(example: tuple[str, Estate, StackPlan]) -> None:
+    name, estate, _ = example
+    result = run(name)
+    profiles = result.of_type(":trafficmanager:Profile")
+    assert len(profiles) == sum(1 for p in estate.recovery_plans if p.traffic_manager)
+    for profile in profiles:
+        assert profile.inputs["trafficRoutingMethod"] == "Priority"
+        endpoints = {e["name"]: e for e in profile.inputs["endpoints"]}
+        assert endpoints["on-premises"]["priority"] == 1 and endpoints["azure"]["priority"] == 2
+
+
+def test_secrets_never_in_clear(example: tuple[str, Estate, StackPlan]) -> None:
+    name, _estate, plan = example
+    result = run(name)
+    for secret in result.of_type(":keyvault:Secret"):
+        props = secret.inputs["properties"]  # the secret value makes its whole object secret
+        assert props == "[secret]" or props["value"] == "[secret]"
+    blob = json.dumps(result.to_json()) + render_text(result) + render_markdown(result)
+    assert "preview-placeholder" not in blob
+    for vm in result.of_type(":compute:VirtualMachine"):
+        profile = vm.inputs.get("osProfile", {})
+        if profile == "[secret]":  # a Windows admin password makes the whole profile secret
+            assert any(m.os == "windows" for m in plan.master_targets)
+            continue
+        assert "preview-placeholder" not in base64.b64decode(profile.get("customData", "")).decode()
+
+
+def test_cloud_init_parses_and_carries_the_registration_values() -> None:
+    estate, plan = linux_estate_planned()
+    result = preview(estate, plan)
+    kv = naming.key_vault_name(estate.estate, estate.azure.resource_group)
+    linux = [
+        r.inputs for r in result.of_type(":compute:VirtualMachine") if "linuxConfiguration" in r.inputs["osProfile"]
+    ]
+    assert len(linux) == len(plan.config_servers) + sum(1 for m in plan.master_targets if m.os == "linux")
+    cs_ip = next(
+        n.inputs
+        for n in result.of_type(":network:NetworkInterface")
+        if n.inputs["tags"]["dr-role"] == "configuration-server"
+    )["ipConfigurations"][0]["privateIPAddress"]
+    for vm in linux:
+        text = base64.b64decode(vm["osProfile"]["customData"]).decode()
+        assert text.startswith("#cloud-config\n")
+        doc = YAML(typ="safe").load(text)
+        files = {f["path"]: f["content"] for f in doc["write_files"]}
+        role = vm["tags"]["dr-role"]
+        config = json.loads(
+            files["/etc/dr/master-target.json" if role == "master-target" else "/etc/dr/config-server.json"]
+        )
+        assert (
+            config["registration"]["passphrase_secret_uri"]
+            == f"https://{kv}.vault.azure.net/secrets/registration-passphrase"
+        )
+        assert config["role"] == role and config["name"] == vm["vmName"]
+        if role == "master-target":
+            mts = next(m for m in plan.master_targets if m.name == vm["vmName"])
+            assert config["configuration_server"] == f"https://{cs_ip}:{bootstrap.CONTROL_PORT}"
+            assert config["machines"] == list(mts.machines)
+            assert config["listen"]["port"] == bootstrap.DATA_PORT
+            assert {d["disk"] for d in config["disks"]} == {
+                f"{m}/{d.name}" for m in mts.machines for d in estate.machine(m).disks
+            }
+            assert any(
+                "dr-agent" in " ".join(map(str, step)) and cs_ip in " ".join(map(str, step)) for step in doc["runcmd"]
+            )
+        assert "fetch-passphrase" in " ".join(" ".join(map(str, s)) for s in doc["runcmd"])
+
+
+def test_windows_bootstrap_carries_the_registration_values() -> None:
+    estate, plan = estate_and_plan("sharepoint")
+    mts = plan.master_targets[0]
+    reg = bootstrap.Registration("https://10.50.1.4:443", bootstrap.passphrase_secret_uri("kv1"), "0.1.0")
+    script = bootstrap.render_master_target(estate, plan, mts, reg)
+    assert mts.os == "windows"
+    start = script.index("$config = @'\n") + len("$config = @'\n")
+    config = json.loads(script[start : script.index("\n'@", start)])
+    assert config["configuration_server"] == "https://10.50.1.4:443"
+    assert (
+        config["registration"]["passphrase_secret_uri"] == "https://kv1.vault.azure.net/secrets/registration-passphrase"
+    )
+    assert "--configuration-server 'https://10.50.1.4:443'" in script
+
+
+def test_internet_connectivity_opens_to_process_server_public_addresses_only() -> None:
+    estate, plan = estate_and_plan("sharepoint")
+    site = estate.sites[0]
+    servers = [ps.model_copy(update={"public_address": "198.51.100.7"}) for ps in site.process_servers]
+    azure = estate.azure.model_copy(update={"connectivity": "internet"})
+    online = estate.model_copy(update={"azure": azure, "sites": [site.model_copy(update={"process_servers": servers})]})
+    result = preview(online, plan)
+    for nsg in result.of_type(":network:NetworkSecurityGroup"):
+        for rule in nsg.inputs.get("securityRules", []):
+            if rule["access"] == "Allow":
+                assert rule["sourceAddressPrefixes"] == ["198.51.100.7/32"]
+    roles = sorted(p.inputs["tags"]["dr-role"] for p in result.of_type(":network:PublicIPAddress"))
+    assert roles == sorted(
+        ["configuration-server"] * len(plan.config_servers)
+        + ["master-target"] * len(plan.master_targets)
+        + ["traffic-manager"]
+    )
+    # without a public address the stack refuses rather than open the port to the internet
+    bare = online.model_copy(update={"sites": [site]})
+    with pytest.raises(StackInvalid, match="public_address"):
+        preview(bare, plan)
+
+
+def test_refusals_come_before_any_resource() -> None:
+    estate, plan = estate_and_plan("sharepoint")
+    lrs = estate.model_copy(update={"azure": estate.azure.model_copy(update={"storage_redundancy": "LRS"})})
+    with pytest.raises(StackInvalid, match="geo-redundant"):
+        check(lrs, plan, preview_options(lrs, plan))
+    with pytest.raises(DrError):  # the validator refuses it too, before the stack's own checks
+        preview(lrs, plan)
+    with pytest.raises(StackInvalid, match="failover_plan"):
+        preview(estate, plan, "test", "no-such-plan")
+
+
+def test_outputs_under_pulumi_runtime_test() -> None:
+    """The same program driven the canonical way: set_mocks, then assert inside @pulumi.runtime.test."""
+    import contextvars
+
+    from dr.azure.program import declare
+    from dr.preview import _mocks_and_monitor
+
+    estate, plan = estate_and_plan("sharepoint")
+    azure_mocks, _ = _mocks_and_monitor()
+    seen: dict[str, Any] = {}
+
+    def body() -> None:
+        pulumi.runtime.set_mocks(azure_mocks, project="dr-azure", stack="unit", preview=False)
+
+        @pulumi.runtime.test
+        def check() -> pulumi.Output[Any]:
+            declared = declare(estate, plan, preview_options(estate, plan))
+
+            def record(values: list[Any]) -> None:
+                seen["outputs"] = values
+
+            return pulumi.Output.all(
+                declared.outputs["storage_accounts"], declared.outputs["master_targets"], declared.root.urn
+            ).apply(record)
+
+        check()
+
+    contextvars.Context().run(body)
+    accounts, master_targets, urn = seen["outputs"]
+    assert accounts == {a.name: naming.storage_account_name(estate.estate, a.name) for a in plan.storage_accounts}
+    assert sorted(master_targets) == sorted(m.name for m in plan.master_targets)
+    assert urn.endswith(f"dr:azure:Estate::{estate.estate}")
+
+
+def test_resource_delta_names_added_disks_and_vms() -> None:
+    estate, plan = estate_and_plan("sharepoint")
+    old_plan = plan
+    extra = estate.machines[-1].model_copy(update={"name": "web03"})
+    groups = [g.model_copy(update={"members": [*g.members, "web03"]}) for g in estate.protection_groups]
+    grown = estate.model_copy(update={"machines": [*estate.machines, extra], "protection_groups": groups})
+    delta = resource_delta(estate, grown, old_plan=old_plan)
+    assert json.loads(json.dumps(delta)) == delta
+    unchanged = resource_delta(estate, estate, old_plan=old_plan, new_plan=old_plan)
+    assert unchanged == {"added": [], "removed": [], "changed": []}
+    # the MTS now writes web03's disk: its bootstrap (so the VM) changes, nothing is removed
+    assert not delta["removed"]
+    changed = {c["name"]: c["changes"] for c in delta["changed"]}
+    mts_vms = [n for n in changed if n.endswith("-vm") and "bootstrap" in changed[n]]
+    assert len(mts_vms) == 1, changed
