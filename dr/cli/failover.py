@@ -1,0 +1,249 @@
+"""`dr failover`: run a recovery plan (test, planned, unplanned), resume it, commit, change point,
+clean up a test failover, fail back, confirm a manual step, show a job. Parsing and rendering only;
+the runner lives in `dr.failover`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dr.errors import UsageError
+from dr.output import echo_json, format_option
+
+STATE_HELP = "state store shared with the configuration server (env DR_STATE; default ./dr-state.db)"
+SPEC_HELP = "the spec (default ./dr.yaml; env DR_SPEC); a resumed job uses the spec it was started with"
+STORAGE_HELP = ("Azure Storage connection string where recovered disks go "
+                "(env DR_STORAGE_CONNECTION_STRING; Azurite's works for rehearsals)")
+
+
+class _DefaultRun(click.Group):
+    """`dr failover PLAN ...` and `dr failover --resume JOB` run; known words are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _spec_path(option: Path | None) -> Path:
+    return option or Path(os.environ.get("DR_SPEC", "dr.yaml"))
+
+
+def _runner(spec: Path, state: str | None, storage: str | None, export_command: str, *, quiet: bool) -> Any:
+    from dr.failover.provider import BlobDiskStore, CommandExporter, Environment, StoreCatalog
+    from dr.failover.runner import Runner
+    from dr.server.service import ConfigServer
+    from dr.server.settings import STORAGE_ENV, open_state
+    from dr.validate import load_valid
+
+    estate, _ = load_valid(spec)
+    store = open_state(state)
+    connection = storage or os.environ.get(STORAGE_ENV)
+    if not connection:
+        raise UsageError(f"where do recovered disks go? give --storage CONNECTION_STRING or export {STORAGE_ENV}")
+    env = Environment(
+        catalog=StoreCatalog(store=store),
+        exporter=CommandExporter(argv=tuple(export_command.split())),
+        disks=BlobDiskStore(connection_string=connection),
+        workdir=Path(os.environ.get("DR_WORKDIR", "/var/tmp")) / "dr-failover",
+    )
+    prompt = None
+    if sys.stdin.isatty():
+        def prompt(text: str) -> bool:
+            while not click.confirm(f"{text}. Done?", default=False):
+                pass
+            return True
+    return Runner(server=ConfigServer(store=store, estate=estate), env=env, spec_path=spec,
+                  echo=(lambda _line: None) if quiet else click.echo, prompt=prompt)
+
+
+def _render_job(job: Any, fmt: str) -> None:
+    if fmt == "json":
+        echo_json(job.as_dict())
+        return
+    click.echo(f"job {job.id}: {job.kind} of plan {job.plan}: {job.state}")
+    if job.error:
+        click.echo(f"stopped at {job.error}")
+    for step in job.steps:
+        mark = {"succeeded": "ok", "failed": "FAILED", "waiting": "waiting", "running": "running",
+                "skipped": "skipped"}.get(step.state, "")
+        click.echo(f"{step.idx:>3}. [{mark:^7}] {step.title}")
+
+
+common = [
+    click.option("--spec", type=click.Path(path_type=Path), help=SPEC_HELP),
+    click.option("--state", help=STATE_HELP),
+    click.option("--storage", help=STORAGE_HELP),
+    click.option("--export-command", default="dr replica export", show_default=True,
+                 help="the data path's export command (given MACHINE/DISK --point ID --to FILE)"),
+    format_option("text", "json"),
+]
+
+
+def _common(function: Any) -> Any:
+    for option in reversed(common):
+        function = option(function)
+    return function
+
+
+@click.group("failover", cls=_DefaultRun)
+def failover() -> None:
+    """Run a recovery plan: groups in order, machines of a group in parallel, actions between.
+
+    \b
+    Examples:
+        dr failover sharepoint --type test --point latest-multi-vm --dry-run
+        dr failover sharepoint --type test --point latest-multi-vm
+        dr failover cleanup JOB                       # remove a test failover's resources
+        dr failover sharepoint --type planned         # shut down, drain, zero data loss
+        dr failover --resume JOB                      # continue a stopped job
+        dr failover commit JOB | change-point JOB --point latest-app | failback JOB
+        dr failover confirm JOB STEP                  # a manual step, from another terminal
+
+    Every run is a job in the configuration server's store (`--state`), with its steps and a log;
+    exit status 1 when a step fails (the message says which, and why).
+    """
+
+
+@failover.command("run", hidden=True)
+@click.argument("plan", required=False)
+@click.option("--type", "failover_type", type=click.Choice(["test", "planned", "unplanned"]),
+              help="test: isolated network, no impact; planned: shut down and drain; unplanned: now")
+@click.option("--point", default="latest", show_default=True,
+              help="latest | latest-processed | latest-app | latest-multi-vm | a time (2026-11-24T23:00:00Z)")
+@click.option("--dry-run", is_flag=True, help="print the exact steps and change nothing")
+@click.option("--resume", "resume", metavar="JOB", help="continue a stopped job at its failed step")
+@_common
+def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bool, resume: str | None,
+            spec: Path | None, state: str | None, storage: str | None, export_command: str, fmt: str) -> None:
+    from dr.failover.points import Choice
+    from dr.failover.steps import failover_steps, find_plan, render
+
+    if resume:
+        if plan or failover_type:
+            raise UsageError("--resume JOB continues a job as it was started: give no PLAN or --type with it")
+        from dr.server.jobs import Jobs
+        from dr.server.settings import open_state
+
+        job = Jobs(store=open_state(state)).get(resume)
+        runner = _runner(spec or Path(job.spec), state, storage, export_command, quiet=fmt == "json")
+        _render_job(runner.run(resume), fmt)
+        return
+    if not plan or not failover_type:
+        raise UsageError("give the plan and its type: dr failover PLAN --type test|planned|unplanned "
+                         "(or --resume JOB)")
+    choice = Choice.parse(point)
+    spec_path = _spec_path(spec)
+    if dry_run:
+        from dr.validate import load_valid
+
+        estate, _ = load_valid(spec_path)
+        steps = failover_steps(estate, find_plan(estate, plan), failover_type, choice,  # type: ignore[arg-type]
+                               automatic_shutdown=False)
+        if fmt == "json":
+            echo_json([{"idx": i, "kind": s.kind, "title": s.title, "group": s.group, "machine": s.machine}
+                       for i, s in enumerate(steps, start=1)])
+        else:
+            click.echo(f"{failover_type} failover of plan {plan} at point {choice} (dry run: nothing changes):")
+            for line in render(steps):
+                click.echo(line)
+        return
+    runner = _runner(spec_path, state, storage, export_command, quiet=fmt == "json")
+    job_id = runner.start_failover(plan, failover_type, choice)  # type: ignore[arg-type]
+    _render_job(runner.run(job_id), fmt)
+
+
+def _follow_up(verb: str) -> Any:
+    @click.argument("job")
+    @_common
+    def command(job: str, spec: Path | None, state: str | None, storage: str | None, export_command: str,
+                fmt: str, **extra: Any) -> None:
+        from dr.server.jobs import Jobs
+        from dr.server.settings import open_state
+
+        record = Jobs(store=open_state(state)).get(job)
+        runner = _runner(spec or Path(record.spec), state, storage, export_command, quiet=fmt == "json")
+        if verb == "commit":
+            new = runner.start_commit(job)
+        elif verb == "cleanup":
+            new = runner.start_cleanup(job)
+        elif verb == "failback":
+            new = runner.start_failback(job)
+        else:
+            from dr.failover.points import Choice
+
+            new = runner.start_change_point(job, Choice.parse(extra["point"]))
+        _render_job(runner.run(new), fmt)
+
+    return command
+
+
+failover.command("commit", help="Commit a planned or unplanned failover: drop the other recovery points.\n\n"
+                 "\b\nExample:\n    dr failover commit 20261124-230000-ab12cd")(_follow_up("commit"))
+failover.command("cleanup", help="Remove a test failover's resources (its resource group's disks).\n\n"
+                 "\b\nExample:\n    dr failover cleanup 20261124-230000-ab12cd")(_follow_up("cleanup"))
+failover.command("failback", help="Reprotect (reverse replication) and fail back to vSphere, in plan order. "
+                 "Physical machines cannot fail back (as in ASR).\n\n"
+                 "\b\nExample:\n    dr failover failback 20261124-230000-ab12cd")(_follow_up("failback"))
+failover.command("change-point", help="Materialize a failed-over plan at another recovery point (before "
+                 "commit).\n\n\b\nExample:\n    dr failover change-point JOB --point latest-app")(
+    click.option("--point", required=True, help="latest | latest-processed | latest-app | latest-multi-vm | a time")(
+        _follow_up("change-point")))
+
+
+@failover.command("confirm")
+@click.argument("job")
+@click.argument("step", type=int)
+@click.option("--by", default=lambda: os.environ.get("USER", "terminal"), help="who confirms (shown in the log)")
+@click.option("--state", help=STATE_HELP)
+def confirm_cmd(job: str, step: int, by: str, state: str | None) -> None:
+    """Confirm a waiting manual step of a running job (from any terminal that reaches the store).
+
+    \b
+    Example:
+        dr failover confirm 20261124-230000-ab12cd 7
+    """
+    from dr.server.jobs import Jobs
+    from dr.server.settings import open_state
+
+    Jobs(store=open_state(state)).confirm(job, step, by=by)
+    click.echo(f"step {step} of job {job} confirmed by {by}")
+
+
+@failover.command("show")
+@click.argument("job")
+@click.option("--state", help=STATE_HELP)
+@click.option("--log", "with_log", is_flag=True, help="also print the job's log")
+@format_option("text", "json")
+def show_cmd(job: str, state: str | None, with_log: bool, fmt: str) -> None:
+    """Show a job's steps, their states and why it stopped.
+
+    \b
+    Example:
+        dr failover show 20261124-230000-ab12cd --log
+    """
+    from datetime import UTC, datetime
+
+    from dr.server.jobs import Jobs
+    from dr.server.settings import open_state
+
+    jobs = Jobs(store=open_state(state))
+    record = jobs.get(job)
+    if fmt == "json":
+        data = record.as_dict()
+        if with_log:
+            data["log"] = jobs.log_lines(job)
+        echo_json(data)
+        return
+    _render_job(record, fmt)
+    if with_log:
+        for line in jobs.log_lines(job):
+            stamp = datetime.fromtimestamp(line["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{stamp}  {line['line']}")
+
+
+COMMANDS: list[click.Command] = [failover]
