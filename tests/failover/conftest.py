@@ -33,14 +33,13 @@ IMAGE_BYTES = 64 * 1024
 
 
 def _azurite_binary() -> str | None:
-    found = shutil.which("azurite-blob")
-    if found:
-        return found
-    for candidate in (Path("/tmp/az/node_modules/.bin/azurite-blob"),
-                      Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "azurite-blob"):
+    repo = Path(__file__).resolve().parents[2]
+    # .ci/setup.d/50-azurite.sh installs it project-locally; a developer may have it elsewhere.
+    for candidate in (repo / ".ci" / "cache" / "node_modules" / ".bin" / "azurite-blob",
+                      Path("/tmp/az/node_modules/.bin/azurite-blob")):
         if candidate.exists():
             return str(candidate)
-    return None
+    return shutil.which("azurite-blob")
 
 
 def _free_port() -> int:
@@ -61,7 +60,7 @@ def _listening(port: int) -> bool:
 def azurite() -> Iterator[str]:
     binary = _azurite_binary()
     if binary is None:
-        pytest.skip("Azurite is not installed (npm install -g azurite; .ci/setup.d installs it)")
+        pytest.skip("Azurite is not installed: run `bash .ci/setup.d/50-azurite.sh` (npm install azurite)")
     location = tempfile.mkdtemp(prefix="dr-azurite-")
     port = _free_port()
     process = subprocess.Popen(
