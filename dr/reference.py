@@ -13,6 +13,7 @@ from pydantic_core import PydanticUndefined
 
 from dr.duration import format_duration
 from dr.model import Estate
+from dr.validate import models_in
 
 
 def _type_name(annotation: Any) -> str:
@@ -64,20 +65,11 @@ def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
             return
         seen.append(model)
         for info in model.model_fields.values():
-            for nested in _nested(info.annotation):
+            for nested in models_in(info.annotation):
                 visit(nested)
 
     visit(root)
     return [m for m in seen if m.__name__ not in ("EnvRef", "FileRef")]
-
-
-def _nested(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    out: list[type[BaseModel]] = []
-    for arg in typing.get_args(annotation):
-        out.extend(_nested(arg))
-    return out
 
 
 def markdown_reference() -> str:

@@ -49,13 +49,13 @@ class Report:
 # Mapping pydantic errors to findings.
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     """BaseModel classes an annotation can hold (through Optional, list, Annotated, unions)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     out: list[type[BaseModel]] = []
     for arg in typing.get_args(annotation):
-        out.extend(_models_in(arg))
+        out.extend(models_in(arg))
     return out
 
 
@@ -73,7 +73,7 @@ def _model_at(path: DataPath) -> type[BaseModel] | None:
             if alias is None:
                 return None
             info = alias
-        candidates = _models_in(info.annotation)
+        candidates = models_in(info.annotation)
         model = candidates[0] if len(candidates) == 1 else None
     return model
 
