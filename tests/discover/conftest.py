@@ -9,19 +9,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.discover.support import BROKEN, PASSWORD, PASSWORD_ENV, REPLICABLE_OS, TOPOLOGY, USER, Sshd
 from tests.vcsim.simulator import Vcsim, unavailable
-
-USER = "dr-discovery@vsphere.local"
-PASSWORD = "s3cret-Pa55"  # the simulator's only accepted password (test data, not a secret)
-PASSWORD_ENV = "DR_TEST_VCENTER_PASSWORD"
-# 1 datacenter, 1 cluster of 3 hosts + 1 standalone host, 6 VMs per resource pool: 4 hosts, 12 VMs.
-TOPOLOGY = ("-dc", "1", "-cluster", "1", "-host", "3", "-standalone-host", "1", "-vm", "6")
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +47,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    user: str
-    key_file: Path
-    known_hosts: Path
 
 
 @pytest.fixture(scope="session")
@@ -115,20 +101,6 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         process.stderr.close()
 
 
-# The estate the simulator is turned into for the session: every VM a Windows Server 2012 R2 guest with
-# VMware tools running (replicable), then one VM per support-matrix rule broken on the standalone host.
-REPLICABLE_OS = ("windows8Server64Guest", "Microsoft Windows Server 2012 R2 (64-bit)")
-BROKEN: dict[str, str] = {
-    "DC0_H0_VM0": "33 disks, at most 32 per machine",
-    "DC0_H0_VM1": "UEFI boot is not supported",
-    "DC0_H0_VM2": "the machine is powered off",
-    "DC0_H0_VM3": "2048 GB, at most 1023 GB per disk",
-    "DC0_H0_VM4": "VMware tools are not running",
-    "DC0_H0_VM5": "'Windows Server 2016' is not supported in asr-2015",
-}
-REPLICABLE = [f"DC0_C0_RP0_VM{i}" for i in range(6)]
-
-
 @pytest.fixture(scope="session")
 def estate(vsphere: Any) -> dict[str, str]:
     """Reconfigure the simulator's VMs through the vSphere API; returns BROKEN (VM -> expected reason)."""
@@ -146,8 +118,3 @@ def estate(vsphere: Any) -> dict[str, str]:
     ops.set_guest(ops.find_vm(vsphere, "DC0_H0_VM5"), guest_id="windows9Server64Guest",
                   full_name="Microsoft Windows Server 2016 (64-bit)")
     return BROKEN
-
-
-def vsphere_args(sim: Vcsim, inventory: Path, *extra: str) -> list[str]:
-    return ["--host", sim.host, "--port", str(sim.port), "--http", "--user", USER, "--password-env", PASSWORD_ENV,
-            "--inventory", str(inventory), *extra]

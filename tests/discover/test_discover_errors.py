@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.discover.conftest import PASSWORD, PASSWORD_ENV, USER
+from tests.discover.support import PASSWORD, PASSWORD_ENV, USER
 from tests.vcsim.simulator import Vcsim, unavailable
 
 

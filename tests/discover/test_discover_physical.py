@@ -13,7 +13,7 @@ from dr_agent.facts import collect_local
 from ruamel.yaml import YAML
 
 from dr.cli import cli
-from tests.discover.conftest import Sshd
+from tests.discover.support import Sshd
 
 
 def physical(sshd: Sshd, inventory: Path, *extra: str) -> Any:

@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 
 from dr.cli import cli
 from dr.discover.profile import KIB_PER_GIB, SECONDS_PER_DAY, percentile
-from tests.discover.conftest import vsphere_args
+from tests.discover.support import vsphere_args
 from tests.vcsim.simulator import Vcsim
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dr.cli import cli
-from tests.discover.conftest import PASSWORD, REPLICABLE, USER, vsphere_args
+from tests.discover.support import PASSWORD, REPLICABLE, USER, vsphere_args
 from tests.vcsim import ops
 from tests.vcsim.simulator import Vcsim
 
