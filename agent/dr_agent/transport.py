@@ -37,7 +37,7 @@ PING_INTERVAL_S = 5.0
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Connection:
     sock: ssl.SSLSocket
     peer: tuple[str, str] = ("", "")  # (common name, role)
