@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -212,3 +214,54 @@ def test_a_corrupted_control_frame_is_detected() -> None:
         a.sendall(bytes(frame))
         with pytest.raises(CorruptData, match="CRC-32"):
             recv_frame(b)
+
+
+COORDINATOR_PROCESS = """
+import sys
+from dr_agent.capture.consistency import Coordinator, tcp_listener
+with Coordinator(tcp_listener()) as coordinator:
+    print(coordinator.address[1], flush=True)
+    coordinator.wait_for_agents("sharepoint", ["web01"], timeout=20)
+    print(coordinator.checkpoint("sharepoint", timeout=10).bookmark_id, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def listening_sockets_of_this_process() -> list[str]:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                    listening.append(f"{table}: {fields[1]}")
+    return listening
+
+
+def test_the_source_side_dials_and_listens_on_nothing(vms: list[Vm]) -> None:
+    vm = vms[0]
+    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR_PROCESS], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+    assert coordinator.stdin is not None and coordinator.stdout is not None
+    try:
+        port = int(coordinator.stdout.readline())
+        client = CoordinatorClient(tcp_connector("127.0.0.1", port), agent_id=vm.name, group_id=GROUP,
+                                   participants=[vm.splitter], retry_interval=0.1)
+        with client:
+            bookmark_id = coordinator.stdout.readline().strip()
+            assert client.connected.is_set()
+            assert listening_sockets_of_this_process() == []
+            coordinator.stdin.write("done\n")
+            coordinator.stdin.flush()
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    assert [m.bookmark_id for m in vm.target.received.bookmarks] == [bookmark_id]

@@ -194,3 +194,43 @@ def test_refuses_a_mount_point_in_use(tmp_path: Path) -> None:
         with pytest.raises(DeviceError, match="already a mount point"):
             Splitter(backing, fuse_dir, target).__enter__()
     assert subprocess.run(["mountpoint", "-q", str(fuse_dir)]).returncode != 0
+
+
+def test_initial_sync_of_a_disk_in_use_through_the_splitter(split_disk, tmp_path: Path) -> None:
+    """An existing disk gets protected: the splitter forwards new writes while the initial sync
+    copies the rest; once both are done the replica equals the disk."""
+    from dr_agent.capture.initial_sync import initial_sync
+
+    disk: SplitDisk = split_disk(64 * MiB, check_barriers=False)
+    mkfs_ext4(disk.dev)
+    disk.mount("discard")
+    workload(disk.mnt, seed=7)  # data already on the disk before protection starts ...
+    disk.umount()
+    with open(disk.replica, "r+b") as f:  # ... and a new, empty replica
+        f.truncate(0)
+        f.truncate(64 * MiB)
+    disk.mount("discard")
+    stop = threading.Event()
+
+    def keep_writing() -> None:  # the workload does not stop for the sync
+        rng = random.Random(8)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            write_file(disk.mnt / f"live{n % 7}.bin", rng.randbytes(rng.randint(1, 256) * 1024))
+            if n % 5 == 0:
+                (disk.mnt / f"live{(n + 3) % 7}.bin").unlink(missing_ok=True)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        result = initial_sync(disk.backing, disk.target, checkpoint=tmp_path / "sync.ckpt", target="disk",
+                              chunk=MiB, checkpoint_every=8 * MiB, exclusive=disk.splitter.exclusive)
+    finally:
+        stop.set()
+        writer.join(30)
+    disk.umount()
+    assert result.complete and result.bytes_sent > 0
+    assert result.bytes_skipped_holes + result.bytes_skipped_zero > 0
+    assert first_difference(disk.backing, disk.replica) is None
+    e2fsck_clean(disk.replica)
