@@ -132,9 +132,10 @@ class PageBlobPoint:
         self._blob = BlobClient.from_connection_string(conn_str, container, blob, snapshot=snapshot)
 
     def ranges(self) -> Iterator[tuple[int, int]]:
-        pages, _cleared = self._blob.get_page_ranges()
-        for r in pages:
-            start, end = int(r["start"]), min(int(r["end"]) + 1, self.size)
+        for r in self._blob.list_page_ranges():
+            if r.cleared:
+                continue
+            start, end = int(r.start or 0), min(int(r.end or 0) + 1, self.size)
             if start < end:
                 yield start, end - start
 

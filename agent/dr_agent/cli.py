@@ -1,0 +1,154 @@
+"""`dr-agent`: the data path's services and their certificates.
+
+    dr-agent ca init --dir /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY
+    dr-agent register --ca /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY --name ps01 \\
+        --role process-server --out /etc/dr-agent/identity --address 10.0.0.4
+    dr-agent process-server --config /etc/dr-agent/process-server.toml
+    dr-agent master-target --config /etc/dr-agent/master-target.toml
+
+Service configuration files are TOML, rendered from the spec and the plan (blueprints/agent/).
+A service prints one JSON line when it listens ({"service", "port", "metrics_port"}) and runs
+until SIGTERM or SIGINT. Exit codes: 0 stopped cleanly, 2 bad configuration or usage, 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from dr_agent.errors import AgentError, ConfigError
+from dr_agent.pki import ROLES, Identity, create_ca, register
+
+GIB = 1024**3
+
+
+def _addr(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} = {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9443")
+    return host, int(port)
+
+
+def _section(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    if name not in data:
+        raise ConfigError(f"{path}: expected a [{name}] table; found {', '.join(data) or 'none'}")
+    section: dict[str, Any] = data[name]
+    return section
+
+
+def _need(cfg: dict[str, Any], key: str, path: Path, table: str) -> Any:
+    if key not in cfg:
+        raise ConfigError(f"{path}: [{table}] needs {key} = ...")
+    return cfg[key]
+
+
+def _passphrase(env: str) -> str:
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"the registration passphrase is read from ${env}, which is not set")
+    return value
+
+
+def _serve(service: Any, name: str) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}), flush=True)
+    stop.wait()
+    service.close()
+    return 0
+
+
+def run_process_server(path: Path) -> int:
+    from dr_agent.process_server import ProcessServer, ProcessServerConfig
+
+    t = "process_server"
+    c = _section(path, t)
+    host, port = _addr(str(c.get("listen", "127.0.0.1:0")), "listen")
+    metrics = _addr(str(c["metrics"]), "metrics")[1] if "metrics" in c else None
+    config = ProcessServerConfig(
+        name=str(c.get("name", "ps")), identity=Identity(Path(_need(c, "identity", path, t))),
+        cache_dir=Path(_need(c, "cache_dir", path, t)),
+        master_target=_addr(str(_need(c, "master_target", path, t)), "master_target"),
+        master_target_hostname=c.get("master_target_hostname"), listen_host=host, listen_port=port,
+        capacity_bytes=int(float(c.get("capacity_gb", 10)) * GIB),
+        throttle_mbps=float(c["throttle_mbps"]) if c.get("throttle_mbps") else None, metrics_port=metrics)
+    return _serve(ProcessServer(config), "process-server")
+
+
+def run_master_target(path: Path) -> int:
+    from dr_agent.master_target import MasterTarget, MasterTargetConfig
+
+    t = "master_target"
+    c = _section(path, t)
+    host, port = _addr(str(c.get("listen", "127.0.0.1:0")), "listen")
+    metrics = _addr(str(c["metrics"]), "metrics")[1] if "metrics" in c else None
+    conn_env = c.get("connection_string_env")
+    conn = os.environ.get(conn_env) if conn_env else None
+    if conn_env and not conn:
+        raise ConfigError(f"{path}: connection_string_env = {conn_env!r}, but ${conn_env} is not set")
+    config = MasterTargetConfig(
+        identity=Identity(Path(_need(c, "identity", path, t))), state_dir=Path(_need(c, "state_dir", path, t)),
+        listen_host=host, listen_port=port, storage=str(c.get("storage", "file")), connection_string=conn,
+        container=str(c.get("container", "replicas")), retention_s=float(c.get("retention_hours", 24)) * 3600,
+        metrics_port=metrics)
+    return _serve(MasterTarget(config), "master-target")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dr-agent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ca = sub.add_parser("ca", help="create the deployment's certificate authority")
+    ca.add_argument("action", choices=["init"])
+    ca.add_argument("--dir", required=True, type=Path)
+    ca.add_argument("--passphrase-env", default="DR_VAULT_KEY")
+    reg = sub.add_parser("register", help="issue this machine's certificate (needs the passphrase)")
+    reg.add_argument("--ca", required=True, type=Path)
+    reg.add_argument("--passphrase-env", default="DR_VAULT_KEY")
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--role", required=True, choices=ROLES)
+    reg.add_argument("--out", required=True, type=Path)
+    reg.add_argument("--address", action="append", default=[], help="a DNS name or IP in the certificate")
+    for name in ("process-server", "master-target"):
+        p = sub.add_parser(name, help=f"run the {name.replace('-', ' ')}")
+        p.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "ca":
+            create_ca(args.dir, _passphrase(args.passphrase_env))
+            print(f"created {args.dir}/ca.pem")
+            return 0
+        if args.command == "register":
+            addresses = tuple(args.address) or ("127.0.0.1", "localhost")
+            ident = register(args.ca, _passphrase(args.passphrase_env), name=args.name, role=args.role,
+                             out=args.out, addresses=(args.name, *addresses))
+            print(f"issued {ident.cert}")
+            return 0
+        if args.command == "process-server":
+            return run_process_server(args.config)
+        return run_master_target(args.config)
+    except AgentError as err:
+        print(f"dr-agent: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
