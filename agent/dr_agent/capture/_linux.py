@@ -46,6 +46,30 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def zero_range(fd: int, mode: int, offset: int, length: int) -> None:
+    """Make [offset, offset+length) read as zeros with fallocate `mode` (punch-hole or zero-range).
+
+    Falls back to punching a hole, then to writing zeros, where the file system lacks the mode
+    (tmpfs has no FALLOC_FL_ZERO_RANGE; some have no hole punching at all).
+    """
+    punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    for attempt in (mode, punch):
+        try:
+            fallocate(fd, attempt, offset, length)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    write_zeros(fd, offset, length)
+
+
+def write_zeros(fd: int, offset: int, length: int) -> None:
+    zeros = bytes(min(length, 1 << 20))
+    pos, end = offset, offset + length
+    while pos < end:
+        pos += os.pwrite(fd, zeros[:min(len(zeros), end - pos)], pos)
+
+
 def freeze(mount_point: Path) -> None:
     """FIFREEZE: flush the file system and block every new write until `thaw`."""
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)

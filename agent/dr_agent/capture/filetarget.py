@@ -85,12 +85,10 @@ class FileTarget:
         self._check(offset, length)
         with self._lock:
             if self.punch_holes:
-                _linux.fallocate(self._fd, _linux.FALLOC_FL_PUNCH_HOLE | _linux.FALLOC_FL_KEEP_SIZE,
-                                 offset, length)
+                _linux.zero_range(self._fd, _linux.FALLOC_FL_PUNCH_HOLE | _linux.FALLOC_FL_KEEP_SIZE,
+                                  offset, length)
             else:
-                zeros = bytes(min(length, 1 << 20))
-                for pos in range(offset, offset + length, len(zeros)):
-                    os.pwrite(self._fd, zeros[:min(len(zeros), offset + length - pos)], pos)
+                _linux.write_zeros(self._fd, offset, length)
             self.received.discards += 1
             self.received.bytes_discarded += length
 

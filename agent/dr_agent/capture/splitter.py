@@ -230,7 +230,10 @@ class Splitter:
         with self._apply:
             if mode & _linux.FALLOC_FL_PUNCH_HOLE:
                 mode |= _linux.FALLOC_FL_KEEP_SIZE
-            _linux.fallocate(self._fd, mode, offset, length)
+            if changes_data:
+                _linux.zero_range(self._fd, mode, offset, length)
+            else:
+                _linux.fallocate(self._fd, mode, offset, length)
             if changes_data:
                 self._counts["discards"] += 1
                 self._counts["bytes_discarded"] += length
