@@ -153,7 +153,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
                 click.echo(line)
         return
     runner = _runner(spec_path, state, storage, export_command, quiet=fmt == "json")
-    job_id = runner.start_failover(plan, failover_type, choice)  # type: ignore[arg-type]
+    job_id = runner.start_failover(plan, failover_type, choice)
     _render_job(runner.run(job_id), fmt)
 
 

@@ -49,7 +49,7 @@ class Choice:
     def parse(cls, text: str) -> Choice:
         value = text.strip().lower()
         if value in KEYWORDS:
-            return cls(keyword=value)  # type: ignore[arg-type]
+            return cls(keyword=value)
         try:
             when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:

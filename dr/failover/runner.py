@@ -107,7 +107,7 @@ class Runner:
     def start_change_point(self, job_id: str, choice: Choice) -> str:
         job, plan = self._source_job(job_id, allowed=("test-failover", "planned-failover", "unplanned-failover"),
                                      verb="change-point")
-        committed = [j for j in self.jobs.list(1000)
+        committed = [j for j in self.jobs.recent(1000)
                      if j["kind"] == "commit" and j["state"] == "succeeded"
                      and self.jobs.get(j["id"]).options.get("source_job") == job_id]
         if committed:

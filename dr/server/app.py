@@ -155,7 +155,7 @@ def create_app(server: ConfigServer) -> FastAPI:
 
     @app.get("/api/v1/jobs", tags=["jobs"])
     def list_jobs(who: Who) -> list[dict[str, Any]]:
-        return jobs.list()
+        return jobs.recent()
 
     @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str, who: Who) -> dict[str, Any]:

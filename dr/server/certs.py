@@ -72,9 +72,9 @@ def _authority(store: Store) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
         key_pem = store.set_meta_once("ca_key", _key_pem(key))
         cert_pem = store.set_meta_once("ca_certificate", cert.public_bytes(serialization.Encoding.PEM).decode())
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return cert, key
+    loaded = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    return cert, loaded
 
 
 def ca_pem(store: Store) -> str:
@@ -109,7 +109,7 @@ def issue(store: Store, *, name: str, role: str, csr_pem: str | None = None,
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
         ]))
         .issuer_name(ca_cert.subject)
-        .public_key(public_key)  # type: ignore[arg-type]
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=LEAF_VALIDITY_DAYS))

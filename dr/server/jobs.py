@@ -115,7 +115,7 @@ class Jobs:
             ),
         )
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.store.query(
             "SELECT id, kind, plan, state, created, updated, error FROM jobs ORDER BY created DESC LIMIT ?",
             (limit,),

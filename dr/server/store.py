@@ -139,11 +139,11 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("BEGIN IMMEDIATE")
-            return conn  # type: ignore[return-value]
+            return conn
         import psycopg
 
         try:
-            return psycopg.connect(self.url)  # type: ignore[return-value]
+            return psycopg.connect(self.url)
         except psycopg.Error as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StoreError(

@@ -65,7 +65,7 @@ def test_failback_of_a_physical_machine_is_refused(tmp_path: Path) -> None:
     assert result.stderr.startswith("dr: error: failback of physical machine(s) sql01 is not supported")
     assert "VMware VM" in result.stderr and len(result.stderr.splitlines()) == 1
     # Nothing was started.
-    assert [j["kind"] for j in jobs.list()] == ["planned-failover"]
+    assert [j["kind"] for j in jobs.recent()] == ["planned-failover"]
 
 
 def test_confirm_and_show_a_job(tmp_path: Path) -> None:
