@@ -25,7 +25,9 @@ from typing import Any, Literal
 
 Firmware = Literal["bios", "uefi"]
 
-LSBLK_COLUMNS = "NAME,PATH,TYPE,SIZE,FSTYPE,MOUNTPOINT,MODEL,ROTA,PKNAME"
+# No PATH column: it needs util-linux 2.33+, while -J works from 2.27 (the path is derived from NAME).
+LSBLK_COLUMNS = "NAME,TYPE,SIZE,FSTYPE,MOUNTPOINT,MODEL,ROTA"
+MAPPER_TYPES = frozenset({"lvm", "crypt", "mpath", "dm", "raid0", "raid1", "raid5", "raid6", "raid10"})
 FINDMNT_COLUMNS = "TARGET,SOURCE,FSTYPE"
 EFI_MARKER = "efi"  # printed by the firmware command when /sys/firmware/efi exists
 
@@ -196,10 +198,13 @@ def _json(command: str, text: str) -> Any:
 def _block(item: Mapping[str, Any]) -> BlockDevice:
     size = item.get("size") or 0
     rota = item.get("rota")
+    name = str(item.get("name", ""))
+    kind = str(item.get("type", ""))
+    default_path = f"/dev/mapper/{name}" if kind in MAPPER_TYPES and not kind.startswith("raid") else f"/dev/{name}"
     return BlockDevice(
-        name=str(item.get("name", "")),
-        path=str(item.get("path") or f"/dev/{item.get('name', '')}"),
-        type=str(item.get("type", "")),
+        name=name,
+        path=str(item.get("path") or default_path),
+        type=kind,
         size_bytes=int(size),
         fstype=item.get("fstype"),
         mountpoint=item.get("mountpoint"),

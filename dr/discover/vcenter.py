@@ -239,7 +239,11 @@ def check_privileges(si: Any, source: Source, privileges: Sequence[str] = DISCOV
 
 
 def guarded(source: Source, work: Callable[[], Any]) -> Any:
-    """Run `work`, turning pyvmomi and socket failures into one-line `SourceError`s."""
+    """Run `work`, turning pyvmomi, HTTP and socket failures into one-line `SourceError`s."""
+    import http.client
+
+    from pyVmomi import vmodl
+
     _, vim = _pyvmomi()
     try:
         return work()
@@ -247,7 +251,7 @@ def guarded(source: Source, work: Callable[[], Any]) -> Any:
         raise
     except (vim.fault.NoPermission, vim.fault.NotAuthenticated, OSError) as err:
         raise translate(source, err) from None
-    except vim.fault.VimFault as err:
+    except (vmodl.MethodFault, http.client.HTTPException) as err:
         raise translate(source, err) from None
 
 
