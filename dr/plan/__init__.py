@@ -15,6 +15,8 @@ One module per rule:
 
 from __future__ import annotations
 
+from typing import Any
+
 from dr.model import Estate
 from dr.plan.bandwidth import plan_bandwidth
 from dr.plan.compute import plan_failover_vms, plan_quota
@@ -54,15 +56,13 @@ def make_plan(estate: Estate) -> Plan:
     machines = inputs.machines
     master_targets = []
     for placement in placements:
-        disks = [
-            ReplicaDisk(
-                disk=f"{machines[i].name}/{d.name}",
-                iops=r3(d.iops),
-                storage_account=storage.disk_account.get(f"{machines[i].name}/{d.name}", ""),
-            )
-            for i in placement.machines
-            for d in machines[i].disks
-        ]
+        # Rows as dicts: pydantic-core builds the 30,000 ReplicaDisk models of the benchmark in one
+        # validation pass, 20x faster than a Python constructor call each (benchmarks/plan_scale.py).
+        disks: list[Any] = []
+        for i in placement.machines:
+            for d in machines[i].disks:
+                label = f"{machines[i].name}/{d.name}"
+                disks.append({"disk": label, "iops": r3(d.iops), "storage_account": storage.disk_account.get(label, "")})
         master_targets.append(
             MasterTarget(
                 name=placement.name,

@@ -35,10 +35,6 @@ MBIT_PER_GB = 8_000  # 1 GB = 10^9 bytes = 8,000 megabits
 SECONDS_PER_DAY = 86_400
 
 
-def _disk_used(size_gb: float, used_gb: float | None) -> float:
-    return size_gb if used_gb is None else min(used_gb, size_gb)
-
-
 def plan_bandwidth(inputs: Inputs, notes: Notes) -> list[Bandwidth]:
     estate = inputs.estate
     compression = estate.planning.compression_ratio
@@ -60,9 +56,12 @@ def plan_bandwidth(inputs: Inputs, notes: Notes) -> list[Bandwidth]:
                 "longer than the interval (ASR's defaults: 15m and 5m)",
             )
 
+    by_site: dict[str, list[int]] = {}
+    for i, machine in enumerate(inputs.machines):
+        by_site.setdefault(machine.site, []).append(i)
     result: list[Bandwidth] = []
     for site_name in sites:
-        machines = [m for m in inputs.machines if m.site == site_name]
+        machines = by_site.get(site_name, [])
         if not machines:
             continue
         site = next((s for s in estate.sites if s.name == site_name), None)
@@ -70,12 +69,12 @@ def plan_bandwidth(inputs: Inputs, notes: Notes) -> list[Bandwidth]:
         churn_by_group: dict[int, float] = {}
         used = 0.0
         churn_total = 0.0
-        for machine in machines:
-            churn = sum(d.churn_gb_per_day for d in machine.disks)
+        for i in machines:
+            churn = inputs.churn[i]
             churn_total += churn
-            g_index = group_of[machine.name]
+            g_index = group_of[inputs.machines[i].name]
             churn_by_group[g_index] = churn_by_group.get(g_index, 0.0) + churn
-            used += sum(_disk_used(d.size_gb, d.used_gb) for d in machine.disks)
+            used += inputs.used[i]
         groups: list[tuple[int, float, float, float]] = []  # (group, threshold min, churn, mbps)
         for g_index in sorted(churn_by_group):
             policy = estate.protection_groups[g_index].policy

@@ -58,14 +58,9 @@ def plan_failover_vms(inputs: Inputs, notes: Notes) -> list[FailoverVm]:
             f"{size.max_nics} NICs, quota family {size.family}"
         )
         vms.append(
-            FailoverVm(
-                machine=machine.name,
-                size=size.name,
-                vcpus=size.vcpus,
-                memory_gb=r3(size.memory_gb),
-                family=size.family,
-                overridden=overridden,
-                reasons=reasons,
+            FailoverVm.model_validate(
+                {"machine": machine.name, "size": size.name, "vcpus": size.vcpus, "memory_gb": r3(size.memory_gb),
+                 "family": size.family, "overridden": overridden, "reasons": reasons}
             )
         )
     return vms

@@ -25,23 +25,24 @@ def plan_config_servers(inputs: Inputs) -> list[ConfigServer]:
         return []
     size = by_name(CS_SIZE)
     assert size is not None, "the size catalog lost Standard_A3"
-    order = sorted(range(len(machines)), key=lambda i: (-len(machines[i].disks), i))
+    count_of = inputs.disks
+    order = sorted(range(len(machines)), key=lambda i: (-count_of[i], i))
     bins = FirstFit()
     members: list[list[int]] = []
     for i in order:
-        count = len(machines[i].disks)
+        count = count_of[i]
         slot = bins.first_with_room(count)
         if slot is None:
             slot = bins.open(max(CS_VOLUMES, count))
             members.append([])
         bins.add(slot, count)
         members[slot].append(i)
-    total = sum(len(m.disks) for m in machines)
+    total = sum(count_of)
     bound = math.ceil(total / CS_VOLUMES)
     servers = []
     for number, held in enumerate(members, start=1):
         held.sort()
-        volumes = sum(len(machines[i].disks) for i in held)
+        volumes = sum(count_of[i] for i in held)
         reasons = [
             f"{total} protected volume(s) / {CS_VOLUMES} per {CS_SIZE} (seed) -> at least {bound} "
             f"configuration server(s); first-fit decreasing by machine used {len(members)}",

@@ -32,16 +32,36 @@ class Notes:
 
 @dataclass(frozen=True)
 class Inputs:
+    """The protected machines and, computed once, the per-machine sums every rule reads."""
+
     estate: Estate
     machines: tuple[Machine, ...]  # protected machines, in spec order
     index: dict[str, int]  # machine name -> position in estate.machines (for spec paths)
+    disks: tuple[int, ...]  # per protected machine: its disk count (a volume is a disk)
+    churn: tuple[float, ...]  # GB/day
+    iops: tuple[float, ...]  # source IOPS
+    used: tuple[float, ...]  # GB of data to replicate initially (used_gb, else size_gb)
+    family: tuple[str, ...]  # 'windows' | 'linux'
 
     @classmethod
     def of(cls, estate: Estate) -> Inputs:
         index: dict[str, int] = {}
         for position, machine in enumerate(estate.machines):
             index.setdefault(machine.name, position)
-        return cls(estate=estate, machines=tuple(estate.protected_machines), index=index)
+        machines = tuple(estate.protected_machines)
+        return cls(
+            estate=estate,
+            machines=machines,
+            index=index,
+            disks=tuple(len(m.disks) for m in machines),
+            churn=tuple(sum(d.churn_gb_per_day for d in m.disks) for m in machines),
+            iops=tuple(sum(d.iops for d in m.disks) for m in machines),
+            used=tuple(
+                sum(d.size_gb if d.used_gb is None else min(d.used_gb, d.size_gb) for d in m.disks)
+                for m in machines
+            ),
+            family=tuple(os_family(m) for m in machines),
+        )
 
     def path(self, machine: str, *rest: str | int) -> str:
         parts: list[str | int] = ["machines", self.index.get(machine, 0), *rest]

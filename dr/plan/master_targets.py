@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dr.plan.context import Inputs, Notes, os_family
+from dr.plan.context import Inputs, Notes
 from dr.plan.packing import FirstFit
 from dr.sizes import VmSize, by_name
 
@@ -58,11 +58,12 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
     small, large = mts_size(SMALL_MTS), mts_size(LARGE_MTS)
     small_cap, large_cap = capacity(small), capacity(large)
     machines = inputs.machines
+    count, family_of = inputs.disks, inputs.family
     position = {m.name: i for i, m in enumerate(machines)}
 
     placeable: set[int] = set()
     for i, machine in enumerate(machines):
-        if len(machine.disks) > large_cap:
+        if count[i] > large_cap:
             notes.error(
                 inputs.path(machine.name, "disks"),
                 f"{machine.name} has {len(machine.disks)} disks; the largest master target ({LARGE_MTS}, "
@@ -79,7 +80,7 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
         if not group.policy.multi_vm_consistency:
             continue
         members = sorted({position[n] for n in group.members if n in position} & placeable - grouped)
-        families = sorted({os_family(machines[i]) for i in members})
+        families = sorted({family_of[i] for i in members})
         if len(families) > 1:
             notes.warning(
                 f"protection_groups.{g_index}",
@@ -87,11 +88,11 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
                 "different master targets: its members are kept together per OS only",
             )
         for family in families:
-            part = [i for i in members if os_family(machines[i]) == family]
+            part = [i for i in members if family_of[i] == family]
             if len(part) < 2:
                 continue
-            total = sum(len(machines[i].disks) for i in part)
-            limit = large_cap if any(len(machines[i].disks) > small_cap for i in part) else small_cap
+            total = sum(count[i] for i in part)
+            limit = large_cap if any(count[i] > small_cap for i in part) else small_cap
             if total <= limit:
                 items.append(tuple(part))
                 grouped.update(part)
@@ -106,10 +107,10 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
 
     placements: list[Placement] = []
     for family in OS_FAMILIES:
-        mine = [item for item in items if os_family(machines[item[0]]) == family]
+        mine = [item for item in items if family_of[item[0]] == family]
         if not mine:
             continue
-        size_of = {item: sum(len(machines[i].disks) for i in item) for item in mine}
+        size_of = {item: sum(count[i] for i in item) for item in mine}
         mine.sort(key=lambda item: (-size_of[item], item[0]))
         bins = FirstFit()
         held: list[list[int]] = []
@@ -122,8 +123,8 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
             bins.add(slot, need)
             held[slot].extend(item)
         total = sum(size_of.values())
-        big = [i for item in mine for i in item if len(machines[i].disks) > small_cap]
-        big_disks = sum(len(machines[i].disks) for i in big)
+        big = [i for item in mine for i in item if count[i] > small_cap]
+        big_disks = sum(count[i] for i in big)
         spare = large_cap * len(big) - big_disks
         bound = len(big) + math.ceil(max(0, total - big_disks - spare) / small_cap)
         summary = (
@@ -135,9 +136,9 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
             members.sort()
             cap = int(bins.capacity[number - 1])
             size = large if cap == large_cap else small
-            disks = sum(len(machines[i].disks) for i in members)
+            disks = sum(count[i] for i in members)
             why = (
-                f"{LARGE_MTS}: {machines[max(members, key=lambda i: len(machines[i].disks))].name} has more "
+                f"{LARGE_MTS}: {machines[max(members, key=lambda i: count[i])].name} has more "
                 f"than {small_cap} disks"
                 if size is large
                 else f"{SMALL_MTS}: every source has at most {small_cap} disks"

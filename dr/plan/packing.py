@@ -73,7 +73,11 @@ class FirstFit:
         tree[node] = value
         node //= 2
         while node:
-            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            left, right = tree[2 * node], tree[2 * node + 1]
+            best = left if left >= right else right
+            if tree[node] == best:
+                break  # the ancestors above are unchanged too
+            tree[node] = best
             node //= 2
 
     def _grow(self) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dr.model import Machine
 from dr.model import ProcessServer as DeclaredServer
 from dr.plan.context import Inputs, Notes
 from dr.plan.packing import FirstFit, r3
@@ -54,10 +53,6 @@ TIERS: tuple[Tier, ...] = (
     Tier(vcpus=12, memory_gb=24, cache_gb=1000, max_churn_gb_per_day=2000, max_machines=225),
 )
 LARGEST = TIERS[-1]
-
-
-def machine_churn(machine: Machine) -> float:
-    return sum(d.churn_gb_per_day for d in machine.disks)
 
 
 def smallest_tier(churn: float, machines: int) -> Tier:
@@ -114,13 +109,13 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
     window = (site.outage_window if site and site.outage_window else estate.planning.outage_window)
     window_hours = window.total_seconds() / 3600
     window_source = "sites.outage_window" if site and site.outage_window else "planning.outage_window"
-    machines = [m for m in inputs.machines if m.site == site_name]
+    machines = [i for i, m in enumerate(inputs.machines) if m.site == site_name]
     if not machines and not declared:
         return []
 
-    placeable: list[Machine] = []
-    for machine in machines:
-        churn = machine_churn(machine)
+    placeable: list[int] = []  # indices into inputs.machines
+    for i in machines:
+        machine, churn = inputs.machines[i], inputs.churn[i]
         if churn > LARGEST.max_churn_gb_per_day + 1e-9:
             notes.error(
                 inputs.path(machine.name, "disks"),
@@ -129,7 +124,8 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
                 "split: lower the churn (exclude temp/page-file disks) or protect it another way",
             )
         else:
-            placeable.append(machine)
+            placeable.append(i)
+    churn_of = inputs.churn
 
     bins = FirstFit()
     limits: list[Tier | None] = []
@@ -143,11 +139,11 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
         index = bins.open(tier.max_churn_gb_per_day if tier else 0.0)
         if tier is None:
             bins.close(index)
-    order = sorted(range(len(placeable)), key=lambda i: (-machine_churn(placeable[i]), i))
+    order = sorted(range(len(placeable)), key=lambda k: (-churn_of[placeable[k]], k))
     used_names = set(names)
     added = 0
     for i in order:
-        churn = machine_churn(placeable[i])
+        churn = churn_of[placeable[i]]
         slot = bins.first_with_room(churn)
         if slot is None:
             while True:
@@ -166,7 +162,7 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
         if limit is not None and len(members[slot]) >= limit.max_machines:
             bins.close(slot)
 
-    total_churn = sum(machine_churn(m) for m in placeable)
+    total_churn = sum(churn_of[i] for i in placeable)
     bound = max(
         math.ceil(total_churn / LARGEST.max_churn_gb_per_day - 1e-9),
         math.ceil(len(placeable) / LARGEST.max_machines),
@@ -178,7 +174,7 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
     result = []
     for slot, name in enumerate(names):
         held = sorted(members[slot])
-        churn = sum(machine_churn(placeable[i]) for i in held)
+        churn = sum(churn_of[placeable[k]] for k in held)
         needed = smallest_tier(churn, len(held))
         reasons = [site_note]
         is_declared = slot < len(declared)
@@ -236,7 +232,7 @@ def _plan_site(inputs: Inputs, notes: Notes, site_name: str) -> list[ProcessServ
                 memory_gb=r3(memory),
                 cache_gb=r3(cache),
                 churn_gb_per_day=r3(churn),
-                machines=[placeable[i].name for i in held],
+                machines=[inputs.machines[placeable[k]].name for k in held],
                 max_churn_gb_per_day=r3(max_churn),
                 max_machines=max_machines,
                 cache_needed_gb=r3(cache_needed),

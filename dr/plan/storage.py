@@ -111,9 +111,7 @@ def plan_storage(inputs: Inputs, placements: list[Placement], notes: Notes) -> S
         )
 
     # Retention: each master target's OS and retention disks.
-    retention = [
-        sum(float(d.iops) for i in p.machines for d in machines[i].disks) for p in placements
-    ]
+    retention = [sum(inputs.iops[i] for i in p.machines) for p in placements]
     r_bins = FirstFit()
     r_held: list[list[int]] = []
     retention_account: dict[str, str] = {}
