@@ -94,6 +94,7 @@ class ProcessServer:
         self._forwarders: dict[str, threading.Thread] = {}
         self._times: dict[str, collections.deque[tuple[int, float]]] = {}
         self.level: Literal["ok", "warning", "critical"] = "ok"
+        self._fill_lock = threading.Lock()
         self.stalled: dict[str, str] = {}
         for d in sorted(p for p in config.cache_dir.iterdir() if p.is_dir() and DISK_NAME.match(p.name)):
             cache = self._cache(d.name)
@@ -129,21 +130,28 @@ class ProcessServer:
         self.alerts.raise_("critical", "corrupt", f"disk {disk}: {message}; not forwarded", disk=disk)
 
     def _check_fill(self) -> None:
+        """Raise an alert for every threshold crossed since the last check (called after each append)."""
         used = self.used_bytes()
         free = 1 - used / self.config.capacity_bytes
         level: Literal["ok", "warning", "critical"] = (
             "critical" if free < CRITICAL_FREE else "warning" if free < WARN_FREE else "ok")
         self.metrics.cache_used.set(used)
         self.metrics.cache_fill.set(used / self.config.capacity_bytes)
-        if level != self.level:
+        with self._fill_lock:
+            if level == self.level:
+                return
+            order = ("ok", "warning", "critical")
+            old, new = order.index(self.level), order.index(level)
             self.level = level
-            if level == "ok":
-                self.alerts.raise_("info", "cache-ok", f"cache {free:.0%} free again", free=free)
-            else:
-                self.alerts.raise_(level, f"cache-{level}", f"cache {free:.0%} free ({used} of "
+            if new < old:
+                self.alerts.raise_("info", f"cache-{level}", f"cache {free:.0%} free again", free=free)
+                return
+            for crossed in order[old + 1:new + 1]:
+                lvl: Literal["warning", "critical"] = "critical" if crossed == "critical" else "warning"
+                self.alerts.raise_(lvl, f"cache-{crossed}", f"cache {free:.0%} free ({used} of "
                                    f"{self.config.capacity_bytes} bytes used); is the master target reachable?",
                                    free=free)
-                self.metrics.alerts.labels(level).inc()
+                self.metrics.alerts.labels(crossed).inc()
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -222,6 +230,7 @@ class ProcessServer:
                 self.metrics.stored_bytes.labels(disk).inc(packed)
                 self.metrics.compression_ratio.labels(disk).set(raw / max(packed, 1))
             self._times[disk].append((durable, time.time()))
+            self._check_fill()
             conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
 
     def _master_applied(self, disk: str, size: int) -> int | None:

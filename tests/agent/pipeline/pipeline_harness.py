@@ -3,8 +3,11 @@ a sink as the agent, and a shadow disk that knows what the replica must hold."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from dr_agent.process_server import ProcessServer, ProcessServerConfig
 from dr_agent.sink import ProcessServerSink
 
 MIB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -155,3 +159,56 @@ class TcpProxy:
         self._stop.set()
         self.cut()
         self._srv.close()
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """A `dr-agent process-server|master-target` process on a fixed loopback port, killable with -9."""
+
+    def __init__(self, kind: str, config: Path, log: Path) -> None:
+        self.kind, self.config, self.log = kind, config, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "agent"), str(REPO)])}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "dr_agent.cli", "-v", self.kind, "--config",
+                                          str(self.config)], stdout=subprocess.PIPE, stderr=log, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} did not start: {self.log.read_text()[-2000:]}")
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def service_pair(root: Path, pki: Any, *, capacity_gb: float = 1.0) -> tuple[Service, Service, int]:
+    """Config files for a master target (file storage) and a process server; returns (mt, ps, ps port)."""
+    mt_port, ps_port = free_port(), free_port()
+    (root / "mt.toml").write_text(
+        f'[master_target]\nlisten = "127.0.0.1:{mt_port}"\nidentity = "{pki.master_target.directory}"\n'
+        f'state_dir = "{root / "mt"}"\nstorage = "file"\n')
+    (root / "ps.toml").write_text(
+        f'[process_server]\nname = "ps01"\nlisten = "127.0.0.1:{ps_port}"\n'
+        f'identity = "{pki.process_server.directory}"\ncache_dir = "{root / "ps"}"\n'
+        f'master_target = "127.0.0.1:{mt_port}"\ncapacity_gb = {capacity_gb}\n')
+    mt = Service("master-target", root / "mt.toml", root / "mt.log")
+    ps = Service("process-server", root / "ps.toml", root / "ps.log")
+    return mt, ps, ps_port
