@@ -243,7 +243,7 @@ def _mocks_and_monitor() -> Any:
             self.declarations: list[Declaration] = []
 
         def RegisterResource(self, request: Any) -> Any:
-            response = super().RegisterResource(request)
+            response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
             self.declarations.append(
                 Declaration(
                     urn=response.urn,
@@ -278,7 +278,7 @@ def run(estate: Estate, plan: StackPlan, options: StackOptions, *, stack: str = 
         def program() -> Any:
             return declare(estate, plan, options).root.urn
 
-        mocks.test(program)()
+        mocks.test(program)()  # type: ignore[no-untyped-call]
 
     # A fresh context: Pulumi keeps its root stack resource in a ContextVar, so two runs never mix.
     contextvars.Context().run(body)

@@ -320,7 +320,7 @@ class StorageTier(pulumi.ComponentResource):
                 location=target.storage_region,
                 kind="StorageV2",
                 sku=storage.SkuArgs(name=sku),
-                access_tier="Hot",
+                access_tier=storage.AccessTier.HOT,
                 allow_blob_public_access=False,
                 minimum_tls_version="TLS1_2",
                 enable_https_traffic_only=True,

@@ -162,5 +162,5 @@ def plan_of(estate: Any) -> StackPlan:
             "pass a plan JSON with --plan-json, or update dr-as-code"
         ) from None
     plan = make_plan(estate)
-    data = plan.model_dump(mode="json") if hasattr(plan, "model_dump") else plan
+    data: Mapping[str, Any] = plan.model_dump(mode="json")
     return from_contract(data)
