@@ -244,7 +244,9 @@ class DiskCache:
 
     # -- reading ------------------------------------------------------------------------------
     def read_from(self, seq: int, max_bytes: int) -> list[Record]:
-        """Durable records from `seq` on, at most about `max_bytes`. Raises CorruptData on a bad one."""
+        """Durable records from `seq` on, at most about `max_bytes`, up to the first bad one.
+
+        Raises CorruptData when the record at `seq` itself fails its checks."""
         with self.lock:
             segs = [(s.path, s.first_seq, list(s.offsets), s.size, set(s.holes)) for s in self._segments]
             durable = self.durable_seq
@@ -268,15 +270,22 @@ class DiskCache:
             end_seq = first + j - 1
             pos = 0
             while seq <= end_seq and total < max_bytes:
+                # A bad record ends the read; it raises once it is the first record asked for.
                 if seq in holes:
+                    if out:
+                        return out
                     raise CorruptData(f"disk {self.disk}: cache record seq {seq} failed its checksum")
                 try:
                     rec, end = decode_record(data, pos)
                 except EOFError:
                     break
                 except CorruptData as err:
+                    if out:
+                        return out
                     raise CorruptData(f"disk {self.disk}: cache record seq {seq}: {err}") from None
                 if rec.seq != seq:
+                    if out:
+                        return out
                     raise CorruptData(f"disk {self.disk}: cache holds seq {rec.seq} where {seq} belongs")
                 out.append(rec)
                 total += rec.size

@@ -1,0 +1,120 @@
+"""Corruption is detected by checksum, never applied, and reported; records and caches recover."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipeline_harness import MIB, Shadow, TcpProxy
+
+from dr_agent.cache import DiskCache
+from dr_agent.compress import CODEC_RAW, CODEC_ZSTD, Compressor
+from dr_agent.errors import AgentError, CorruptData
+from dr_agent.pki import client_context
+from dr_agent.records import (
+    RECORD_HEADER_SIZE, FrameType, Kind, Record, decode_record, encode_frame,
+)
+from dr_agent.transport import dial
+
+
+def test_record_round_trip_and_every_flipped_byte_is_caught() -> None:
+    rec = Record(Kind.WRITE, 42, 8192, 5, CODEC_RAW, b"hello")
+    blob = rec.encode()
+    assert decode_record(blob)[0] == rec
+    for i in range(len(blob)):
+        bad = bytearray(blob)
+        bad[i] ^= 0x10
+        with pytest.raises((CorruptData, EOFError)):
+            decode_record(bytes(bad))
+
+
+def test_compression_stores_raw_when_it_does_not_shrink() -> None:
+    c = Compressor()
+    noise = os.urandom(65536)
+    assert c.compress(noise) == (CODEC_RAW, noise)
+    codec, packed = c.compress(bytes(65536))
+    assert codec == CODEC_ZSTD and len(packed) < 100
+    assert c.decompress(codec, packed, 65536) == bytes(65536)
+    with pytest.raises(CorruptData):
+        c.decompress(codec, packed, 4096)
+
+
+def test_cache_truncates_a_torn_tail_and_reports_a_flipped_byte(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, "d0", segment_bytes=1 << 20)
+    cache.append([Record(Kind.WRITE, s, s * 4096, 4096, CODEC_RAW, bytes([s]) * 4096) for s in range(1, 11)])
+    seg = next((tmp_path / "d0").glob("*.seg"))
+    cache.close()
+    full = seg.stat().st_size
+    with seg.open("ab") as f:  # a crash in the middle of an append: half a record
+        f.write(Record(Kind.WRITE, 11, 0, 4096, CODEC_RAW, b"x" * 4096).encode()[:1000])
+    reopened = DiskCache(tmp_path, "d0")
+    assert reopened.last_seq == 10 and reopened.truncated_bytes == 1000 and not reopened.corruptions
+    assert seg.stat().st_size == full
+    reopened.close()
+
+    data = bytearray(seg.read_bytes())
+    data[full - 100] ^= 0xFF  # inside record 10's payload
+    seg.write_bytes(bytes(data))
+    scanned = DiskCache(tmp_path, "d0")
+    assert scanned.corruptions and "seq 10" in scanned.corruptions[0]
+    assert [r.seq for r in scanned.read_from(1, 1 << 30)[:9]] == list(range(1, 10))
+    with pytest.raises(CorruptData):
+        scanned.read_from(10, 1 << 30)
+    scanned.close()
+
+
+def test_flipped_byte_in_a_cache_segment_is_never_forwarded(make_pipeline: Any, tmp_path: Path) -> None:
+    proxies: list[TcpProxy] = []
+
+    def via_proxy(port: int) -> int:
+        proxies.append(TcpProxy(port))
+        return proxies[0].port
+
+    p = make_pipeline(mt_port=via_proxy)
+    proxy = proxies[0]
+    proxy.cut()
+    size = 8 * MIB
+    shadow = Shadow(size)
+    sink = p.sink("c01-disk0", size)
+    rng = random.Random(9)
+    for i in range(6):
+        shadow.write(sink, i * 65536, rng.randbytes(65536))
+    sink.flush()
+    cache_dir = tmp_path / "ps/c01-disk0"
+    seg = sorted(cache_dir.glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[-5000] ^= 0x01  # in the last write's payload
+    seg.write_bytes(bytes(data))
+    proxy.restore()
+    deadline = time.monotonic() + 20
+    while not p.ps.stalled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "c01-disk0" in p.ps.stalled
+    alerts = [a for a in p.ps.alerts.read() if a["code"] == "corrupt"]
+    assert alerts and "checksum" in alerts[0]["message"]
+    applied = p.mt._targets["c01-disk0"].applied_seq() if "c01-disk0" in p.mt._targets else 0
+    assert applied < sink.seq - 1  # the corrupt write and everything after it stayed out
+    replica = (tmp_path / "mt/disks/c01-disk0.img")
+    if replica.exists():
+        assert replica.read_bytes()[5 * 65536:6 * 65536] != shadow.data[5 * 65536:6 * 65536]
+    proxy.close()
+
+
+def test_flipped_byte_in_a_frame_is_refused_and_reported(make_pipeline: Any, pki: Any) -> None:
+    p = make_pipeline()
+    conn = dial("127.0.0.1", p.ps.port, client_context(pki.agent))
+    conn.send_json(FrameType.HELLO, {"disk": "f01-disk0", "size": MIB})
+    assert conn.recv_json(FrameType.WELCOME)["durable"] == 0
+    frame = bytearray(encode_frame(FrameType.RECORDS,
+                                   Record(Kind.WRITE, 1, 0, 4096, CODEC_RAW, b"z" * 4096).encode()))
+    frame[20 + RECORD_HEADER_SIZE + 7] ^= 0x04
+    conn.send(bytes(frame))
+    with pytest.raises(AgentError, match="checksum"):
+        conn.recv_json(FrameType.ACK)
+    conn.close()
+    assert p.ps._cache("f01-disk0").last_seq == 0
+    assert any(a["code"] == "corrupt" for a in p.ps.alerts.read())
