@@ -156,10 +156,10 @@ def check(estate: Estate, plan: StackPlan, options: StackOptions) -> None:
 
 
 def check_spec(estate: Estate) -> None:
-    """The spec's own rules (support matrix included): SpecInvalid with every finding."""
-    from dr.errors import SpecInvalid
+    """The spec's own rules (support matrix included), for an Estate built in Python: StackInvalid
+    naming every error (a loaded file was already checked, with positions, by `load_valid`)."""
     from dr.validate import check_estate
 
     report = check_estate(estate)
     if report.errors:
-        raise SpecInvalid(report.findings)
+        raise StackInvalid([f"the spec: {f.dotted}: {f.message}" for f in report.errors])

@@ -400,3 +400,34 @@ def test_resource_delta_names_added_disks_and_vms() -> None:
     changed = {c["name"]: c["changes"] for c in delta["changed"]}
     mts_vms = [n for n in changed if n.endswith("-vm") and "bootstrap" in changed[n]]
     assert len(mts_vms) == 1, changed
+
+
+def test_existing_network_split_regions_and_kept_addresses() -> None:
+    """`network.existing`: the VNet and resource group are looked up, never declared (so `pulumi
+    destroy` cannot delete them); a source address inside the recovery subnet is kept at failover
+    and never given to a server; a region split is refused before any resource."""
+    estate, plan = estate_and_plan("sharepoint")
+    network_spec = estate.azure.network.model_copy(update={"existing": True})
+    split = estate.model_copy(update={"azure": estate.azure.model_copy(update={"vault_region": "northeurope"})})
+    with pytest.raises(StackInvalid, match="vault_region"):
+        preview(split, plan)
+    azure = estate.azure.model_copy(update={"network": network_spec})
+    machines = [m.model_copy(update={"address": "10.50.1.4"}) if m.name == "dc01" else m for m in estate.machines]
+    moved = estate.model_copy(update={"azure": azure, "machines": machines})
+    result = preview(moved, plan, "planned")
+    assert not result.of_type(":network:VirtualNetwork") and not result.of_type(":network:Subnet")
+    groups = [g.inputs["resourceGroupName"] for g in result.of_type(":resources:ResourceGroup")]
+    assert estate.azure.resource_group not in groups  # only the failover groups are declared
+    subnet_id = (
+        f"/resourceGroups/{estate.azure.resource_group}/providers/Microsoft.Network/virtualNetworks/"
+        f"{network_spec.vnet}/subnets/{network_spec.subnet}"
+    )
+    for nic in result.of_type(":network:NetworkInterface"):
+        assert nic.inputs["ipConfigurations"][0]["subnet"]["id"].endswith(subnet_id)
+    addresses = {
+        n.inputs["networkInterfaceName"]: n.inputs["ipConfigurations"][0].get("privateIPAddress")
+        for n in result.of_type(":network:NetworkInterface")
+    }
+    assert addresses["dc01-nic0"] == "10.50.1.4"
+    servers = [a for name, a in addresses.items() if not name.endswith("-nic0")]
+    assert servers and "10.50.1.4" not in servers and all(a for a in servers)
