@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from dr.errors import SpecUnreadable
+from dr.errors import DrError, SpecUnreadable
 from dr.model import Estate
 from dr.plan import Plan, make_plan
 from dr.plan.packing import r3
@@ -158,12 +158,16 @@ def resource_delta(old: Estate | None, new: Estate) -> tuple[dict[str, Any] | No
     """The Pulumi resource delta when `dr.preview` and pulumi are installed; else None and why."""
     try:
         import pulumi  # noqa: F401
-        from dr.preview import resource_delta as delta  # type: ignore[import-not-found,unused-ignore]
+
+        from dr.preview import resource_delta as delta
     except ImportError as err:
         return None, f"resource delta left out: {err.name or 'dr.preview'} is not installed"
     if old is None:
         return None, "resource delta left out: there is no old estate to compare with"
-    return dict(delta(old, new)), "resource delta from dr.preview"
+    try:
+        return dict(delta(old, new)), "resource delta from dr.preview (Pulumi's mock runtime)"
+    except DrError as err:
+        return None, f"resource delta left out: {err}"
 
 
 def diff_estates(old: Estate | None, new: Estate, *, base: str, resources: bool = True) -> PlanDiff:
@@ -222,8 +226,9 @@ def diff_plans(old_plan: Plan | None, new_plan: Plan, old: Estate | None, new: E
         disks_after=new_plan.protected_disks,
         iops_before=old_plan.source_iops if old_plan else 0.0,
         iops_after=new_plan.source_iops,
-        config_servers=_compare("configuration servers", _items(rows(old_plan, "config_servers"), "name", cs_keep + ("machines",)),
-                                _items(rows(new_plan, "config_servers"), "name", cs_keep + ("machines",)), "machines"),
+        config_servers=_compare("configuration servers",
+                                _items(rows(old_plan, "config_servers"), "name", (*cs_keep, "machines")),
+                                _items(rows(new_plan, "config_servers"), "name", (*cs_keep, "machines")), "machines"),
         process_servers=_compare("process servers", _items(rows(old_plan, "process_servers"), "name", ps_keep),
                                  _items(rows(new_plan, "process_servers"), "name", ps_keep), "machines"),
         master_targets=_compare("master targets", _items(rows(old_plan, "master_targets"), "name", mts_keep),
@@ -334,7 +339,10 @@ def render_diff_text(diff: PlanDiff) -> str:
         out.append(f"QUOTA: the new plan needs {q.total_after} vCPU, {q.declared_after} declared: "
                    f"request {q.shortfall_after} more")
     out += [f"error: {e['path']}: {e['message']}" for e in diff.errors]
-    out.append(diff.resources_note)
+    if diff.resources is not None:
+        out += ["", "Azure resources (Pulumi)"] + ["  " + line for line in _resource_lines(diff.resources)]
+    else:
+        out.append(diff.resources_note)
     return "\n".join(out) + "\n"
 
 
@@ -365,10 +373,21 @@ def render_diff_markdown(diff: PlanDiff) -> str:
             out += [_change_line(c) for c in section.changes]
             out += ["```", ""]
     if diff.resources is not None:
-        import json
-
-        out += ["**Azure resources**", "", "```json", json.dumps(diff.resources, indent=2, sort_keys=True,
-                                                                  default=str), "```", ""]
+        out += ["**Azure resources** (Pulumi)", "", "```diff", *_resource_lines(diff.resources), "```", ""]
     else:
         out += [f"_{diff.resources_note}_", ""]
     return "\n".join(out)
+
+
+def _resource_lines(delta: dict[str, Any]) -> list[str]:
+    """`+ Type name`, `- Type name`, `~ Type name: key old -> new` from dr.preview.resource_delta."""
+    def kind(row: dict[str, Any]) -> str:
+        return str(row.get("type", "")).rsplit(":", 1)[-1]
+
+    lines = [f"+ {kind(r)} {r.get('name', '')}" for r in delta.get("added", [])]
+    lines += [f"- {kind(r)} {r.get('name', '')}" for r in delta.get("removed", [])]
+    for row in delta.get("changed", []):
+        changes = row.get("changes", {})
+        detail = "; ".join(f"{k} {_value(v.get('old'))} -> {_value(v.get('new'))}" for k, v in changes.items())
+        lines.append(f"~ {kind(row)} {row.get('name', '')}" + (f": {detail}" if detail else ""))
+    return lines or ["(no resource changes)"]

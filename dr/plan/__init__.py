@@ -62,11 +62,12 @@ def make_plan(estate: Estate) -> Plan:
         for i in placement.machines:
             for d in machines[i].disks:
                 label = f"{machines[i].name}/{d.name}"
-                disks.append({"disk": label, "iops": r3(d.iops), "storage_account": storage.disk_account.get(label, "")})
+                account = storage.disk_account.get(label, "")
+                disks.append({"disk": label, "iops": r3(d.iops), "storage_account": account})
         master_targets.append(
             MasterTarget(
                 name=placement.name,
-                os=placement.os,  # type: ignore[arg-type]
+                os=placement.os,
                 size=placement.size.name,
                 vcpus=placement.size.vcpus,
                 family=placement.size.family,

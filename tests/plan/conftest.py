@@ -60,7 +60,7 @@ def subset(expected: Any, actual: Any, where: str = "plan") -> None:
     elif isinstance(expected, list):
         assert isinstance(actual, list), f"{where}: expected a list, found {actual!r}"
         assert len(expected) == len(actual), f"{where}: {len(expected)} items expected, found {len(actual)}: {actual!r}"
-        for index, (e, a) in enumerate(zip(expected, actual)):
+        for index, (e, a) in enumerate(zip(expected, actual, strict=False)):
             subset(e, a, f"{where}.{index}")
     else:
         assert expected == actual, f"{where}: expected {expected!r}, found {actual!r}"
