@@ -38,3 +38,27 @@ class Sshd:
 def vsphere_args(sim: Vcsim, inventory: Path, *extra: str) -> list[str]:
     return ["--host", sim.host, "--port", str(sim.port), "--http", "--user", USER, "--password-env", PASSWORD_ENV,
             "--inventory", str(inventory), *extra]
+
+
+# A spec that includes the discovered inventory and protects `members` (format with user, members).
+SPEC = """\
+estate: lab
+support_profile: asr-2015
+include: [inventory.yaml]
+azure:
+  subscription: 00000000-0000-0000-0000-000000000000
+  region: westeurope
+  resource_group: lab-dr
+  connectivity: vpn
+  network: {{vnet: lab-vnet, address_space: 10.50.0.0/16, subnet: recovery, subnet_prefix: 10.50.1.0/24}}
+  quota: {{vcpus: 100}}
+sites:
+  - name: hq
+    vcenter: {{host: 127.0.0.1, version: "5.5", user: {user}, password: {{env: VCENTER_PASSWORD}}}}
+    process_servers:
+      - {{name: ps01, address: 10.0.0.20, os: Windows Server 2012 R2}}
+    bandwidth_mbps: 100
+protection_groups:
+  - name: apps
+    members: [{members}]
+"""

@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 
 from dr.cli import cli
 from dr.discover.profile import KIB_PER_GIB, SECONDS_PER_DAY, percentile
-from tests.discover.support import vsphere_args
+from tests.discover.support import REPLICABLE, SPEC, USER, vsphere_args
 from tests.vcsim.simulator import Vcsim
 
 
@@ -54,6 +54,13 @@ def test_profiling_writes_iops_and_churn_per_disk(vcsim: Vcsim, password_env: st
         assert (written["iops"], written["churn_gb_per_day"]) == (figure["iops"], figure["churn_gb_per_day"])
     assert all("iops" not in d for d in machines["DC0_H0_VM2"]["disks"])
     assert "  # profiled below\n" in inventory.read_text()
+    # The planner reads the profiled figures of the protected machines.
+    spec = tmp_path / "dr.yaml"
+    spec.write_text(SPEC.format(user=USER, members=", ".join(REPLICABLE)))
+    plan = runner.invoke(cli, ["plan", str(spec), "--format", "json"])
+    assert plan.exit_code == 0, plan.stdout + plan.stderr
+    protected = [d for name in REPLICABLE for d in machines[name]["disks"]]
+    assert json.loads(plan.stdout)["source_iops"] == pytest.approx(sum(d["iops"] for d in protected), abs=0.5)
 
 
 def test_percentile_option_dry_run_and_text_report(vcsim: Vcsim, password_env: str, estate: dict[str, str],

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dr.cli import cli
-from tests.discover.support import PASSWORD, REPLICABLE, USER, vsphere_args
+from tests.discover.support import PASSWORD, REPLICABLE, SPEC, USER, vsphere_args
 from tests.vcsim import ops
 from tests.vcsim.simulator import Vcsim
 
@@ -91,27 +91,6 @@ def test_text_and_markdown_reports_name_the_reasons(vcsim: Vcsim, password_env: 
     assert "| `DC0_H0_VM3` | 2048 GB, at most 1023 GB per disk" in out
 
 
-SPEC = """\
-estate: lab
-support_profile: asr-2015
-include: [inventory.yaml]
-azure:
-  subscription: 00000000-0000-0000-0000-000000000000
-  region: westeurope
-  resource_group: lab-dr
-  connectivity: vpn
-  network: {{vnet: lab-vnet, address_space: 10.50.0.0/16, subnet: recovery, subnet_prefix: 10.50.1.0/24}}
-  quota: {{vcpus: 100}}
-sites:
-  - name: hq
-    vcenter: {{host: 127.0.0.1, version: "5.5", user: {user}, password: {{env: VCENTER_PASSWORD}}}}
-    process_servers:
-      - {{name: ps01, address: 10.0.0.20, os: Windows Server 2012 R2}}
-    bandwidth_mbps: 100
-protection_groups:
-  - name: apps
-    members: [{members}]
-"""
 
 
 def test_a_spec_including_the_inventory_validates_and_plans(vcsim: Vcsim, password_env: str,
