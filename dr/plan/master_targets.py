@@ -79,7 +79,8 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
     for g_index, group in enumerate(inputs.estate.protection_groups):
         if not group.policy.multi_vm_consistency:
             continue
-        members = sorted({position[n] for n in group.members if n in position} & placeable - grouped)
+        candidates = {position[n] for n in group.members if n in position}
+        members = sorted(i for i in candidates if i in placeable and i not in grouped)
         families = sorted({family_of[i] for i in members})
         if len(families) > 1:
             notes.warning(
