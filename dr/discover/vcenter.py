@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from dr.discover.errors import (
     BadCredentials,
     CertificateUntrusted,
@@ -353,6 +355,14 @@ class Lookup:
         return None
 
 
+def _text(value: Any) -> str | None:
+    """vSphere's unset or empty strings -> None (the model's text fields are never empty)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
 def _moid(ref: Any) -> str | None:
     return None if ref is None else str(ref._moId)
 
@@ -381,7 +391,7 @@ def machine_from_properties(
             continue
         if kind != "VirtualDisk":
             continue
-        label = device.deviceInfo.label if device.deviceInfo is not None else f"disk {device.key}"
+        label = (_text(device.deviceInfo.label) if device.deviceInfo is not None else None) or f"disk {device.key}"
         name = _slug(label)
         while name in used_names:
             name += "-x"
@@ -418,17 +428,17 @@ def machine_from_properties(
                 addresses.append(address)
     firmware = "uefi" if props.get("config.firmware") == "efi" else "bios"
     vmware = VmwareFacts(
-        instance_uuid=props.get("config.instanceUuid"),
+        instance_uuid=_text(props.get("config.instanceUuid")),
         moid=moid,
-        datacenter=lookup.ancestor(host_moid, "Datacenter"),
-        cluster=lookup.ancestor(host_moid, "ClusterComputeResource"),
-        host=lookup.names.get(host_moid or ""),
+        datacenter=_text(lookup.ancestor(host_moid, "Datacenter")),
+        cluster=_text(lookup.ancestor(host_moid, "ClusterComputeResource")),
+        host=_text(lookup.names.get(host_moid or "")),
         vcenter=vcenter,
         vcenter_version=version,
-        guest_id=guest_id,
-        guest_family=props.get("guest.guestFamily"),
-        guest_full_name=props.get("guest.guestFullName") or props.get("config.guestFullName"),
-        networks=networks,
+        guest_id=_text(guest_id),
+        guest_family=_text(props.get("guest.guestFamily")),
+        guest_full_name=_text(props.get("guest.guestFullName")) or _text(props.get("config.guestFullName")),
+        networks=[n for n in networks if _text(n)],
         ip_addresses=addresses,
     )
     if not disks:  # the model needs one disk; a diskless VM is reported, never dropped
@@ -502,7 +512,15 @@ def discover(
             lookup = Lookup(names=names, parents=parents, kinds=kinds)
             machines = []
             for moid, props in vms:
-                machine = machine_from_properties(props, moid, lookup, site=site, vcenter=source.host, version=version)
+                try:
+                    machine = machine_from_properties(props, moid, lookup, site=site, vcenter=source.host,
+                                                      version=version)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    raise SourceError(
+                        f"{source.where}: VM {props.get('name')!r} ({moid}): {'.'.join(map(str, first['loc']))}: "
+                        f"{first['msg']}, found {first.get('input')!r}; fix the VM in vSphere"
+                    ) from None
                 machines.append(with_verdict(machine, profile))
                 if progress is not None:
                     progress(1)
