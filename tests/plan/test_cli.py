@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,15 @@ def test_workflow_runs_dr_diff_against_the_base_branch() -> None:
     assert workflow[True if True in workflow else "on"]["pull_request"]
     assert steps[0]["with"]["fetch-depth"] == 0
     assert any(step.get("uses", "").startswith("actions/github-script") for step in steps)
+
+
+def test_plan_json_is_byte_identical_across_processes() -> None:
+    # Two interpreters with different hash seeds (set and dict order of strings differ between them).
+    outputs = []
+    for seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-m", "dr", "plan", str(SHAREPOINT), "--format", "json"],
+            cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+        )
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] and b'"master_targets"' in outputs[0]
