@@ -53,7 +53,11 @@ def _paramiko() -> Any:
 
 def collect(target: SshTarget) -> Any:
     """Run the read-only fact commands on `target`; return `dr_agent.facts.LinuxFacts`."""
-    from dr_agent.facts import COMMANDS, FactError, facts_from_outputs
+    try:
+        from dr_agent.facts import COMMANDS, FactError, facts_from_outputs
+    except ImportError:
+        raise MissingExtra("dr discover physical needs the agent package's fact parsers: pip install ./agent "
+                           "(or pip install dr-agent)") from None
 
     paramiko = _paramiko()
     client = paramiko.SSHClient()
