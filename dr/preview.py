@@ -227,6 +227,8 @@ def _mocks_and_monitor() -> Any:
                     ),
                     "name": given["subnetName"],
                 }
+            if args.token == "azure-native:storage:listStorageAccountKeys":
+                return {"keys": [{"keyName": "key1", "permissions": "FULL", "value": "cHJldmlldy1vbmx5"}]}
             if args.token == "azure-native:resources:getResourceGroup":
                 return {
                     "id": f"/subscriptions/{MOCK_SUBSCRIPTION}/resourceGroups/{given['resourceGroupName']}",

@@ -9,6 +9,8 @@ the machines, disks and blob addresses it writes. Pulumi-free, so it is tested o
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from dr.azure import naming
 from dr.azure.contract import MasterTarget, StackPlan
 from dr.blueprints import render
+from dr.errors import DrError
 from dr.model import Estate
 
 CONTROL_PORT = 443  # configuration server API and registration (ASR: HTTPS 443 to the CS)
@@ -24,6 +27,19 @@ PASSPHRASE_SECRET = "registration-passphrase"  # Key Vault secret name of the va
 ADMIN_PASSWORD_SECRET = "admin-password"  # Key Vault secret name of the Windows administrator password
 PYTHON_WINDOWS_VERSION = "3.11.9"  # last CPython 3.11 release with a Windows installer (python.org)
 RETENTION_LUN = 0  # the retention disk is the master target's first data disk
+STORAGE_ENV = "DR_STORAGE_CONNECTION_STRING"  # the variable dr-agent's master target reads (connection_string_env)
+# Azure accepts at most 64 KiB of custom data, base64-encoded (learn.microsoft.com, "Custom data and
+# cloud-init on Azure Virtual Machines").
+CUSTOM_DATA_MAX_BYTES = 65536
+
+
+class CustomDataTooLarge(DrError):
+    exit_code = 1
+
+
+def storage_secret(account: str) -> str:
+    """Key Vault secret name holding a storage account's connection string (for the master target)."""
+    return f"storage-{account}"
 
 
 @dataclass(frozen=True)
@@ -34,13 +50,34 @@ class Registration:
     passphrase_secret_uri: str  # https://<vault>.vault.azure.net/secrets/registration-passphrase
     package_version: str
 
+    @property
+    def vault_uri(self) -> str:
+        return self.passphrase_secret_uri.split("/secrets/", 1)[0]
+
 
 def passphrase_secret_uri(key_vault: str) -> str:
     return f"https://{key_vault}.vault.azure.net/secrets/{PASSPHRASE_SECRET}"
 
 
+def _checked(name: str, text: str) -> str:
+    size = len(base64.b64encode(text.encode()))
+    if size > CUSTOM_DATA_MAX_BYTES:
+        raise CustomDataTooLarge(
+            f"the custom data of {name} is {size} bytes base64, Azure accepts {CUSTOM_DATA_MAX_BYTES}: "
+            "split the estate across more servers in the plan or shorten the spec"
+        )
+    return text
+
+
+def _toml(table: str, values: dict[str, Any]) -> str:
+    lines = [f"[{table}]"]
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")  # strings, numbers: JSON literals are TOML literals
+    return "\n".join(lines) + "\n"
+
+
 def master_target_config(estate: Estate, plan: StackPlan, mts: MasterTarget, reg: Registration) -> dict[str, Any]:
-    disks = []
+    disks: list[dict[str, Any]] = []
     for machine_name in mts.machines:
         machine = estate.machine(machine_name)
         for disk in machine.disks:
@@ -56,6 +93,7 @@ def master_target_config(estate: Estate, plan: StackPlan, mts: MasterTarget, reg
                 }
             )
     retention = plan.retention_account_of(mts.name)
+    accounts = sorted({d["storage_account"] for d in disks})
     return {
         "role": "master-target",
         "name": mts.name,
@@ -66,27 +104,62 @@ def master_target_config(estate: Estate, plan: StackPlan, mts: MasterTarget, reg
         "listen": {"port": DATA_PORT},
         "machines": list(mts.machines),
         "disks": disks,
+        "storage_accounts": accounts,
         "retention": {
             "storage_account": naming.storage_account_name(estate.estate, retention.name) if retention else None,
             "container": naming.RETENTION_CONTAINER,
             "lun": RETENTION_LUN,
+            "hours": retention_hours(estate, mts),
         },
     }
 
 
+def retention_hours(estate: Estate, mts: MasterTarget) -> float:
+    """The longest retention window of the protection groups this master target carries."""
+    windows = [g.policy.retention for m in mts.machines if (g := estate.group_of(m)) is not None]
+    return max(windows).total_seconds() / 3600 if windows else 24.0
+
+
+def agent_toml(config: dict[str, Any], windows: bool) -> str:
+    """`dr-agent master-target --config` (TOML, [master_target]): the replica account of the MTS."""
+    base = "C:/ProgramData/dr" if windows else "/var/lib/dr-agent"
+    identity = "C:/ProgramData/dr/identity" if windows else "/etc/dr-agent/identity"
+    return _toml(
+        "master_target",
+        {
+            "identity": identity,
+            "state_dir": base,
+            "listen": f"0.0.0.0:{DATA_PORT}",
+            "storage": "azure",
+            "connection_string_env": STORAGE_ENV,
+            "container": naming.REPLICA_CONTAINER,
+            "retention_hours": config["retention"]["hours"],
+        },
+    )
+
+
 def render_master_target(estate: Estate, plan: StackPlan, mts: MasterTarget, reg: Registration) -> str:
     config = master_target_config(estate, plan, mts, reg)
-    template = "windows/master-target.ps1.j2" if mts.os == "windows" else "cloud-init/master-target.yaml.j2"
-    return render(
-        template,
-        name=mts.name,
-        estate=estate.estate,
-        config_json=json.dumps(config, indent=2),
-        passphrase_secret_uri=reg.passphrase_secret_uri,
-        configuration_server=reg.configuration_server,
-        package_version=reg.package_version,
-        data_port=DATA_PORT,
-        python_version=PYTHON_WINDOWS_VERSION,
+    windows = mts.os == "windows"
+    template = "windows/master-target.ps1.j2" if windows else "cloud-init/master-target.yaml.j2"
+    primary = config["storage_accounts"][0] if config["storage_accounts"] else ""
+    return _checked(
+        mts.name,
+        render(
+            template,
+            agent_toml=agent_toml(config, windows),
+            storage_secret_uri=f"{reg.vault_uri}/secrets/{storage_secret(primary)}",
+            register_request=json.dumps({"name": mts.name, "role": "master-target"}),
+            name=mts.name,
+            estate=estate.estate,
+            config_json=json.dumps(config, indent=2),
+            passphrase_secret_uri=reg.passphrase_secret_uri,
+            configuration_server=reg.configuration_server,
+            package_version=reg.package_version,
+            data_port=DATA_PORT,
+            storage_env=STORAGE_ENV,
+            python_version=PYTHON_WINDOWS_VERSION,
+        ),
     )
 
 
@@ -103,12 +176,19 @@ def config_server_config(estate: Estate, name: str, reg: Registration) -> dict[s
 
 
 def render_config_server(estate: Estate, name: str, reg: Registration) -> str:
-    return render(
-        "cloud-init/configuration-server.yaml.j2",
-        name=name,
-        estate=estate.estate,
-        config_json=json.dumps(config_server_config(estate, name, reg), indent=2),
-        passphrase_secret_uri=reg.passphrase_secret_uri,
-        package_version=reg.package_version,
-        control_port=CONTROL_PORT,
+    # The server reads the spec itself (`dr config-server start SPEC`): shipped gzip+base64.
+    # `include:` is already merged into the estate, so it is left out.
+    spec = json.dumps(estate.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"include"}))
+    return _checked(
+        name,
+        render(
+            "cloud-init/configuration-server.yaml.j2",
+            spec_gz_b64=base64.b64encode(gzip.compress(spec.encode(), mtime=0)).decode(),
+            name=name,
+            estate=estate.estate,
+            config_json=json.dumps(config_server_config(estate, name, reg), indent=2),
+            passphrase_secret_uri=reg.passphrase_secret_uri,
+            package_version=reg.package_version,
+            control_port=CONTROL_PORT,
+        ),
     )

@@ -113,8 +113,10 @@ class Target:
 
 
 def bootstrap_digest(custom_data: str) -> str:
-    """12 hex of the custom data's SHA-256, tagged on the VM: a review sees when it changes (and
-    Azure replaces a VM whose custom data changes), even when a secret hides the whole os profile."""
+    """12 hex of the SHA-256 of the custom data the spec renders now, tagged on the VM, so a review
+    sees when it changes even when a secret hides the whole os profile. Custom data runs at first
+    boot only, so the stack ignores later changes to it (`ignore_changes`): a running configuration
+    server keeps its state instead of being replaced; the tag then tells the bootstrap has moved on."""
     return hashlib.sha256(custom_data.encode()).hexdigest()[:12]
 
 
@@ -261,6 +263,7 @@ class KeyVault(pulumi.ComponentResource):
         target: Target,
         passphrase: pulumi.Input[str],
         admin_password: pulumi.Input[str] | None,
+        extra_secrets: Mapping[str, pulumi.Input[str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("dr:azure:KeyVault", name, None, opts)
@@ -283,6 +286,7 @@ class KeyVault(pulumi.ComponentResource):
         secrets = {PASSPHRASE_SECRET: passphrase}
         if admin_password is not None:
             secrets[ADMIN_PASSWORD_SECRET] = admin_password
+        secrets.update(extra_secrets or {})
         for secret_name, value in secrets.items():
             keyvault.Secret(
                 f"{name}-{secret_name}",
@@ -311,6 +315,8 @@ class StorageTier(pulumi.ComponentResource):
         super().__init__("dr:azure:StorageTier", name, None, opts)
         sku = GEO_REDUNDANT[target.estate.azure.storage_redundancy]
         self.accounts: dict[str, storage.StorageAccount] = {}
+        # Azure account name -> connection string (a secret): the master target's replica writes.
+        self.connection_strings: dict[str, pulumi.Output[str]] = {}
         for account in accounts:
             machines = [d.split("/", 1)[0] for d in account.disks]
             created = storage.StorageAccount(
@@ -340,6 +346,23 @@ class StorageTier(pulumi.ComponentResource):
                 opts=_child(self),
             )
             self.accounts[account.name] = created
+            if account.purpose == "replica":
+                keys = storage.list_storage_account_keys_output(
+                    resource_group_name=target.resource_group_name,
+                    account_name=created.name,
+                    opts=pulumi.InvokeOutputOptions(parent=self),
+                )
+                self.connection_strings[naming.storage_account_name(target.estate.estate, account.name)] = (
+                    pulumi.Output.secret(
+                        pulumi.Output.concat(
+                            "DefaultEndpointsProtocol=https;AccountName=",
+                            created.name,
+                            ";AccountKey=",
+                            keys.keys[0].value,
+                            ";EndpointSuffix=core.windows.net",
+                        )
+                    )
+                )
         self.register_outputs({name: acct.name for name, acct in self.accounts.items()})
 
 
@@ -507,7 +530,7 @@ class ConfigurationServer(pulumi.ComponentResource):
                 boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
             ),
             tags=target.tagged(dr_role="configuration-server", dr_bootstrap=bootstrap_digest(custom_data)),
-            opts=_child(self),
+            opts=_child(self, ignore_changes=["osProfile.customData"]),
         )
         principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
         _grant(
@@ -601,7 +624,7 @@ class MasterTargetServer(pulumi.ComponentResource):
             tags=target.tagged(
                 dr_role="master-target", dr_protection_group=groups, dr_bootstrap=bootstrap_digest(custom_data)
             ),
-            opts=_child(self),
+            opts=_child(self, ignore_changes=["osProfile.customData"]),
         )
         if windows:
             # Windows does not run custom data by itself: the Custom Script Extension runs it once.

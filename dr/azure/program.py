@@ -82,14 +82,15 @@ class DrEstate(pulumi.ComponentResource):
         )
 
         net = Network(f"{name}-network", target=target, opts=child)
+        tier = StorageTier(f"{name}-storage", target=target, accounts=plan.storage_accounts, opts=child)
         kv = KeyVault(
             f"{name}-keyvault",
             target=target,
             passphrase=options.registration_passphrase,
             admin_password=options.admin_password,
+            extra_secrets={bootstrap.storage_secret(a): c for a, c in tier.connection_strings.items()},
             opts=child,
         )
-        tier = StorageTier(f"{name}-storage", target=target, accounts=plan.storage_accounts, opts=child)
         Vault(f"{name}-asr", target=target, opts=child)
 
         addresses = _free_addresses(estate)

@@ -7,8 +7,10 @@ directly); nothing here needs the Pulumi CLI or Azure.
 from __future__ import annotations
 
 import base64
+import gzip
 import inspect
 import json
+import tomllib
 from functools import cache
 from typing import Any
 
@@ -265,6 +267,7 @@ def test_cloud_init_parses_and_carries_the_registration_values() -> None:
     estate, plan = linux_estate_planned()
     result = preview(estate, plan)
     kv = naming.key_vault_name(estate.estate, estate.azure.resource_group)
+    passphrase_uri = f"https://{kv}.vault.azure.net/secrets/registration-passphrase"
     linux = [
         r.inputs for r in result.of_type(":compute:VirtualMachine") if "linuxConfiguration" in r.inputs["osProfile"]
     ]
@@ -278,28 +281,39 @@ def test_cloud_init_parses_and_carries_the_registration_values() -> None:
         text = base64.b64decode(vm["osProfile"]["customData"]).decode()
         assert text.startswith("#cloud-config\n")
         doc = YAML(typ="safe").load(text)
-        files = {f["path"]: f["content"] for f in doc["write_files"]}
+        files = {f["path"]: f for f in doc["write_files"]}
         role = vm["tags"]["dr-role"]
-        config = json.loads(
-            files["/etc/dr/master-target.json" if role == "master-target" else "/etc/dr/config-server.json"]
-        )
-        assert (
-            config["registration"]["passphrase_secret_uri"]
-            == f"https://{kv}.vault.azure.net/secrets/registration-passphrase"
-        )
-        assert config["role"] == role and config["name"] == vm["vmName"]
         if role == "master-target":
+            config = json.loads(files["/etc/dr/master-target.json"]["content"])
             mts = next(m for m in plan.master_targets if m.name == vm["vmName"])
             assert config["configuration_server"] == f"https://{cs_ip}:{bootstrap.CONTROL_PORT}"
             assert config["machines"] == list(mts.machines)
-            assert config["listen"]["port"] == bootstrap.DATA_PORT
             assert {d["disk"] for d in config["disks"]} == {
                 f"{m}/{d.name}" for m in mts.machines for d in estate.machine(m).disks
             }
-            assert any(
-                "dr-agent" in " ".join(map(str, step)) and cs_ip in " ".join(map(str, step)) for step in doc["runcmd"]
-            )
-        assert "fetch-passphrase" in " ".join(" ".join(map(str, s)) for s in doc["runcmd"])
+            agent = tomllib.loads(files["/etc/dr-agent/master-target.toml"]["content"])["master_target"]
+            assert agent["listen"] == f"0.0.0.0:{bootstrap.DATA_PORT}" and agent["container"] == "replica"
+            assert agent["storage"] == "azure" and agent["connection_string_env"] == bootstrap.STORAGE_ENV
+            script = files["/usr/local/lib/dr/bootstrap.py"]["content"]
+            compile(script, "bootstrap.py", "exec")  # the first-boot script is valid Python
+            assert f"https://{cs_ip}:{bootstrap.CONTROL_PORT}/api/v1/register" in script
+            assert passphrase_uri in script and '"role": "master-target"' in script
+            assert f"/secrets/storage-{config['storage_accounts'][0]}" in script
+            service = files["/etc/systemd/system/dr-master-target.service"]["content"]
+            assert "dr-agent master-target --config /etc/dr-agent/master-target.toml" in service
+        else:
+            config = json.loads(files["/etc/dr/config-server.json"]["content"])
+            shipped = json.loads(gzip.decompress(base64.b64decode(files["/etc/dr/dr.yaml"]["content"])))
+            assert files["/etc/dr/dr.yaml"]["encoding"] == "gz+b64"
+            assert Estate.model_validate(shipped) == estate.model_copy(update={"include": []})
+            script = files["/usr/local/lib/dr/fetch-passphrase.py"]["content"]
+            compile(script, "fetch-passphrase.py", "exec")
+            assert passphrase_uri in script
+            service = files["/etc/systemd/system/dr-config-server.service"]["content"]
+            assert f"dr config-server start /etc/dr/dr.yaml --listen 0.0.0.0:{bootstrap.CONTROL_PORT}" in service
+        assert config["registration"]["passphrase_secret_uri"] == passphrase_uri
+        assert config["role"] == role and config["name"] == vm["vmName"]
+        assert "preview-placeholder" not in text  # secrets are fetched at boot, never shipped
 
 
 def test_windows_bootstrap_carries_the_registration_values() -> None:
@@ -314,7 +328,8 @@ def test_windows_bootstrap_carries_the_registration_values() -> None:
     assert (
         config["registration"]["passphrase_secret_uri"] == "https://kv1.vault.azure.net/secrets/registration-passphrase"
     )
-    assert "--configuration-server 'https://10.50.1.4:443'" in script
+    assert "-Uri 'https://10.50.1.4:443/api/v1/register'" in script
+    assert "/secrets/storage-" in script and "preview-placeholder" not in script
 
 
 def test_internet_connectivity_opens_to_process_server_public_addresses_only() -> None:
@@ -395,11 +410,12 @@ def test_resource_delta_names_added_disks_and_vms() -> None:
     assert json.loads(json.dumps(delta)) == delta
     unchanged = resource_delta(estate, estate, old_plan=old_plan, new_plan=old_plan)
     assert unchanged == {"added": [], "removed": [], "changed": []}
-    # the MTS now writes web03's disk: its bootstrap (so the VM) changes, nothing is removed
+    # the MTS now writes web03's disk and the configuration server's spec has web03: both
+    # bootstraps change (shown by the dr-bootstrap tag), nothing is removed
     assert not delta["removed"]
     changed = {c["name"]: c["changes"] for c in delta["changed"]}
-    mts_vms = [n for n in changed if n.endswith("-vm") and "bootstrap" in changed[n]]
-    assert len(mts_vms) == 1, changed
+    moved = {n for n in changed if n.endswith("-vm") and "bootstrap" in changed[n]}
+    assert moved == {f"{s.name}-vm" for s in [*plan.config_servers, *plan.master_targets]}, changed
 
 
 def test_existing_network_split_regions_and_kept_addresses() -> None:

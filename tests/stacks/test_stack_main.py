@@ -36,4 +36,10 @@ def test_main_reads_stack_config_and_declares_the_estate() -> None:
     assert types.count("dr:azure:RecoveryVm") == 5  # dr:failover test, the example's only plan
     assert "dr:azure:IsolatedNetwork" in types
     secrets = [d.inputs for d in recorder.declarations if d.type == "azure-native:keyvault:Secret"]
-    assert len(secrets) == 2 and all("from-stack-config" not in str(s) for s in secrets)
+    # passphrase, admin password, and one connection string per replica account
+    replica = [
+        d
+        for d in recorder.declarations
+        if d.type == "azure-native:storage:StorageAccount" and d.inputs["tags"]["dr-role"] == "replica"
+    ]
+    assert len(secrets) == 2 + len(replica) and all("from-stack-config" not in str(s) for s in secrets)
