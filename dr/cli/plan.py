@@ -8,7 +8,7 @@ import click
 
 from dr.errors import EXIT_INVALID, EXIT_QUOTA, SpecInvalid, UsageError
 from dr.model import Estate
-from dr.output import echo_json, format_option
+from dr.output import echo_json, format_option, use_colour
 
 
 def _load(path: Path) -> Estate:
@@ -56,7 +56,7 @@ def plan_cmd(ctx: click.Context, file: Path, fmt: str) -> None:
     elif fmt == "html":
         click.echo(render_html(plan), nl=False)
     else:
-        click.echo(render_text(plan), nl=False)
+        click.echo(render_text(plan, colour=use_colour()), nl=False)
     if plan.errors:
         ctx.exit(EXIT_INVALID)
 

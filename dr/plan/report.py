@@ -6,6 +6,8 @@ put it there, so a reviewer can check each decision by hand.
 
 from __future__ import annotations
 
+import click
+
 from dr.plan.result import Plan
 
 
@@ -31,11 +33,16 @@ def summary_line(plan: Plan) -> str:
     )
 
 
-def render_text(plan: Plan) -> str:
-    out: list[str] = [f"Plan for {plan.estate} ({plan.support_profile})", summary_line(plan), ""]
+def render_text(plan: Plan, *, colour: bool = False) -> str:
+    """Plain text; `colour` (a terminal) makes headings bold, errors red, warnings and risks yellow."""
+
+    def style(text: str, **how: object) -> str:
+        return click.style(text, **how) if colour else text  # type: ignore[arg-type]
+
+    out: list[str] = [style(f"Plan for {plan.estate} ({plan.support_profile})", bold=True), summary_line(plan), ""]
 
     def block(title: str) -> None:
-        out.append(title)
+        out.append(style(title, bold=True))
         out.append("-" * len(title))
 
     def reasons(rs: list[str]) -> None:
@@ -87,17 +94,17 @@ def render_text(plan: Plan) -> str:
     out.append("")
     block("Bandwidth")
     for bw in plan.bandwidth:
-        risk = "  RPO AT RISK" if bw.rpo_at_risk else ""
+        risk = style("  RPO AT RISK", fg="yellow", bold=True) if bw.rpo_at_risk else ""
         out.append(
             f"  {bw.site}: {_num(bw.mbps_for_rpo)} Mbps for RPO, {_num(bw.declared_mbps)} Mbps declared, "
             f"initial replication {_num(bw.initial_replication_hours)} h{risk}"
         )
         reasons(bw.reasons)
     if plan.errors:
-        out += ["", "Errors"]
+        out += ["", style("Errors", fg="red", bold=True)]
         out += [f"  {e.path}: {e.message}" for e in plan.errors]
     if plan.warnings:
-        out += ["", "Warnings"]
+        out += ["", style("Warnings", fg="yellow", bold=True)]
         out += [f"  {w.path}: {w.message}" for w in plan.warnings]
     return "\n".join(out) + "\n"
 

@@ -181,3 +181,14 @@ def test_plan_json_is_byte_identical_across_processes() -> None:
         )
         outputs.append(result.stdout)
     assert outputs[0] == outputs[1] and b'"master_targets"' in outputs[0]
+
+
+def test_text_colour_only_when_asked() -> None:
+    from dr.plan import make_plan
+    from dr.plan.report import render_text
+    from dr.validate import load_valid
+
+    plan = make_plan(load_valid(SHAREPOINT)[0])
+    assert "\x1b[" not in render_text(plan)  # what the CLI prints when stdout is not a terminal
+    coloured = render_text(plan, colour=True)
+    assert "\x1b[1m" in coloured and "\x1b[33m" in coloured  # bold headings, yellow warnings (quota)

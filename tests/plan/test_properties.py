@@ -58,7 +58,7 @@ def estates(draw: st.DrawFn) -> Estate:
     return estate(machines, groups=groups, sites=sites, planning=planning, quota=draw(st.integers(0, 500)))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(estates())
 def test_plan_invariants(e: Estate) -> None:
     plan = make_plan(e)
@@ -103,6 +103,13 @@ def test_plan_invariants(e: Estate) -> None:
         for disk in mts.disks:
             assert in_account[disk.disk] == disk.storage_account
     assert len(in_account) == volumes
+
+    # Process servers: at least the lower bounds per site (2 TB/day and 225 machines per server).
+    for site in ("hq", "branch"):
+        here = [m for m in protected.values() if m.site == site]
+        churn = sum(d.churn_gb_per_day for m in here for d in m.disks)
+        count = sum(1 for ps in plan.process_servers if ps.site == site)
+        assert count >= max(math.ceil(churn / 2000 - EPS), math.ceil(len(here) / 225))
 
     # Process servers: within their row, each machine on exactly one server of its site.
     on_ps: dict[str, str] = {}
