@@ -85,7 +85,8 @@ class PlanDiff(_Out):
     quota: QuotaDelta
     bandwidth: list[BandwidthDelta]
     errors: list[dict[str, str]]
-    warnings: list[dict[str, str]]
+    warnings: list[dict[str, str]]  # every warning of the new plan
+    new_warnings: list[dict[str, str]]  # those the old plan did not have
     resources: dict[str, Any] | None  # dr.preview.resource_delta, when available
     resources_note: str
 
@@ -248,6 +249,8 @@ def diff_plans(old_plan: Plan | None, new_plan: Plan, old: Estate | None, new: E
         bandwidth=bandwidth,
         errors=[e.model_dump() for e in new_plan.errors],
         warnings=[w.model_dump() for w in new_plan.warnings],
+        new_warnings=[w.model_dump() for w in new_plan.warnings
+                      if old_plan is None or w not in old_plan.warnings],
         resources=delta,
         resources_note=note,
     )
@@ -339,6 +342,7 @@ def render_diff_text(diff: PlanDiff) -> str:
         out.append(f"QUOTA: the new plan needs {q.total_after} vCPU, {q.declared_after} declared: "
                    f"request {q.shortfall_after} more")
     out += [f"error: {e['path']}: {e['message']}" for e in diff.errors]
+    out += [f"new warning: {w['path']}: {w['message']}" for w in diff.new_warnings]
     if diff.resources is not None:
         out += ["", "Azure resources (Pulumi)"] + ["  " + line for line in _resource_lines(diff.resources)]
     else:
@@ -354,6 +358,8 @@ def render_diff_markdown(diff: PlanDiff) -> str:
     out = [f"### DR plan change for `{diff.estate}`", "", f"Against `{diff.base}`.", "", gate, ""]
     if diff.errors:
         out += ["**The new plan has errors:**", ""] + [f"- `{e['path']}`: {e['message']}" for e in diff.errors] + [""]
+    if diff.new_warnings:
+        out += ["**New warnings:**", ""] + [f"- `{w['path']}`: {w['message']}" for w in diff.new_warnings] + [""]
     out += ["| | before | after |", "|---|---|---|",
             f"| protected machines | {diff.machines_before} | {diff.machines_after} |",
             f"| protected disks | {diff.disks_before} | {diff.disks_after} |",

@@ -106,9 +106,11 @@ def test_diff_sharepoint_one_machine_added(tmp_path: Path) -> None:
     # sizes A4 has 14 GB, D4 (28 GB, 16 disks) fits -> +8 vCPU; the new A4 master target +8.
     assert data["quota"]["total_before"] == 30 and data["quota"]["total_after"] == 30 + 8 + 8
     assert data["quota_exceeded"] is False
+    # 17 disks no longer fit one A4: the multi-VM group is split, a new warning the diff shows.
+    assert [w["path"] for w in data["new_warnings"]] == ["protection_groups.0"]
     code, md, _ = run("diff", str(SHAREPOINT), str(new), "--format", "markdown")
     assert code == 0 and "+ search01" in md and "+ contoso-sharepoint-mtsw02" in md
-    assert "| source IOPS | 2740 | 4740 |" in md
+    assert "| source IOPS | 2740 | 4740 |" in md and "**New warnings:**" in md
     # With pulumi installed, dr.preview's resource delta: the new master target's VM is declared.
     pytest.importorskip("pulumi_azure_native", reason="the resource delta needs the 'azure' extra")
     assert "**Azure resources** (Pulumi)" in md and "+ VirtualMachine contoso-sharepoint-mtsw02-vm" in md
