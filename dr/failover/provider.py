@@ -55,7 +55,7 @@ class Catalog(Protocol):
 
 class Exporter(Protocol):
     def export(self, machine: str, disk: str, point_id: str, dest: Path) -> int:
-        """Write the disk at the point to `dest` (a raw image or fixed VHD); return its size in bytes."""
+        """Write the disk at the point to `dest` (FILE.vhd: a fixed VHD; FILE.img: raw); return its size."""
 
 
 class DiskStore(Protocol):

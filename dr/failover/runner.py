@@ -305,7 +305,7 @@ class Runner:
         folder = self.env.workdir / job.id
         folder.mkdir(parents=True, exist_ok=True)
         for disk in machine.disks:
-            image = folder / f"{machine.name}-{disk.name}.img"
+            image = folder / f"{machine.name}-{disk.name}.vhd"  # a fixed VHD: what a managed disk imports
             try:
                 self.env.exporter.export(machine.name, disk.name, point["point_id"], image)
                 urls.append(self.env.disks.put_disk(rg, f"{machine.name}/{disk.name}.vhd", image))

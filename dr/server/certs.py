@@ -2,9 +2,10 @@
 
 The server keeps one certificate authority per vault in its store, created at first start. Every
 registered component (agent, process server, master target) gets a certificate signed by it, with
-its name as the common name and its role in the organizational unit; the data path trusts only
-this CA. Issuance is this one function, `issue`, so the data path's own PKI module can replace the
-mechanics without touching registration.
+its name as the common name and its role in the organizational unit, spelt as the data path's PKI
+(`dr_agent.pki`) spells roles (`process-server`, `master-target`): the agent's TLS listeners accept
+these certificates as they accept their own, and `write_identity` lays them out as a
+`dr_agent.pki.Identity` directory (cert.pem, key.pem, ca.pem). Issuance is this one function, `issue`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -105,8 +107,9 @@ def issue(store: Store, *, name: str, role: str, csr_pem: str | None = None,
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "dr-as-code"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.replace("_", "-")),
             x509.NameAttribute(NameOID.COMMON_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
         ]))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
@@ -126,3 +129,15 @@ def issue(store: Store, *, name: str, role: str, csr_pem: str | None = None,
         private_key_pem=None if key is None else _key_pem(key),
         ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
     )
+
+
+def write_identity(directory: Path, *, certificate_pem: str, private_key_pem: str, ca_pem: str) -> Path:
+    """Write an issued identity where the data path reads one (`dr_agent.pki.Identity(directory)`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cert.pem").write_text(certificate_pem)
+    key = directory / "key.pem"
+    key.touch(mode=0o600)
+    key.chmod(0o600)
+    key.write_text(private_key_pem)
+    (directory / "ca.pem").write_text(ca_pem)
+    return directory

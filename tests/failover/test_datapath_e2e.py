@@ -1,0 +1,232 @@
+"""The SharePoint example's recovery plan as a test failover, end to end on the local data path.
+
+Agents (the data path's sinks, one per spec disk, with certificates issued by the configuration
+server's registration) stream to a process server, which forwards to a master target writing page
+blobs into Azurite. The master target's catalog is collected by the configuration server; the
+runner picks one multi-VM point for the whole plan, materializes every disk at it through the data
+path's export into the test failover's resource group in Azurite, runs the after-actions, and
+cleanup removes the test resources. Replication goes on throughout: a writer keeps changing a disk
+and inserting points during the failover, and its replica converges afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dr.failover.datapath import AgentExporter, collect_catalog, stream_name
+from dr.failover.points import Choice
+from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog, container_name
+from dr.failover.runner import Runner
+from dr.model import Estate
+from dr.server.certs import write_identity
+from dr.server.jobs import Jobs
+from dr.server.schemas import RegisterRequest
+from dr.server.service import ConfigServer
+from dr.server.store import Store
+from tests.failover.conftest import PASSPHRASE, blob_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "agent") not in sys.path:  # the agent installs on its own; tests also run from a checkout
+    sys.path.insert(0, str(REPO / "agent"))
+pytest.importorskip("dr_agent.master_target", reason="the data path (agent package) is not installed")
+MIB = 1024 * 1024
+# Replica disks here are small (bytes): the data path's own tests and benchmarks cover size.
+DISK_BYTES = 2 * MIB
+# The data path applies everything within this (seconds, generous for a loaded 2-core machine).
+APPLY_TIMEOUT_S = 120
+REPLICA_CONTAINER = "replica"
+# The live writer's point interval during the failover (seconds; every point is a page blob snapshot).
+LIVE_POINT_EVERY_S = 0.5
+
+
+@dataclass
+class Disk:
+    """A source disk: what it holds now and at every bookmark, and the agent sink streaming it."""
+
+    sink: Any
+    data: bytearray = field(default_factory=lambda: bytearray(DISK_BYTES))
+    points: dict[str, bytes] = field(default_factory=dict)
+
+    def write(self, rng: random.Random, count: int) -> None:
+        for _ in range(count):
+            size = rng.choice([512, 4096, 65536])
+            offset = rng.randrange(0, DISK_BYTES - size) // 512 * 512
+            payload = rng.randbytes(size)
+            self.data[offset:offset + size] = payload
+            self.sink.write(offset, payload)
+
+    def bookmark(self, point_id: str, kind: str, group: str | None) -> None:
+        self.sink.flush()
+        self.points[point_id] = bytes(self.data)
+        self.sink.bookmark(point_id, kind, group)  # type: ignore[arg-type]
+
+
+@dataclass
+class Site:
+    server: ConfigServer
+    disks: dict[tuple[str, str], Disk]
+    catalog: Path
+    closers: list[Any]
+
+
+def _register(server: ConfigServer, root: Path, name: str, role: str, machine: str | None = None) -> Any:
+    from dr_agent.pki import Identity
+
+    issued = server.register(RegisterRequest(passphrase=PASSPHRASE, name=name, role=role,  # type: ignore[arg-type]
+                                             machine=machine, address="127.0.0.1"))
+    assert issued.private_key_pem is not None
+    return Identity(write_identity(root / name, certificate_pem=issued.certificate_pem,
+                                   private_key_pem=issued.private_key_pem, ca_pem=issued.ca_pem))
+
+
+@pytest.fixture
+def site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[Site]:
+    from dr_agent.master_target import MasterTarget, MasterTargetConfig
+    from dr_agent.process_server import ProcessServer, ProcessServerConfig
+    from dr_agent.sink import ProcessServerSink
+
+    server = ConfigServer(store=Store.open(tmp_path / "state.db"), estate=sharepoint)
+    server.init_vault(PASSPHRASE)
+    ids = tmp_path / "identities"
+    closers: list[Any] = []
+    mt = MasterTarget(MasterTargetConfig(identity=_register(server, ids, "mt01", "master_target"),
+                                         state_dir=tmp_path / "mt", storage="azure", connection_string=azurite,
+                                         container=REPLICA_CONTAINER))
+    closers.append(mt)
+    ps = ProcessServer(ProcessServerConfig(identity=_register(server, ids, "ps01", "process_server"),
+                                           cache_dir=tmp_path / "ps", master_target=("127.0.0.1", mt.port),
+                                           name="ps01"))
+    closers.append(ps)
+    disks: dict[tuple[str, str], Disk] = {}
+    for machine in sharepoint.machines:
+        identity = _register(server, ids, f"agent-{machine.name}", "agent", machine.name)
+        for disk in machine.disks:
+            sink = ProcessServerSink(disk=stream_name(machine.name, disk.name), size=DISK_BYTES,
+                                     servers=[("127.0.0.1", ps.port)], identity=identity,
+                                     patience_s=APPLY_TIMEOUT_S)
+            closers.append(sink)
+            disks[(machine.name, disk.name)] = Disk(sink=sink)
+    try:
+        yield Site(server=server, disks=disks, catalog=tmp_path / "mt" / "catalog.sqlite", closers=closers)
+    finally:
+        for closer in reversed(closers):
+            closer.close()
+
+
+def _spec_dir(tmp_path: Path) -> Path:
+    spec = tmp_path / "spec"
+    (spec / "runbooks").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "sharepoint" / "dr.yaml", spec / "dr.yaml")
+    runbook = spec / "runbooks" / "open-traffic-manager-endpoint.sh"
+    runbook.write_text(f"#!/bin/sh\ncat > {tmp_path}/runbook-context.json\necho endpoint opened\n")
+    runbook.chmod(runbook.stat().st_mode | stat.S_IXUSR)
+    return spec
+
+
+@pytest.mark.slow
+def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: str, tmp_path: Path) -> None:
+    from dr_agent.vhd import FOOTER_SIZE, parse_footer
+
+    rng = random.Random(7)
+    # Three multi-VM consistent points across the whole estate (the agents of the protection group
+    # insert the same bookmark id), the second one application-consistent; then a later point of
+    # dc01 alone, which a multi-VM choice must not take.
+    for round_ in (1, 2, 3):
+        for disk in site.disks.values():
+            disk.write(rng, 20)
+        for disk in site.disks.values():
+            disk.bookmark(f"mv-{round_}", "app" if round_ == 2 else "crash", f"g-{round_}")
+    site.disks[("dc01", "c")].write(rng, 10)
+    site.disks[("dc01", "c")].bookmark("dc01-late", "crash", None)
+    for disk in site.disks.values():
+        disk.sink.wait_applied(APPLY_TIMEOUT_S)
+    assert collect_catalog(site.server, "mt01", site.catalog) == 7 * 3 + 1
+    dc01 = next(m for m in site.server.overview().machines if m.name == "dc01")
+    assert dc01.disks[0].points == 4 and dc01.rpo_seconds is not None
+
+    # Replication goes on during the failover: sql01's data disk keeps changing and getting points.
+    data = site.disks[("sql01", "data")]
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        n = 0
+        while not stop.is_set():
+            data.write(rng, 5)
+            n += 1
+            data.bookmark(f"live-{n}", "crash", None)
+            stop.wait(LIVE_POINT_EVERY_S)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+
+    spec = _spec_dir(tmp_path)
+    env = Environment(catalog=StoreCatalog(store=site.server.store),
+                      exporter=AgentExporter(catalog_path=site.catalog, connection_string=azurite),
+                      disks=BlobDiskStore(connection_string=azurite), workdir=tmp_path / "work")
+    runner = Runner(server=site.server, env=env, spec_path=spec / "dr.yaml", poll_s=0.05)
+    jobs = Jobs(store=site.server.store)
+    job_id = runner.start_failover("sharepoint", "test", Choice.parse("latest-multi-vm"))
+    done: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: done.setdefault("job", runner.run(job_id)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while not any(s.state == "waiting" for s in jobs.get(job_id).steps):
+        assert thread.is_alive() and time.monotonic() < deadline, jobs.get(job_id).error
+        time.sleep(0.05)
+    manual = next(s for s in jobs.get(job_id).steps if s.state == "waiting")
+    assert manual.kind == "manual" and "SharePoint home page" in manual.title
+    jobs.confirm(job_id, manual.idx, by="tester")
+    thread.join(timeout=APPLY_TIMEOUT_S)
+    stop.set()
+    writer.join(timeout=10)
+    job = jobs.get(job_id)
+    assert job.state == "succeeded", job.error
+
+    # Groups started in order (directory, database, application, web), each after the previous ended.
+    machine_steps = [s for s in job.steps if s.kind == "failover_machine"]
+    assert [s.machine for s in machine_steps] == ["dc01", "sql01", "app01", "web01", "web02"]
+    for earlier, later in zip(machine_steps[:3], machine_steps[1:4], strict=True):
+        assert earlier.finished is not None and later.started is not None and earlier.finished <= later.started
+    # One multi-VM point for the whole plan: the newest all share (mv-3, not dc01-late).
+    chosen = next(s for s in job.steps if s.kind == "choose_point").detail["chosen"]
+    assert {c["point_id"] for c in chosen.values()} == {"mv-3"} and {c["group_id"] for c in chosen.values()} == {"g-3"}
+
+    # Every disk is materialized at mv-3 in the test failover's resource group, as a fixed VHD.
+    group = container_name("contoso-dr-sharepoint-failover-test")
+    assert sorted(env.disks.list_disks(group)) == sorted(f"{m}/{d}.vhd" for m, d in site.disks)
+    for (machine, disk), source in site.disks.items():
+        blob = blob_bytes(azurite, group, f"{machine}/{disk}.vhd")
+        assert len(blob) == DISK_BYTES + FOOTER_SIZE and parse_footer(blob[DISK_BYTES:]) == DISK_BYTES
+        assert blob[:DISK_BYTES] == source.points["mv-3"], f"{machine}/{disk} is not at mv-3"
+
+    # The after-actions ran: the manual step (confirmed) and the runbook with the plan context.
+    context = json.loads((tmp_path / "runbook-context.json").read_text())
+    assert context["failover_type"] == "test" and context["network"] == "contoso-dr-vnet-test"
+    assert context["machines"]["sql01"]["recovery"]["point"]["point_id"] == "mv-3"
+    assert job.steps[-1].output.strip() == "endpoint opened"
+
+    # Replication went on: new points arrived during the failover, and the replica converges.
+    data.sink.wait_applied(APPLY_TIMEOUT_S)
+    collect_catalog(site.server, "mt01", site.catalog)
+    live = [p for p in site.server.recovery_points("sql01", "data") if p["point_id"].startswith("live-")]
+    assert live, "no recovery point arrived while the failover ran"
+    replica = blob_bytes(azurite, REPLICA_CONTAINER, f"{stream_name('sql01', 'data')}.vhd")
+    assert replica[:DISK_BYTES] == bytes(data.data)
+
+    # Cleanup removes the test resources and nothing else.
+    cleanup = runner.run(runner.start_cleanup(job_id))
+    assert cleanup.state == "succeeded"
+    assert env.disks.list_disks(group) == []
+    assert len(BlobDiskStore(connection_string=azurite).list_disks(REPLICA_CONTAINER)) == 7
