@@ -11,6 +11,7 @@ and inserting points during the failover, and its replica converges afterwards.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -197,7 +198,7 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     # Groups started in order (directory, database, application, web), each after the previous ended.
     machine_steps = [s for s in job.steps if s.kind == "failover_machine"]
     assert [s.machine for s in machine_steps] == ["dc01", "sql01", "app01", "web01", "web02"]
-    for earlier, later in zip(machine_steps[:3], machine_steps[1:4], strict=True):
+    for earlier, later in itertools.pairwise(machine_steps[:4]):  # web01 and web02 run together
         assert earlier.finished is not None and later.started is not None and earlier.finished <= later.started
     # One multi-VM point for the whole plan: the newest all share (mv-3, not dc01-late).
     chosen = next(s for s in job.steps if s.kind == "choose_point").detail["chosen"]
