@@ -15,7 +15,7 @@ from dr.model import Disk, Machine, VmwareFacts
 def vm(name: str, uuid: str, *, cpus: int = 2, disks: int = 1, vcenter: str = "vc1", firmware: str = "bios") -> Machine:
     return Machine(
         name=name, site="hq", kind="vmware", os="Windows Server 2012 R2", vcpus=cpus, memory_gb=8, tools="running",
-        firmware=firmware,  # type: ignore[arg-type]
+        firmware=firmware,
         disks=[Disk(name=f"hard-disk-{i + 1}", label=f"Hard disk {i + 1}", size_gb=100, device=f"scsi0:{i}",
                     controller="lsilogic-sas", datastore="ds1", thin=False) for i in range(disks)],
         vmware=VmwareFacts(instance_uuid=uuid, moid=f"vm-{uuid[-2:]}", vcenter=vcenter, host="esx1"),

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """Mapping vSphere's VM properties onto the model (pure: pyVmomi data objects in, a Machine out)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """Changes tests make to simulated VMs through the real vSphere API (pyvmomi), as an admin would."""
 
 from __future__ import annotations
