@@ -33,8 +33,9 @@ def _spec_path(option: Path | None) -> Path:
     return option or Path(os.environ.get("DR_SPEC", "dr.yaml"))
 
 
-def _runner(spec: Path, state: str | None, storage: str | None, export_command: str, *, quiet: bool) -> Any:
-    from dr.failover.provider import BlobDiskStore, CommandExporter, Environment, StoreCatalog
+def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | None, *, quiet: bool) -> Any:
+    from dr.failover.datapath import AgentExporter
+    from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog
     from dr.failover.runner import Runner
     from dr.server.service import ConfigServer
     from dr.server.settings import STORAGE_ENV, open_state
@@ -45,9 +46,13 @@ def _runner(spec: Path, state: str | None, storage: str | None, export_command: 
     connection = storage or os.environ.get(STORAGE_ENV)
     if not connection:
         raise UsageError(f"where do recovered disks go? give --storage CONNECTION_STRING or export {STORAGE_ENV}")
+    catalog = catalog or (Path(os.environ["DR_CATALOG"]) if os.environ.get("DR_CATALOG") else None)
+    if catalog is None:
+        raise UsageError("which replicas? give --catalog (the master target's catalog.sqlite) or export DR_CATALOG")
+    replicas = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or connection
     env = Environment(
         catalog=StoreCatalog(store=store),
-        exporter=CommandExporter(argv=tuple(export_command.split())),
+        exporter=AgentExporter(catalog_path=catalog, connection_string=replicas),
         disks=BlobDiskStore(connection_string=connection),
         workdir=Path(os.environ.get("DR_WORKDIR", "/var/tmp")) / "dr-failover",
     )
@@ -78,8 +83,9 @@ common = [
     click.option("--spec", type=click.Path(path_type=Path), help=SPEC_HELP),
     click.option("--state", help=STATE_HELP),
     click.option("--storage", help=STORAGE_HELP),
-    click.option("--export-command", default="dr replica export", show_default=True,
-                 help="the data path's export command (given MACHINE/DISK --point ID --to FILE)"),
+    click.option("--catalog", type=click.Path(path_type=Path),
+                 help="the master target's catalog.sqlite, to export replicas from (env DR_CATALOG); page blob "
+                      "replicas are read with $AZURE_STORAGE_CONNECTION_STRING, else --storage"),
     format_option("text", "json"),
 ]
 
@@ -119,7 +125,7 @@ def failover() -> None:
 @click.option("--resume", "resume", metavar="JOB", help="continue a stopped job at its failed step")
 @_common
 def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bool, resume: str | None,
-            spec: Path | None, state: str | None, storage: str | None, export_command: str, fmt: str) -> None:
+            spec: Path | None, state: str | None, storage: str | None, catalog: Path | None, fmt: str) -> None:
     from dr.failover.points import Choice
     from dr.failover.steps import failover_steps, find_plan, render
 
@@ -130,7 +136,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
         from dr.server.settings import open_state
 
         job = Jobs(store=open_state(state)).get(resume)
-        runner = _runner(spec or Path(job.spec), state, storage, export_command, quiet=fmt == "json")
+        runner = _runner(spec or Path(job.spec), state, storage, catalog, quiet=fmt == "json")
         _render_job(runner.run(resume), fmt)
         return
     if not plan or not failover_type:
@@ -152,7 +158,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
             for line in render(steps):
                 click.echo(line)
         return
-    runner = _runner(spec_path, state, storage, export_command, quiet=fmt == "json")
+    runner = _runner(spec_path, state, storage, catalog, quiet=fmt == "json")
     job_id = runner.start_failover(plan, failover_type, choice)
     _render_job(runner.run(job_id), fmt)
 
@@ -160,13 +166,19 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
 def _follow_up(verb: str) -> Any:
     @click.argument("job")
     @_common
-    def command(job: str, spec: Path | None, state: str | None, storage: str | None, export_command: str,
+    def command(job: str, spec: Path | None, state: str | None, storage: str | None, catalog: Path | None,
                 fmt: str, **extra: Any) -> None:
         from dr.server.jobs import Jobs
         from dr.server.settings import open_state
 
         record = Jobs(store=open_state(state)).get(job)
-        runner = _runner(spec or Path(record.spec), state, storage, export_command, quiet=fmt == "json")
+        if verb == "failback":  # a physical machine is refused before anything else is asked for
+            from dr.failover.steps import failback_steps, find_plan
+            from dr.validate import load_valid
+
+            estate, _ = load_valid(spec or Path(record.spec))
+            failback_steps(estate, find_plan(estate, record.plan))
+        runner = _runner(spec or Path(record.spec), state, storage, catalog, quiet=fmt == "json")
         if verb == "commit":
             new = runner.start_commit(job)
         elif verb == "cleanup":

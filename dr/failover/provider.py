@@ -2,8 +2,8 @@
 
     Catalog        the recovery points of each disk (the configuration server's catalog, which the
                    master targets report)
-    Exporter       a disk's bytes at a recovery point, into a local file (the data path's
-                   `dr replica export`)
+    Exporter       a disk's bytes at a recovery point, into a local file (the data path's export:
+                   `dr.failover.datapath.AgentExporter`)
     DiskStore      where recovered disks go in Azure: page blobs, one container per failed-over
                    plan's resource group (Azurite in tests)
     SourceControl  shuts a source machine down (vSphere power-off, SSH for a physical server); when
@@ -18,8 +18,6 @@ where the Pulumi CLI is absent the runner materializes the disks and reports the
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -125,26 +123,6 @@ class StoreCatalog:
                             (machine.name, point_id))
             tx.execute("DELETE FROM recovery_points WHERE machine = ? AND point_id <> ?", (machine.name, point_id))
         return f"{machine.name}: committed at point {point_id}, {rows[0]['n']} other point record(s) dropped"
-
-
-@dataclass(frozen=True, kw_only=True)
-class CommandExporter:
-    """Export through the data path's command, `dr replica export MACHINE/DISK --point ID --to FILE`."""
-
-    argv: tuple[str, ...] = ("dr", "replica", "export")
-    timeout_s: float = 6 * 3600
-
-    def export(self, machine: str, disk: str, point_id: str, dest: Path) -> int:
-        if shutil.which(self.argv[0]) is None:
-            raise FailoverError(f"{self.argv[0]} is not on PATH: install dr-as-code to export replicas")
-        result = subprocess.run(
-            [*self.argv, f"{machine}/{disk}", "--point", point_id, "--to", str(dest)],
-            capture_output=True, text=True, timeout=self.timeout_s,
-        )
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise FailoverError(f"export of {machine}/{disk} at point {point_id} failed: {tail}")
-        return dest.stat().st_size
 
 
 def container_name(group: str) -> str:

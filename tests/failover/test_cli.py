@@ -60,7 +60,7 @@ def test_failback_of_a_physical_machine_is_refused(tmp_path: Path) -> None:
                       options={"type": "planned", "point": "latest"},
                       steps=[NewStep(kind="choose_point", title="choose")])
     jobs.set_job(job, "succeeded")
-    result = dr("failover", "failback", job, "--state", str(state), "--storage", "UseDevelopmentStorage=true")
+    result = dr("failover", "failback", job, "--state", str(state))
     assert result.returncode == 1
     assert result.stderr.startswith("dr: error: failback of physical machine(s) sql01 is not supported")
     assert "VMware VM" in result.stderr and len(result.stderr.splitlines()) == 1
