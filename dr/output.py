@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 FORMATS = ("text", "json", "markdown")
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def format_option(*choices: str, default: str = "text") -> Any:
+
+def format_option(*choices: str, default: str = "text") -> Callable[[F], F]:
     """`--format` for a command whose output is data (default: text)."""
     names = choices or FORMATS
-    return click.option(
+    option: Callable[[F], F] = click.option(
         "--format", "fmt", type=click.Choice(names), default=default, show_default=True,
         help="output format: " + ", ".join(names) + " (json is for scripts)",
     )
+    return option
 
 
 def use_colour(stream: Any = None) -> bool:
