@@ -30,6 +30,8 @@ from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
 
 log = logging.getLogger(__name__)
 DISK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Bytes of already-arrived frames applied under one commit (one fsync or one metadata write).
+GATHER_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -108,23 +110,30 @@ class MasterTarget:
         dc = Compressor()
         batch = Batch(target)
         while True:
+            # Take every frame that has already arrived (up to GATHER_BYTES): one commit, one ACK.
+            records: list[Record] = []
+            datas: list[bytes] = []
+            nbytes = 0
             try:
-                ftype, payload = conn.recv()
-                if ftype == FrameType.PING:
-                    conn.send_json(FrameType.ACK, {"applied": applied})
-                    continue
-                if ftype != FrameType.RECORDS:
-                    raise ProtocolError(f"expected RECORDS, got {ftype.name}")
-                records = decode_records(payload)
-                datas = [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
-                         for r in records]
+                while True:
+                    ftype, payload = conn.recv()
+                    if ftype == FrameType.RECORDS:
+                        recs = decode_records(payload)
+                        records += recs
+                        datas += [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
+                                  for r in recs]
+                        nbytes += len(payload)
+                    elif ftype != FrameType.PING:
+                        raise ProtocolError(f"expected RECORDS, got {ftype.name}")
+                    if nbytes >= GATHER_BYTES or not conn.pending():
+                        break
             except CorruptData as err:
                 self.metrics.corrupt.labels(disk).inc()
                 self.alerts.raise_("critical", "corrupt-frame", f"disk {disk}: {err}; nothing of it applied",
                                    disk=disk)
                 conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
                 return
-            self.metrics.bytes_in.labels(disk).inc(len(payload))
+            self.metrics.bytes_in.labels(disk).inc(nbytes)
             last = applied
             for rec, data in zip(records, datas):
                 if rec.seq <= last:

@@ -115,7 +115,7 @@ def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """Merge writes that touch end to end into fewer, larger Put Page calls."""
     out: list[tuple[int, bytes]] = []
     for off, data in sorted(writes, key=lambda w: w[0]):
-        if out and out[-1][0] + len(out[-1][1]) == off and len(out[-1][1]) < MAX_PUT_PAGE:
+        if out and out[-1][0] + len(out[-1][1]) == off and len(out[-1][1]) + len(data) <= MAX_PUT_PAGE:
             out[-1] = (out[-1][0], out[-1][1] + data)
         else:
             out.append((off, data))

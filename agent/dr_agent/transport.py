@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -57,16 +58,25 @@ class Connection:
         self.send(encode_frame(ftype, payload))
 
     def _read_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
             try:
-                chunk = self.sock.recv(min(n - len(buf), 4 * 1024 * 1024))
+                k = self.sock.recv_into(view[got:], n - got)
             except (OSError, ValueError) as err:
                 raise TransportError(f"receive failed: {err}") from None
-            if not chunk:
+            if not k:
                 raise TransportError("the peer closed the connection")
-            buf += chunk
+            got += k
         return bytes(buf)
+
+    def pending(self) -> bool:
+        """True when a frame has (at least partly) arrived: reading it now will not wait long."""
+        try:
+            return self.sock.pending() > 0 or bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def recv(self) -> tuple[FrameType, bytes]:
         """The next verified frame. Raises CorruptData on a bad checksum, TransportError when closed."""
