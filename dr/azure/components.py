@@ -956,9 +956,20 @@ class RecoverySite(pulumi.ComponentResource):
             TrafficManager(f"{name}-tm", target=target, plan=plan, resource_group_name=rg, opts=_child(self))
         self.machines: list[str] = []
         if failover != "none":
+            vm_group: pulumi.Input[str] = rg
             if failover == "test":
+                test_group = resources.ResourceGroup(
+                    f"{name}-test-rg",
+                    resource_group_name=naming.test_failover_resource_group(
+                        target.estate.azure.resource_group, plan.name
+                    ),
+                    location=target.region,
+                    tags=target.tagged(dr_role="test-failover-resource-group", dr_plan=plan.name, dr_failover="test"),
+                    opts=_child(self),
+                )
+                vm_group = test_group.name
                 isolated = IsolatedNetwork(
-                    f"{name}-test", target=target, resource_group_name=rg, plan=plan.name, opts=_child(self)
+                    f"{name}-test", target=target, resource_group_name=vm_group, plan=plan.name, opts=_child(self)
                 )
                 subnet_id = isolated.subnet_id
             for group in plan.groups:
@@ -976,7 +987,7 @@ class RecoverySite(pulumi.ComponentResource):
                         target=target,
                         machine=machine,
                         vm=failover_vms[machine_name],
-                        resource_group_name=rg,
+                        resource_group_name=vm_group,
                         subnet_id=subnet_id,
                         nsg_id=nsg_id,
                         disk_sources=disk_sources[machine_name],

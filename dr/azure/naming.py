@@ -72,3 +72,8 @@ def computer_name(name: str, windows: bool) -> str:
 def failover_resource_group(resource_group: str, recovery_plan: str) -> str:
     """One resource group per recovery plan (the seed: one cloud service per failed-over plan)."""
     return f"{resource_group}-{recovery_plan}-failover"
+
+
+def test_failover_resource_group(resource_group: str, recovery_plan: str) -> str:
+    """A test failover's own resource group (isolated network and test VMs): cleanup deletes it whole."""
+    return f"{failover_resource_group(resource_group, recovery_plan)}-test"

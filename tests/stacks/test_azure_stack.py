@@ -198,9 +198,13 @@ def test_recovery_vms_only_for_the_requested_plan(example: tuple[str, Estate, St
     groups = {r.inputs["resourceGroupName"] for r in result.of_type(":resources:ResourceGroup")}
     for other in estate.recovery_plans:
         assert naming.failover_resource_group(estate.azure.resource_group, other.name) in groups
-    assert {v["resourceGroupName"] for v in vms} == {
-        naming.failover_resource_group(estate.azure.resource_group, rp.name)
-    }
+    own = (naming.test_failover_resource_group if failover == "test" else naming.failover_resource_group)(
+        estate.azure.resource_group, rp.name
+    )
+    assert {v["resourceGroupName"] for v in vms} == {own}
+    assert own in groups
+    quiet = {r.inputs["resourceGroupName"] for r in run(name).of_type(":resources:ResourceGroup")}
+    assert not any(g.endswith("-failover-test") for g in quiet)  # only while a test failover runs
 
 
 def test_test_failover_uses_the_isolated_network(example: tuple[str, Estate, StackPlan]) -> None:
