@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dr.errors import MissingExtra, UsageError
+from dr.errors import DrError, MissingExtra, UsageError
 from dr.output import echo_json, format_option
 
 STATE_HELP = "state store: a SQLite file or a postgresql:// URL (env DR_STATE; default ./dr-state.db)"
@@ -164,6 +164,55 @@ def token_cmd(name: str, state: str | None, passphrase_file: Path | None, fmt: s
         echo_json({"name": name, "role": "operator", "token": token})
     else:
         click.echo(token)
+
+
+@config_server.command("push-catalog")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--server", "base", required=True, help="the configuration server, e.g. https://cs01:8443")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="this master target's token (from its registration)")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the vault CA (PEM) to verify the server with; default: the system's trust store")
+@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="DR_CATALOG",
+              required=True, help="the master target's catalog.sqlite (env DR_CATALOG)")
+def push_catalog_cmd(spec: Path, base: str, token_file: Path, ca: Path | None, catalog: Path) -> None:
+    """On a master target: report its per-disk RPO and recovery points to the configuration server
+    (run it from a timer, e.g. every minute; each report replaces the previous one).
+
+    \b
+    Example:
+        dr config-server push-catalog dr.yaml --server https://cs01:8443 --token-file /etc/dr/mt01.token \\
+            --ca /etc/dr/ca.pem --catalog /var/lib/dr-agent/mt/catalog.sqlite
+    """
+    import ssl
+    import time
+
+    try:
+        import httpx
+    except ImportError:
+        raise MissingExtra("push-catalog needs the 'server' extra: pip install 'dr-as-code[server]'") from None
+    from dr.failover.datapath import catalog_report
+    from dr.validate import load_valid
+
+    estate, _ = load_valid(spec)
+    report = catalog_report(estate, catalog, now=time.time())
+    import re
+
+    token = (token_file.read_text().strip().splitlines() or [""])[0]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{20,200}", token):
+        raise DrError(f"{token_file} does not hold a token: expected the one line registration returned")
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+    try:
+        answer = httpx.post(base.rstrip("/") + "/api/v1/catalog", json=report.model_dump(mode="json"),
+                            headers={"Authorization": f"Bearer {token}"}, verify=verify, timeout=60)
+    except httpx.HTTPError as err:
+        raise DrError(f"cannot reach the configuration server at {base}: {err}; check --server and --ca") from None
+    if answer.status_code != 204:
+        is_json = answer.headers.get("content-type") == "application/json"
+        detail = answer.json().get("detail") if is_json else answer.text
+        raise DrError(f"the configuration server refused the catalog ({answer.status_code}): {detail}")
+    points = sum(len(d.points) for d in report.disks)
+    click.echo(f"reported {len(report.disks)} disk(s), {points} recovery point(s) to {base}")
 
 
 COMMANDS: list[click.Command] = [config_server]
