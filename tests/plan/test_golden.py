@@ -24,3 +24,12 @@ def test_golden(case: str) -> None:
     assert [f for f in findings if f.severity == "error"] == []
     expected = json.loads((CASES / case / "expected.json").read_text().replace("{stem}", stem()))
     subset(expected, make_plan(estate).model_dump(mode="json"))
+
+
+def test_subset_catches_a_wrong_expectation() -> None:
+    plan = {"master_targets": [{"name": "a", "machines": ["m1", "m2"]}], "errors": []}
+    subset({"master_targets": [{"machines": ["m1", "m2"]}]}, plan)
+    for wrong in ({"master_targets": [{"machines": ["m1"]}]}, {"master_targets": [{"name": "b"}]},
+                  {"master_targets": []}, {"warnings": []}):
+        with pytest.raises(AssertionError):
+            subset(wrong, plan)
