@@ -204,7 +204,7 @@ class Network(pulumi.ComponentResource):
                 resource_group_name=target.resource_group_name,
                 virtual_network_name=spec.vnet,
                 subnet_name=spec.subnet,
-                opts=pulumi.InvokeOutputOptions(parent=self),
+                opts=pulumi.InvokeOptions(parent=self),
             )
             self.subnet_id = found.id.apply(lambda i: i or "")
         else:
@@ -350,7 +350,7 @@ class StorageTier(pulumi.ComponentResource):
                 keys = storage.list_storage_account_keys_output(
                     resource_group_name=target.resource_group_name,
                     account_name=created.name,
-                    opts=pulumi.InvokeOutputOptions(parent=self),
+                    opts=pulumi.InvokeOptions(parent=self),
                 )
                 self.connection_strings[naming.storage_account_name(target.estate.estate, account.name)] = (
                     pulumi.Output.secret(

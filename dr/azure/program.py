@@ -57,11 +57,11 @@ class DrEstate(pulumi.ComponentResource):
         super().__init__("dr:azure:Estate", name, None, None)
         azure = estate.azure
         child = pulumi.ResourceOptions(parent=self)
-        client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        client = authorization.get_client_config_output(opts=pulumi.InvokeOptions(parent=self))
         base_tags = {"dr-estate": estate.estate, "managed-by": "dr"}
         if azure.network.existing:
             found = resources.get_resource_group_output(
-                resource_group_name=azure.resource_group, opts=pulumi.InvokeOutputOptions(parent=self)
+                resource_group_name=azure.resource_group, opts=pulumi.InvokeOptions(parent=self)
             )
             rg_name: pulumi.Input[str] = found.name
         else:
