@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dr.azure.contract import StackPlan, plan_of
+from dr.azure.contract import StackPlan, from_contract, plan_of
 from dr.azure.options import PREVIEW_SSH_KEY, FailoverKind, StackOptions, check, check_spec
 from dr.errors import MissingExtra
 from dr.model import Estate
@@ -263,6 +263,8 @@ def _mocks_and_monitor() -> Any:
 
 def run(estate: Estate, plan: StackPlan, options: StackOptions, *, stack: str = PREVIEW_STACK) -> Preview:
     """Run `declare` under the mock runtime in a fresh context and return what it registered."""
+    if not isinstance(plan, StackPlan):  # the planner's Plan: read through its contract
+        plan = from_contract(plan.model_dump(mode="json"))
     check_spec(estate)
     check(estate, plan, options)
     azure_mocks, recorder_class = _mocks_and_monitor()

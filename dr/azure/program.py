@@ -27,7 +27,7 @@ from dr.azure.components import (
     Target,
     Vault,
 )
-from dr.azure.contract import StackPlan
+from dr.azure.contract import StackPlan, from_contract
 from dr.azure.options import StackOptions, check, check_spec, failover_plan_name
 from dr.model import Estate
 
@@ -181,8 +181,13 @@ class DrEstate(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
 
-def declare(estate: Estate, plan: StackPlan, options: StackOptions) -> Declared:
-    """Declare every Azure resource of the estate. Raises SpecInvalid / StackInvalid before any."""
+def declare(estate: Estate, plan: StackPlan | Any, options: StackOptions) -> Declared:
+    """Declare every Azure resource of the estate. Raises StackInvalid / PlanUnusable before any.
+
+    `plan` is the planner's `dr.plan.Plan` or its contract view `StackPlan`.
+    """
+    if not isinstance(plan, StackPlan):
+        plan = from_contract(plan.model_dump(mode="json"))
     check_spec(estate)
     check(estate, plan, options)
     root = DrEstate(estate.estate, estate=estate, plan=plan, options=options)
