@@ -33,7 +33,8 @@ def _spec_path(option: Path | None) -> Path:
     return option or Path(os.environ.get("DR_SPEC", "dr.yaml"))
 
 
-def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | None, *, quiet: bool) -> Any:
+def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | None, *, quiet: bool,
+            shutdown: str = "manual") -> Any:
     from dr.failover.datapath import AgentExporter
     from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog
     from dr.failover.runner import Runner
@@ -50,8 +51,14 @@ def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | 
     if catalog is None:
         raise UsageError("which replicas? give --catalog (the master target's catalog.sqlite) or export DR_CATALOG")
     replicas = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or connection
+    source = None
+    if shutdown == "vcenter":
+        from dr.failover.source import VsphereSource, sources_from_spec
+
+        source = VsphereSource(sources=sources_from_spec(estate))
     env = Environment(
         catalog=StoreCatalog(store=store),
+        source=source,
         exporter=AgentExporter(catalog_path=catalog, connection_string=replicas),
         disks=BlobDiskStore(connection_string=connection),
         workdir=Path(os.environ.get("DR_WORKDIR", "/var/tmp")) / "dr-failover",
@@ -123,9 +130,13 @@ def failover() -> None:
               help="latest | latest-processed | latest-app | latest-multi-vm | a time (2026-11-24T23:00:00Z)")
 @click.option("--dry-run", is_flag=True, help="print the exact steps and change nothing")
 @click.option("--resume", "resume", metavar="JOB", help="continue a stopped job at its failed step")
+@click.option("--shutdown", type=click.Choice(["manual", "vcenter"]), default="manual", show_default=True,
+              help="how source machines are shut down (planned/unplanned): confirmed by an operator, or "
+                   "through the site's vCenter (its password reference must resolve)")
 @_common
 def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bool, resume: str | None,
-            spec: Path | None, state: str | None, storage: str | None, catalog: Path | None, fmt: str) -> None:
+            shutdown: str, spec: Path | None, state: str | None, storage: str | None, catalog: Path | None,
+            fmt: str) -> None:
     from dr.failover.points import Choice
     from dr.failover.steps import failover_steps, find_plan, render
 
@@ -136,7 +147,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
         from dr.server.settings import open_state
 
         job = Jobs(store=open_state(state)).get(resume)
-        runner = _runner(spec or Path(job.spec), state, storage, catalog, quiet=fmt == "json")
+        runner = _runner(spec or Path(job.spec), state, storage, catalog, quiet=fmt == "json", shutdown=shutdown)
         _render_job(runner.run(resume), fmt)
         return
     if not plan or not failover_type:
@@ -149,7 +160,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
 
         estate, _ = load_valid(spec_path)
         steps = failover_steps(estate, find_plan(estate, plan), failover_type, choice,  # type: ignore[arg-type]
-                               automatic_shutdown=False)
+                               automatic_shutdown=shutdown == "vcenter")
         if fmt == "json":
             echo_json([{"idx": i, "kind": s.kind, "title": s.title, "group": s.group, "machine": s.machine}
                        for i, s in enumerate(steps, start=1)])
@@ -158,7 +169,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
             for line in render(steps):
                 click.echo(line)
         return
-    runner = _runner(spec_path, state, storage, catalog, quiet=fmt == "json")
+    runner = _runner(spec_path, state, storage, catalog, quiet=fmt == "json", shutdown=shutdown)
     job_id = runner.start_failover(plan, failover_type, choice)
     _render_job(runner.run(job_id), fmt)
 
