@@ -3,6 +3,7 @@
     dr-agent ca init --dir /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY
     dr-agent register --ca /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY --name ps01 \\
         --role process-server --out /etc/dr-agent/identity --address 10.0.0.4
+    dr-agent agent --config /etc/dr-agent/agent.toml        # on a source machine, as root
     dr-agent process-server --config /etc/dr-agent/process-server.toml
     dr-agent master-target --config /etc/dr-agent/master-target.toml
 
@@ -74,7 +75,14 @@ def _serve(service: Any, name: str) -> int:
 
 
 def run_process_server(path: Path) -> int:
-    from dr_agent.process_server import ProcessServer, ProcessServerConfig
+    from dr_agent.process_server import ProcessServer
+
+    return _serve(ProcessServer(process_server_config(path)), "process-server")
+
+
+def process_server_config(path: Path) -> Any:
+    """The ProcessServerConfig a TOML file describes; ConfigError when it is wrong."""
+    from dr_agent.process_server import ProcessServerConfig
 
     t = "process_server"
     c = _section(path, t)
@@ -87,11 +95,18 @@ def run_process_server(path: Path) -> int:
         master_target_hostname=c.get("master_target_hostname"), listen_host=host, listen_port=port,
         capacity_bytes=int(float(c.get("capacity_gb", 10)) * GIB),
         throttle_mbps=float(c["throttle_mbps"]) if c.get("throttle_mbps") else None, metrics_port=metrics)
-    return _serve(ProcessServer(config), "process-server")
+    return config
 
 
 def run_master_target(path: Path) -> int:
-    from dr_agent.master_target import MasterTarget, MasterTargetConfig
+    from dr_agent.master_target import MasterTarget
+
+    return _serve(MasterTarget(master_target_config(path)), "master-target")
+
+
+def master_target_config(path: Path) -> Any:
+    """The MasterTargetConfig a TOML file describes (secrets read from the environment)."""
+    from dr_agent.master_target import MasterTargetConfig
 
     t = "master_target"
     c = _section(path, t)
@@ -101,12 +116,77 @@ def run_master_target(path: Path) -> int:
     conn = os.environ.get(conn_env) if conn_env else None
     if conn_env and not conn:
         raise ConfigError(f"{path}: connection_string_env = {conn_env!r}, but ${conn_env} is not set")
+    per_disk = []
+    for disk, env in dict(c.get("disk_connection_string_env", {})).items():
+        value = os.environ.get(str(env))
+        if not value:
+            raise ConfigError(f"{path}: disk {disk}'s connection string is read from ${env}, which is not set")
+        per_disk.append((str(disk), value))
     config = MasterTargetConfig(
-        identity=Identity(Path(_need(c, "identity", path, t))), state_dir=Path(_need(c, "state_dir", path, t)),
+        disk_connection_strings=tuple(per_disk), identity=Identity(Path(_need(c, "identity", path, t))),
+        state_dir=Path(_need(c, "state_dir", path, t)),
         listen_host=host, listen_port=port, storage=str(c.get("storage", "file")), connection_string=conn,
         container=str(c.get("container", "replicas")), retention_s=float(c.get("retention_hours", 24)) * 3600,
         metrics_port=metrics)
-    return _serve(MasterTarget(config), "master-target")
+    return config
+
+
+def run_agent(path: Path) -> int:
+    """Present every configured disk through the splitter, ship its changes, insert points on schedule."""
+    import contextlib
+    import time
+
+    from dr_agent.capture.consistency import app_consistent
+    from dr_agent.capture.splitter import Splitter, attach_loop
+    from dr_agent.sink import ProcessServerSink
+
+    t = "agent"
+    c = _section(path, t)
+    ident = Identity(Path(_need(c, "identity", path, t)))
+    servers = [_addr(str(a), "process_servers") for a in _need(c, "process_servers", path, t)]
+    crash_every = float(c.get("crash_consistent_every_s", 300))
+    app_every = float(c["app_consistent_every_s"]) if c.get("app_consistent_every_s") else None
+    group = c.get("multi_vm_group")
+    disks = list(_need(c, "disks", path, t))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with contextlib.ExitStack() as stack:
+        splitters = []
+        mount_points: list[str] = []
+        for d in disks:
+            backing = Path(str(d["backing"]))
+            size = os.stat(backing).st_size if backing.is_file() else _device_size(backing)
+            sink = ProcessServerSink(disk=str(d["name"]), size=size, servers=servers, identity=ident,
+                                     server_hostname=c.get("process_server_hostname"))
+            stack.callback(sink.close)
+            mnt = Path(str(d.get("mountpoint", f"/run/dr-agent/{d['name']}")))
+            mnt.mkdir(parents=True, exist_ok=True)
+            sp = stack.enter_context(Splitter(backing, mnt, sink, name=str(d["name"])))
+            dev = attach_loop(sp.path)
+            print(json.dumps({"disk": d["name"], "device": dev}), flush=True)
+            splitters.append(sp)
+            mount_points += [str(m) for m in d.get("mount_points", [])]
+        next_crash = time.monotonic() + crash_every
+        next_app = time.monotonic() + app_every if app_every else float("inf")
+        while not stop.wait(max(0.0, min(next_crash, next_app) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_app:
+                with app_consistent([m for m in mount_points if os.path.ismount(m)]):
+                    for sp in splitters:
+                        sp.bookmark("app", group_id=group)
+                next_app = now + (app_every or 0)
+                next_crash = now + crash_every
+            elif now >= next_crash:
+                for sp in splitters:
+                    sp.bookmark("crash", group_id=group)
+                next_crash = now + crash_every
+    return 0
+
+
+def _device_size(dev: Path) -> int:
+    with open(dev, "rb") as f:
+        return f.seek(0, os.SEEK_END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--role", required=True, choices=ROLES)
     reg.add_argument("--out", required=True, type=Path)
     reg.add_argument("--address", action="append", default=[], help="a DNS name or IP in the certificate")
-    for name in ("process-server", "master-target"):
+    for name in ("agent", "process-server", "master-target"):
         p = sub.add_parser(name, help=f"run the {name.replace('-', ' ')}")
         p.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -144,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "process-server":
             return run_process_server(args.config)
+        if args.command == "agent":
+            return run_agent(args.config)
         return run_master_target(args.config)
     except AgentError as err:
         print(f"dr-agent: error: {err}", file=sys.stderr)

@@ -42,6 +42,7 @@ class MasterTargetConfig:
     listen_port: int = 0
     storage: str = "file"                       # "file" (state_dir/disks) or "azure" (page blobs)
     connection_string: str | None = None        # azure: the storage account's connection string
+    disk_connection_strings: tuple[tuple[str, str], ...] = ()  # azure: (disk, connection string) overrides
     container: str = "replicas"
     retention_s: float = 24 * 3600.0
     metrics_port: int | None = None             # None: no HTTP endpoint
@@ -76,8 +77,9 @@ class MasterTarget:
                 if self.config.storage == "azure":
                     from dr_agent.pageblob import PageBlobTarget
 
-                    assert self.config.connection_string is not None
-                    t = PageBlobTarget(self.config.connection_string, self.config.container, f"{disk}.vhd", size)
+                    conn = dict(self.config.disk_connection_strings).get(disk, self.config.connection_string)
+                    assert conn is not None
+                    t = PageBlobTarget(conn, self.config.container, f"{disk}.vhd", size)
                 else:
                     t = FileTarget(self.config.state_dir / "disks" / f"{disk}.img", size)
                 with self.catalog_lock:
@@ -135,7 +137,7 @@ class MasterTarget:
                 return
             self.metrics.bytes_in.labels(disk).inc(nbytes)
             last = applied
-            for rec, data in zip(records, datas):
+            for rec, data in zip(records, datas, strict=True):
                 if rec.seq <= last:
                     continue  # a replay: already applied
                 if rec.seq != last + 1:

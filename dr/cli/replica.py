@@ -115,4 +115,96 @@ def export_cmd(disk: str, point: str, dest: Path, catalog_path: Path | None, con
     click.echo(f"wrote {dest} ({disk} at {chosen.kind} point {chosen.id}, {chosen.as_dict()['time']})")
 
 
+# Ports of the data path (TCP): agents dial process servers on PS_PORT, process servers dial master
+# targets on MT_PORT. Chosen for this project (ASR's process server uses 9443 for the same role).
+PS_PORT = 9443
+MT_PORT = 9444
+
+
+def stream_name(machine: str, disk: str) -> str:
+    """The replication stream (and replica blob) name of a machine's disk: `machine-disk`."""
+    return f"{machine}-{disk}".replace("/", "-").replace("_", "-")
+
+
+def _env_name(account: str) -> str:
+    return f"DR_STORAGE_{account.upper()}"
+
+
+def render_configs(estate: Any, plan: Any) -> dict[str, str]:
+    """Every service's configuration and systemd unit, keyed by relative path (`<server>/<file>`)."""
+    from dr.blueprints import render
+
+    out: dict[str, str] = {}
+    site_ps = {(s.name, ps.name): ps.address for s in estate.sites for ps in s.process_servers}
+    mt_of = {m: mt for mt in plan.master_targets for m in mt.machines}
+    groups = {m: g for g in estate.protection_groups for m in g.members}
+    ps_of = {m: ps for ps in plan.process_servers for m in ps.machines}
+    for ps in plan.process_servers:
+        mts = [mt_of[m] for m in ps.machines if m in mt_of]
+        if not mts:
+            continue
+        address = site_ps.get((ps.site, ps.name), "0.0.0.0")
+        site = next((s for s in estate.sites if s.name == ps.site), None)
+        throttle = site.bandwidth_mbps if site is not None else None
+        view = {**ps.model_dump(), "address": address}
+        out[f"{ps.name}/process-server.toml"] = render(
+            "agent/process-server.toml.j2", ps=view, mt=mts[0], ps_port=PS_PORT, mt_port=MT_PORT,
+            throttle_mbps=throttle)
+        out[f"{ps.name}/dr-process-server.service"] = render("agent/dr-process-server.service.j2", name=ps.name)
+    for mt in plan.master_targets:
+        disk_envs = [(stream_name(*d.disk.split("/", 1)), _env_name(d.storage_account)) for d in mt.disks]
+        hours = max((groups[m].policy.retention.total_seconds() / 3600 for m in mt.machines if m in groups),
+                    default=24.0)
+        out[f"{mt.name}/master-target.toml"] = render(
+            "agent/master-target.toml.j2", mt=mt, mt_port=MT_PORT, retention_hours=round(hours, 3),
+            default_env=disk_envs[0][1] if disk_envs else "AZURE_STORAGE_CONNECTION_STRING", disk_envs=disk_envs)
+        out[f"{mt.name}/dr-master-target.service"] = render("agent/dr-master-target.service.j2", name=mt.name)
+    for name, ps in ps_of.items():
+        machine = estate.machine(name)
+        group = groups[name]
+        same_site = [p for p in plan.process_servers if p.site == ps.site]
+        addresses = [f"{site_ps.get((p.site, p.name), p.name)}:{PS_PORT}"
+                     for p in sorted(same_site, key=lambda p: p.name != ps.name)]
+        disks = [{"stream": stream_name(name, d.name), "device": d.device or f"/dev/disk/by-label/{d.name}",
+                  "mount_points": d.mount_points} for d in machine.disks]
+        app = group.policy.app_consistent_every
+        out[f"{name}/agent.toml"] = render(
+            "agent/agent.toml.j2", machine=machine, group=group, ps_addresses=addresses, disks=disks,
+            crash_every_s=int(group.policy.crash_consistent_every.total_seconds()),
+            app_every_s=int(app.total_seconds()) if app else None,
+            group_id=group.name if group.policy.multi_vm_consistency else None)
+        out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name)
+    return out
+
+
+@replica.command("configs")
+@click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="directory to write <server>/<file> into")
+def configs_cmd(spec: Path, out_dir: Path) -> None:
+    """Render every agent, process server and master target configuration (and systemd unit).
+
+    Derived from the spec and the plan: which disks each agent presents, which process servers it
+    dials (its own first, then the site's others), which master target each process server feeds,
+    which storage account holds each replica. Connection strings stay in the environment.
+
+    \b
+    Example:
+      dr replica configs dr.yaml --out build/configs
+      scp build/configs/ps-dublin/* ps-dublin:/etc/dr-agent/
+    """
+    from dr.plan import make_plan
+    from dr.validate import load_valid
+
+    estate, _warnings = load_valid(spec)
+    plan = make_plan(estate)
+    files = render_configs(estate, plan)
+    for rel, text in sorted(files.items()):
+        dest = out_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+    servers = sorted({rel.split("/")[0] for rel in files})
+    click.echo(f"wrote {len(files)} file(s) for {len(servers)} machine(s) under {out_dir}")
+
+
 COMMANDS: list[click.Command] = [recovery_points, replica]

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import MIB, Pipeline
-
 from dr_agent.master_target import MasterTarget, MasterTargetConfig
 from dr_agent.process_server import ProcessServer, ProcessServerConfig
+from pipeline_harness import MIB, Pipeline
 
 
 @pytest.fixture

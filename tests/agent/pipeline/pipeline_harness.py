@@ -1,5 +1,6 @@
-"""The pipeline harness (imported by the tests and conftest): a master target and process server in this process (or as processes),
-a sink as the agent, and a shadow disk that knows what the replica must hold."""
+"""The pipeline harness (imported by the tests and conftest): a master target and process server
+in this process (or as processes), a sink as the agent, and a shadow disk that knows what the
+replica must hold."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dr_agent.master_target import MasterTarget, MasterTargetConfig
-from dr_agent.process_server import ProcessServer, ProcessServerConfig
+from dr_agent.master_target import MasterTarget
+from dr_agent.process_server import ProcessServer
 from dr_agent.sink import ProcessServerSink
 
 MIB = 1024 * 1024

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import MIB, Shadow, service_pair, workload
-
 from dr_agent.sink import ProcessServerSink
+from pipeline_harness import MIB, Shadow, service_pair, workload
 
 
 def _crash_loop(tmp_path: Path, pki: Any, kills: int, seed: int) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from pipeline_harness import MIB, Shadow, workload
-
 from dr_agent.catalog import Catalog
 from dr_agent.export import export
+from pipeline_harness import MIB, Shadow, workload
 
 
 def test_replica_equals_source_and_points_export(make_pipeline, tmp_path: Path) -> None:
@@ -36,7 +35,6 @@ def test_replica_equals_source_and_points_export(make_pipeline, tmp_path: Path) 
 
 def test_page_blob_replica_is_a_fixed_vhd_and_exports(make_pipeline, azurite: str, tmp_path: Path) -> None:
     from azure.storage.blob import BlobClient
-
     from dr_agent.vhd import FOOTER_SIZE, parse_footer
 
     p = make_pipeline(storage="azure", connection_string=azurite, container="e2e")

@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import MIB, Shadow, TcpProxy
-
 from dr_agent.cache import DiskCache
 from dr_agent.compress import CODEC_RAW, CODEC_ZSTD, Compressor
 from dr_agent.errors import AgentError, CorruptData
 from dr_agent.pki import client_context
 from dr_agent.records import (
-    RECORD_HEADER_SIZE, FrameType, Kind, Record, decode_record, encode_frame,
+    RECORD_HEADER_SIZE,
+    FrameType,
+    Kind,
+    Record,
+    decode_record,
+    encode_frame,
 )
 from dr_agent.transport import dial
+from pipeline_harness import MIB, Shadow, TcpProxy
 
 
 def test_record_round_trip_and_every_flipped_byte_is_caught() -> None:

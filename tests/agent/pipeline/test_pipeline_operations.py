@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-from pipeline_harness import MIB, Shadow, workload
-
-from dr.cli import cli
 from dr_agent.catalog import Catalog, Point
 from dr_agent.process_server import ProcessServer, ProcessServerConfig, Throttle
 from dr_agent.retention import RetentionPolicy, prune
 from dr_agent.sink import ProcessServerSink
 from dr_agent.target import FileTarget
+from pipeline_harness import MIB, Shadow, workload
+
+from dr.cli import cli
 
 
 def test_agent_moves_to_another_process_server(make_pipeline: Any, pki: Any, tmp_path: Path) -> None:

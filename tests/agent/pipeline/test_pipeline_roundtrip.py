@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import MIB, REPO
-
 from dr_agent.catalog import Catalog
 from dr_agent.export import export
+from pipeline_harness import MIB, REPO
 
 pytestmark = pytest.mark.root
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_harness import REPO
-
 from dr_agent.errors import AgentError, AuthError
 from dr_agent.pki import client_context, register
 from dr_agent.records import FrameType
 from dr_agent.transport import dial
+from pipeline_harness import REPO
 
 
 def _hello(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
