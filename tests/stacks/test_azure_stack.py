@@ -10,8 +10,11 @@ import base64
 import gzip
 import inspect
 import json
+import shutil
+import subprocess
 import tomllib
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -451,3 +454,25 @@ def test_existing_network_split_regions_and_kept_addresses() -> None:
     assert addresses["dc01-nic0"] == "10.50.1.4"
     servers = [a for name, a in addresses.items() if not name.endswith("-nic0")]
     assert servers and "10.50.1.4" not in servers and all(a for a in servers)
+
+
+def test_cloud_init_passes_cloud_inits_own_schema(tmp_path: Path) -> None:
+    """The rendered cloud-config, checked by cloud-init itself (Debian's package, .ci/setup.d/45-pulumi.sh)."""
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (bash .ci/setup.d/45-pulumi.sh installs it)")
+    estate, plan = linux_estate_planned()
+    checked = 0
+    for vm in preview(estate, plan).of_type(":compute:VirtualMachine"):
+        profile = vm.inputs["osProfile"]
+        if profile == "[secret]" or "linuxConfiguration" not in profile:
+            continue
+        path = tmp_path / f"{vm.inputs['vmName']}.yaml"
+        path.write_bytes(base64.b64decode(profile["customData"]))
+        done = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        checked += 1
+    assert checked == len(plan.config_servers) + sum(1 for m in plan.master_targets if m.os == "linux")
+    broken = tmp_path / "broken.yaml"  # the check can fail: a cloud-config cloud-init refuses
+    broken.write_text("#cloud-config\npackages: 5\n")
+    assert subprocess.run([tool, "schema", "--config-file", str(broken)], capture_output=True, timeout=60).returncode
