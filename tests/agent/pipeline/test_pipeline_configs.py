@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from dr_agent.cli import master_target_config, process_server_config
+from dr_agent.errors import ConfigError
 from pipeline_harness import REPO
 
 from dr.cli import cli
-from dr_agent.cli import master_target_config, process_server_config
-from dr_agent.errors import ConfigError
 
 
 def test_configs_are_derived_from_the_spec_and_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
