@@ -11,7 +11,7 @@ inside the functions: it is the 'agent' extra.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +87,96 @@ class AgentExporter:
         finally:
             catalog.close()
         return dest.stat().st_size
+
+
+# Bytes read from a recovered page blob per request (4 MiB, the Put Page maximum: Azure docs).
+REVERSE_CHUNK_BYTES = 4 * 1024 * 1024
+# How long reverse replication waits for the on-premises master target to apply a disk (seconds).
+REVERSE_APPLY_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentReverseReplication:
+    """Reverse replication for failback, on the data path: each recovered disk (a page blob in the
+    failed-over plan's resource group, what the Azure VM runs on) is streamed by an agent sink to the
+    on-premises process server and master target; failback sends the last state, bookmarks it, and
+    exports the on-premises replica at that point as the vSphere VM's disk (`restore_dir`)."""
+
+    connection_string: str                  # the Azure storage holding the recovered disks
+    process_server: tuple[str, int]         # the on-premises process server (reverse direction)
+    identity_dir: Path                      # this runner's agent identity (dr_agent.pki.Identity layout)
+    onprem_catalog: Path                    # the on-premises master target's catalog.sqlite
+    restore_dir: Path                       # where the vSphere VM's disks are restored
+    apply_timeout_s: float = REVERSE_APPLY_TIMEOUT_S
+    # One sink per disk for the whole failback: the data path numbers a stream's records, and a new
+    # sink that writes before it has connected would restart at 1 (its records then taken for replays).
+    sinks: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        self.sinks.clear()
+
+    def _send(self, machine: Any, group: str, point_id: str, kind: str) -> list[int]:
+        from azure.storage.blob import BlobServiceClient
+        from dr_agent.pki import Identity
+        from dr_agent.sink import ProcessServerSink
+        from dr_agent.vhd import FOOTER_SIZE, parse_footer
+
+        from dr.failover.provider import container_name
+
+        service = BlobServiceClient.from_connection_string(self.connection_string)
+        sent = []
+        for disk in machine.disks:
+            blob = service.get_blob_client(container_name(group), f"{machine.name}/{disk.name}.vhd")
+            total = int(blob.get_blob_properties().size)
+            size = total - FOOTER_SIZE
+            footer = blob.download_blob(offset=size, length=FOOTER_SIZE).readall()
+            if parse_footer(footer) != size:
+                raise FailoverError(f"{machine.name}/{disk.name}: the recovered blob is not a fixed VHD")
+            key = (machine.name, disk.name)
+            if key not in self.sinks:
+                self.sinks[key] = ProcessServerSink(
+                    disk=stream_name(machine.name, disk.name), size=size, servers=[self.process_server],
+                    identity=Identity(self.identity_dir), patience_s=self.apply_timeout_s)
+            sink = self.sinks[key]
+            count = 0
+            for offset in range(0, size, REVERSE_CHUNK_BYTES):
+                chunk = blob.download_blob(offset=offset, length=min(REVERSE_CHUNK_BYTES, size - offset)).readall()
+                if chunk.count(0) != len(chunk):
+                    sink.write(offset, chunk)
+                    count += len(chunk)
+            sink.flush()
+            sink.bookmark(point_id, kind, None)
+            sink.wait_applied(self.apply_timeout_s)
+            sent.append(count)
+        return sent
+
+    def reprotect(self, machine: Any, *, job: str, group: str) -> str:
+        sent = self._send(machine, group, f"reprotect-{job}", "crash")
+        return (f"{machine.name}: reverse replication to the on-premises master target, "
+                f"{sum(sent)} byte(s) of {len(sent)} disk(s) sent")
+
+    def failback(self, machine: Any, *, job: str, group: str) -> str:
+        from dr_agent.errors import AgentError
+        from dr_agent.export import export
+
+        point = f"failback-{job}"
+        self._send(machine, group, point, "app")
+        catalog = _agent_catalog(self.onprem_catalog)
+        restored = []
+        try:
+            for disk in machine.disks:
+                dest = self.restore_dir / machine.name / f"{disk.name}.img"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                export(catalog, stream_name(machine.name, disk.name), point, dest)
+                restored.append(str(dest))
+        except AgentError as err:
+            raise FailoverError(f"{machine.name}: restoring the on-premises disks failed: {err}") from None
+        finally:
+            catalog.close()
+        for disk in machine.disks:
+            sink = self.sinks.pop((machine.name, disk.name), None)
+            if sink is not None:
+                sink.close()
+        return f"{machine.name}: failed back at point {point}: " + ", ".join(restored)

@@ -72,8 +72,13 @@ class SourceControl(Protocol):
 
 
 class Replication(Protocol):
-    def reprotect(self, machine: Machine, *, job: str) -> str:
-        """Start reverse replication of the recovered machine to the on-premises master target."""
+    def reprotect(self, machine: Machine, *, job: str, group: str) -> str:
+        """Replicate the recovered machine (its disks in resource group `group`) back to the
+        on-premises master target."""
+
+    def failback(self, machine: Machine, *, job: str, group: str) -> str:
+        """After the Azure VM is shut down: send its last changes, mark the final point, and restore
+        the on-premises VM's disks at it."""
 
     def commit(self, machine: Machine, point_id: str) -> str:
         """Drop the other recovery points of the machine: the failover can no longer change point."""

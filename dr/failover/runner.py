@@ -244,9 +244,11 @@ class Runner:
                     "target on premises), which this runner is not connected to"
                 )
             machine = self.estate.machine(step.machine)
+            source = self.jobs.get(job.options["source_job"])
+            group = recovery_group(self.estate, plan, source.options["type"])
             if kind == "reprotect":
-                return self.env.replication.reprotect(machine, job=job_id)
-            raise FailoverError(f"{step.machine}: failback through the data path is not available in this build")
+                return self.env.replication.reprotect(machine, job=job_id, group=group)
+            return self.env.replication.failback(machine, job=job_id, group=group)
         raise FailoverError(f"unknown step kind {kind!r}: this job was written by another version of dr")
 
     def _shutdown(self, job_id: str, step: StepRecord) -> str:

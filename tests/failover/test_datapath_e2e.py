@@ -231,3 +231,75 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     assert cleanup.state == "succeeded"
     assert env.disks.list_disks(group) == []
     assert len(BlobDiskStore(connection_string=azurite).list_disks(REPLICA_CONTAINER)) == 7
+
+
+def _confirm_waiting(jobs: Jobs, job_id: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while not any(s.state == "waiting" for s in jobs.get(job_id).steps):
+        assert thread.is_alive() and time.monotonic() < deadline, jobs.get(job_id).error
+        time.sleep(0.05)
+    step = next(s for s in jobs.get(job_id).steps if s.state == "waiting")
+    jobs.confirm(job_id, step.idx, by="tester")
+
+
+@pytest.mark.slow
+def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, azurite: str,
+                                                                   tmp_path: Path) -> None:
+    from dr_agent.master_target import MasterTarget, MasterTargetConfig
+    from dr_agent.process_server import ProcessServer, ProcessServerConfig
+
+    from dr.failover.datapath import AgentReverseReplication
+    from dr.model import PlanGroup, RecoveryPlan
+
+    rng = random.Random(11)
+    sql01 = {d: site.disks[("sql01", d)] for d in ("c", "data", "log")}
+    for disk in sql01.values():
+        disk.write(rng, 30)
+        disk.bookmark("p1", "app", None)
+        disk.sink.wait_applied(APPLY_TIMEOUT_S)
+    collect_catalog(site.server, "mt01", site.catalog)
+
+    plan = RecoveryPlan(name="db", groups=[PlanGroup(name="database", machines=["sql01"])])
+    server = ConfigServer(store=site.server.store, estate=site.server.estate.model_copy(
+        update={"recovery_plans": [plan]}))
+    # The on-premises side of the reverse direction: a process server and a master target.
+    ids = tmp_path / "reverse-identities"
+    onprem_mt = MasterTarget(MasterTargetConfig(identity=_register(server, ids, "mt-onprem", "master_target"),
+                                                state_dir=tmp_path / "mt-onprem"))
+    site.closers.append(onprem_mt)
+    onprem_ps = ProcessServer(ProcessServerConfig(
+        identity=_register(server, ids, "ps-azure", "process_server"), cache_dir=tmp_path / "ps-azure",
+        master_target=("127.0.0.1", onprem_mt.port), name="ps-azure"))
+    site.closers.append(onprem_ps)
+    runner_identity = _register(server, ids, "failback-sql01", "agent", "sql01")
+    replication = AgentReverseReplication(
+        connection_string=azurite, process_server=("127.0.0.1", onprem_ps.port),
+        identity_dir=runner_identity.directory, onprem_catalog=tmp_path / "mt-onprem" / "catalog.sqlite",
+        restore_dir=tmp_path / "vsphere", apply_timeout_s=APPLY_TIMEOUT_S)
+    site.closers.append(replication)
+    env = Environment(catalog=StoreCatalog(store=server.store),
+                      exporter=AgentExporter(catalog_path=site.catalog, connection_string=azurite),
+                      disks=BlobDiskStore(connection_string=azurite), replication=replication,
+                      workdir=tmp_path / "work")
+    runner = Runner(server=server, env=env, spec_path=_spec_dir(tmp_path) / "dr.yaml", poll_s=0.05)
+    jobs = Jobs(store=server.store)
+
+    failover = runner.start_failover("db", "unplanned", Choice.parse("latest-app"))
+    thread = threading.Thread(target=lambda: runner.run(failover), daemon=True)
+    thread.start()
+    _confirm_waiting(jobs, failover, thread)  # the source shutdown, by the operator
+    thread.join(timeout=APPLY_TIMEOUT_S)
+    assert jobs.get(failover).state == "succeeded", jobs.get(failover).error
+
+    failback = runner.start_failback(failover)
+    assert [s.kind for s in jobs.get(failback).steps] == ["reprotect", "shutdown", "failback_machine"]
+    thread = threading.Thread(target=lambda: runner.run(failback), daemon=True)
+    thread.start()
+    _confirm_waiting(jobs, failback, thread)  # the Azure VM's shutdown
+    thread.join(timeout=APPLY_TIMEOUT_S)
+    job = jobs.get(failback)
+    assert job.state == "succeeded", job.error
+    assert "reverse replication to the on-premises master target" in job.steps[0].output
+    # The vSphere VM's disks are back, equal to what the Azure VM ran on (the p1 point).
+    for name, disk in sql01.items():
+        assert (tmp_path / "vsphere" / "sql01" / f"{name}.img").read_bytes() == disk.points["p1"]
