@@ -288,13 +288,12 @@ class Coordinator:
         """Block until every listed agent has dialled in (raises CoordinationAborted on timeout)."""
         deadline = time.monotonic() + timeout
         with self._joined:
-            while not set(agent_ids) <= {a for (g, a) in self._agents if g == group_id}:
+            while missing := set(agent_ids) - {a for (g, a) in self._agents if g == group_id}:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CoordinationAborted(
-                        f"agents {sorted(set(agent_ids) - set(self.agents(group_id)))} of group {group_id} "
-                        f"did not connect within {timeout:g} s; check that they run and can reach "
-                        "the coordinator")
+                        f"agents {sorted(missing)} of group {group_id} did not connect within {timeout:g} s; "
+                        "check that they run, can reach the coordinator and hold a valid certificate")
                 self._joined.wait(left)
 
     def _accept(self) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -123,6 +124,7 @@ class Splitter:
         self._bitmap: DirtyBitmap | None = None  # set in bitmap mode
         self._bitmap_reason = ""
         self._held = False
+        self._connection = -1
         self._counts = {"writes": 0, "bytes_written": 0, "discards": 0, "bytes_discarded": 0,
                         "barriers": 0, "bookmarks": 0}
 
@@ -151,6 +153,7 @@ class Splitter:
             raise DeviceError(f"{self.mountpoint} is already a mount point; unmount it or pick another")
         self._fd = os.open(self.backing, os.O_RDWR | os.O_CLOEXEC)
         self._size = _linux.size_of(self._fd)
+        _keep_default_signals()
         ops = _DiskOps(self, mfusepy.Operations)
         self._thread = threading.Thread(target=self._serve, args=(mfusepy, ops),
                                         name=f"dr-splitter-{self.name}", daemon=True)
@@ -163,6 +166,7 @@ class Splitter:
                 raise DeviceError(f"could not mount the splitter on {self.mountpoint}: {why}; "
                                   "check that fuse3 is installed and /dev/fuse is usable")
             time.sleep(0.01)
+        self._connection = os.minor(os.stat(self.mountpoint).st_dev)  # its id under /sys/fs/fuse/connections
         return self
 
     def _serve(self, mfusepy: Any, ops: Any) -> None:
@@ -191,19 +195,36 @@ class Splitter:
             with contextlib.suppress(DeviceError):
                 detach_loop(dev)
         deadline = time.monotonic() + UNMOUNT_TIMEOUT
+        problem = ""
         while os.path.ismount(self.mountpoint):
             proc = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True, check=False)
             if proc.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise DeviceError(f"could not unmount {self.mountpoint}: {proc.stderr.strip()}; unmount the "
-                                  "file system on the loop device and detach the loop device first")
+                # Still busy (a file system on the loop device is still mounted). Waiting longer
+                # would hang the agent; abort the FUSE connection so the session ends, and say so.
+                problem = (f"could not unmount {self.mountpoint} ({proc.stderr.strip()}); the FUSE connection "
+                           "was aborted: unmount the file system on the loop device and detach the loop "
+                           "device before stopping the splitter")
+                log.error("splitter %s: %s", self.name, problem)
+                self._abort_connection()
+                subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, check=False)
+                break
             time.sleep(0.1)
         self._thread.join(UNMOUNT_TIMEOUT)
         if self._thread.is_alive():
             raise DeviceError(f"the FUSE session on {self.mountpoint} did not end after unmount")
         self._thread = None
         self._close_fd()
+        if problem:
+            raise DeviceError(problem)
+
+    def _abort_connection(self) -> None:
+        connections = Path("/sys/fs/fuse/connections")
+        if not (connections / str(self._connection)).is_dir():
+            subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            (connections / str(self._connection) / "abort").write_text("1")
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -383,6 +404,27 @@ class Splitter:
             bitmap = self._bitmap
             return SplitterStats(mode=self.mode, dirty_bytes=bitmap.dirty_bytes if bitmap else 0,
                                  **self._counts)
+
+
+def _keep_default_signals() -> None:
+    """Keep SIGTERM and SIGHUP terminating the process while a FUSE session runs in it.
+
+    libfuse's `fuse_main` installs its own SIGTERM/SIGHUP/SIGINT handlers wherever the action is
+    still SIG_DFL, and its handler only ends the FUSE session: `kill PID` (or a CI runner's
+    timeout) would unmount the disk under the workload and leave the process running. A Python
+    handler that restores the default action and re-raises keeps the usual behaviour, and libfuse
+    leaves a non-default action alone. Only possible from the main thread (a Python rule).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _default_action)
+
+
+def _default_action(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _DiskOps(splitter: Splitter, base: type) -> Any:

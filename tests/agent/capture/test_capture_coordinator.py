@@ -265,3 +265,60 @@ def test_the_source_side_dials_and_listens_on_nothing(vms: list[Vm]) -> None:
         coordinator.kill()
         coordinator.wait()
     assert [m.bookmark_id for m in vm.target.received.bookmarks] == [bookmark_id]
+
+
+def test_group_point_over_mutual_tls_with_a_tracking_mode_machine(vms: list[Vm], loop_file, tracefs,  # type: ignore[no-untyped-def]
+                                                                    pki, tmp_path: Path) -> None:
+    """A splitter machine and a tracking-mode machine in one group, over TLS with client
+    certificates from the registration CA; an agent with another CA's certificate is refused."""
+    from capture_helpers import first_difference, mkfs_ext4, run
+    from dr_agent.capture.tracking import TrackingAgent
+    from dr_agent.pki import client_context, server_context
+
+    web = vms[0]
+    _, dev = loop_file(32 * MiB)
+    mkfs_ext4(dev)
+    mnt = tmp_path / "db01"
+    mnt.mkdir()
+    run("mount", dev, str(mnt))
+    replica = tmp_path / "db01-replica.img"
+    mismatches: list[str] = []
+
+    def frozen_check(mark: ReceivedBookmark) -> None:
+        if first_difference(dev, replica) is not None:
+            mismatches.append(mark.bookmark_id)
+
+    server_ctx = server_context(pki.process_server)
+
+    def tls(ident):  # type: ignore[no-untyped-def]
+        ctx = client_context(ident)
+        def connect() -> socket.socket:
+            return ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname="127.0.0.1")
+        return connect
+
+    try:
+        with FileTarget(replica, 32 * MiB, on_bookmark=frozen_check) as db_target, \
+                TrackingAgent(dev, [mnt], db_target, db_target) as db, \
+                Coordinator(tcp_listener(), wrap=lambda s: server_ctx.wrap_socket(s, server_side=True)) as coordinator:
+            db.start()
+            host, port = coordinator.address
+            with CoordinatorClient(tls(pki.agent), agent_id="web01", group_id=GROUP,
+                                   participants=[web.splitter], retry_interval=0.1), \
+                    CoordinatorClient(tls(pki.agent), agent_id="db01", group_id=GROUP,
+                                      participants=[db], retry_interval=0.1), \
+                    CoordinatorClient(tls(pki.rogue_agent), agent_id="rogue", group_id=GROUP,
+                                      participants=[vms[1].splitter], retry_interval=0.1):
+                coordinator.wait_for_agents(GROUP, ["web01", "db01"], timeout=10)
+                (mnt / "orders.db").write_bytes(os.urandom(2 * MiB))
+                web.write_counter(41)
+                point = coordinator.checkpoint(GROUP, timeout=5)
+                with pytest.raises(CoordinationAborted, match="rogue"):
+                    coordinator.wait_for_agents(GROUP, ["rogue"], timeout=1)
+    finally:
+        run("umount", str(mnt))
+    assert sorted(point.agents) == ["db01", "web01"]
+    assert [m.bookmark_id for m in db_target.received.bookmarks] == [point.bookmark_id]
+    assert [(m.bookmark_id, m.group_id) for m in web.target.received.bookmarks] == [(point.bookmark_id, GROUP)]
+    assert web.at_bookmark[point.bookmark_id] == 41
+    assert vms[1].target.received.bookmarks == []
+    assert mismatches == []

@@ -234,3 +234,38 @@ def test_initial_sync_of_a_disk_in_use_through_the_splitter(split_disk, tmp_path
     assert result.bytes_skipped_holes + result.bytes_skipped_zero > 0
     assert first_difference(disk.backing, disk.replica) is None
     e2fsck_clean(disk.replica)
+
+
+SPLITTER_PROCESS = """
+import sys, time
+from pathlib import Path
+from dr_agent.capture.filetarget import FileTarget
+from dr_agent.capture.splitter import Splitter
+base = Path(sys.argv[1])
+with FileTarget(base / "r.img", 1 << 20) as target, Splitter(base / "b.img", base / "fuse", target):
+    print("mounted", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigterm_still_ends_an_agent_process_with_a_splitter(tmp_path: Path) -> None:
+    """libfuse would catch SIGTERM and only end its session; the process must terminate as usual."""
+    import signal
+    import sys
+
+    from capture_helpers import need_root_tools
+
+    need_root_tools(fuse=True)
+    (tmp_path / "fuse").mkdir()
+    (tmp_path / "b.img").write_bytes(bytes(MiB))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", SPLITTER_PROCESS, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "mounted"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["umount", "-l", str(tmp_path / "fuse")], capture_output=True, check=False)
