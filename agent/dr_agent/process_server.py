@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES, DiskCache
@@ -44,6 +47,9 @@ FORWARD_WINDOW_BYTES = 64 * 1024 * 1024
 PING_EVERY_S = 5.0
 # Bytes of already-arrived frames appended under one fsync (group commit).
 GATHER_BYTES = 16 * 1024 * 1024
+# Compression threads per process server: one per core (the services' machines have 2 to 16).
+COMPRESS_THREADS = max(2, os.cpu_count() or 2)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,20 @@ class ProcessServerConfig:
     throttle_mbps: float | None = None           # None: unthrottled
     segment_bytes: int = SEGMENT_BYTES
     metrics_port: int | None = None
+
+
+class _PerThread(Generic[T]):
+    """One instance of T per thread (zstd contexts are reusable, not shareable)."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+
+    def get(self) -> T:
+        value: T | None = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = self._factory()
+        return value
 
 
 class Throttle:
@@ -90,6 +110,9 @@ class ProcessServer:
         self.metrics.cache_capacity.set(config.capacity_bytes)
         self.throttle = Throttle(config.throttle_mbps)
         self._client_ctx = client_context(config.identity)
+        # zstandard releases the GIL: a pool compresses frames in parallel with reading them
+        self._pool = ThreadPoolExecutor(max_workers=COMPRESS_THREADS, thread_name_prefix="ps-zstd")
+        self._compressors: _PerThread[Compressor] = _PerThread(Compressor)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._caches: dict[str, DiskCache] = {}
@@ -192,17 +215,20 @@ class ProcessServer:
         self._ensure_forwarder(disk)
         conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq,
                                            "level": self.level})
-        comp = Compressor()
         while not self._stop.is_set():
             # Group commit: take every frame that has already arrived (up to GATHER_BYTES), then
-            # append them all with one fsync and one ACK.
+            # append them all with one fsync and one ACK. Each frame is compressed by the pool as
+            # soon as it is read, so compression overlaps the reading of the next frame.
+            pending: list[Future[tuple[list[Record], int, int]]] = []
             records: list[Record] = []
             nbytes = 0
             try:
                 while True:
                     ftype, payload = conn.recv()
                     if ftype == FrameType.RECORDS:
-                        records += decode_records(payload)
+                        recs = decode_records(payload)
+                        records += recs
+                        pending.append(self._pool.submit(self._compress, recs, cache.last_seq))
                         nbytes += len(payload)
                     elif ftype != FrameType.PING:
                         conn.send_json(FrameType.ERROR, {"error": f"expected RECORDS, got {ftype.name}"})
@@ -216,17 +242,14 @@ class ProcessServer:
             if not records:
                 conn.send_json(FrameType.ACK, {"durable": cache.durable_seq, "applied": cache.acked_seq})
                 continue
-            payload_len = nbytes
-            self.metrics.bytes_in.labels(disk).inc(payload_len)
+            self.metrics.bytes_in.labels(disk).inc(nbytes)
             stored: list[Record] = []
             raw = packed = 0
-            for r in records:
-                if r.kind == Kind.WRITE and r.codec == CODEC_RAW and r.seq > cache.last_seq:
-                    codec, body = comp.compress(r.payload)
-                    raw += len(r.payload)
-                    packed += len(body)
-                    r = Record(r.kind, r.seq, r.offset, r.length, codec, body)
-                stored.append(r)
+            for fut in pending:
+                part, r_bytes, p_bytes = fut.result()
+                stored += part
+                raw += r_bytes
+                packed += p_bytes
             need = sum(r.size for r in stored)
             if self.used_bytes() + need > self.config.capacity_bytes:
                 fresh = [r.seq for r in records if r.seq > cache.last_seq]
@@ -244,6 +267,20 @@ class ProcessServer:
             self._times[disk].append((durable, time.time()))
             self._check_fill()
             conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
+
+    def _compress(self, records: list[Record], after_seq: int) -> tuple[list[Record], int, int]:
+        """Compress the payloads of new writes (pool thread); returns (records, raw bytes, stored bytes)."""
+        comp = self._compressors.get()
+        out: list[Record] = []
+        raw = packed = 0
+        for r in records:
+            if r.kind == Kind.WRITE and r.codec == CODEC_RAW and r.seq > after_seq:
+                codec, body = comp.compress(r.payload)
+                raw += len(r.payload)
+                packed += len(body)
+                r = Record(r.kind, r.seq, r.offset, r.length, codec, body)
+            out.append(r)
+        return out, raw, packed
 
     def _master_applied(self, disk: str, size: int) -> int | None:
         """The master target's applied sequence for `disk`, or None when it cannot be reached now."""
@@ -339,6 +376,7 @@ class ProcessServer:
     def close(self) -> None:
         self._stop.set()
         self.listener.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             threads = list(self._forwarders.values())
             caches = list(self._caches.values())

@@ -31,9 +31,18 @@ def _hello(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
 def test_agent_from_another_ca_is_refused(make_pipeline: Any, pki: Any) -> None:
     p = make_pipeline()
     assert _hello(p.ps.port, client_context(pki.agent))["durable"] == 0
+    # a client that trusts the deployment's CA but presents a certificate from another CA
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_cert_chain(pki.rogue_agent.cert, pki.rogue_agent.key)
+    ctx.load_verify_locations(pki.agent.ca)
     with pytest.raises(AgentError):
-        _hello(p.ps.port, client_context(pki.rogue_agent))
+        _hello(p.ps.port, ctx)
+    deadline = time.monotonic() + 5
+    while p.ps.listener.refused < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert p.ps.listener.refused >= 1
+    with pytest.raises(AgentError):  # and an agent never trusts a process server of another CA
+        _hello(p.ps.port, client_context(pki.rogue_agent))
 
 
 def test_agent_without_a_certificate_is_refused(make_pipeline: Any, pki: Any) -> None:
