@@ -10,12 +10,16 @@ records the recovery point in the catalog; retention prunes points as the window
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import xxhash
 
 from dr_agent.alerts import AlertLog
 from dr_agent.catalog import Catalog, Point
@@ -46,6 +50,24 @@ class MasterTargetConfig:
     container: str = "replicas"
     retention_s: float = 24 * 3600.0
     metrics_port: int | None = None             # None: no HTTP endpoint
+
+
+# Largest hash request (blocks): 64 Ki blocks of 4 KiB is 256 MiB of disk, a 1 MiB reply.
+MAX_HASH_BLOCKS = 65536
+
+
+def block_hashes(target: Target, req: dict[str, Any]) -> bytes:
+    first, count, bs = int(req["first_block"]), int(req["count"]), int(req["block_size"])
+    if bs <= 0 or bs % 512 or count < 0 or count > MAX_HASH_BLOCKS or first < 0:
+        raise ProtocolError(f"bad hash request {req}")
+    start = first * bs
+    end = min((first + count) * bs, target.size)
+    out = bytearray()
+    for pos in range(start, end, 4 * 1024 * 1024):
+        data = target.read(pos, min(4 * 1024 * 1024, end - pos))
+        view = memoryview(data)
+        out += b"".join(xxhash.xxh3_128_digest(view[i:i + bs]) for i in range(0, len(data), bs))
+    return bytes(out)
 
 
 class MasterTarget:
@@ -94,6 +116,9 @@ class MasterTarget:
         disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
         if not DISK_NAME.match(disk) or size <= 0 or size % 512:
             conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+            return
+        if hello.get("purpose") == "hashes":  # reads only: the disk's stream may go on meanwhile
+            self._serve_hashes(conn, self._target(disk, size))
             return
         with self._lock:
             lock = self._disk_locks.setdefault(disk, threading.Lock())
@@ -158,6 +183,15 @@ class MasterTarget:
                 applied = last
                 self.metrics.applied_seq.labels(disk).set(applied)
             conn.send_json(FrameType.ACK, {"applied": applied})
+
+    def _serve_hashes(self, conn: Connection, target: Target) -> None:
+        """Resync's target side: xxh3-128 digests of replica blocks, as capture's BlockHashSource."""
+        conn.send_json(FrameType.WELCOME, {"applied": target.applied_seq()})
+        while True:
+            ftype, payload = conn.recv()
+            if ftype != FrameType.HASHES:
+                raise ProtocolError(f"expected HASHES, got {ftype.name}")
+            conn.send_payload(FrameType.HASHES, block_hashes(target, json.loads(payload)))
 
     def _point(self, disk: str, target: Target, rec: Record) -> None:
         b = rec.bookmark()

@@ -27,7 +27,7 @@ from typing import Generic, Literal, TypeVar
 from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES, DiskCache
 from dr_agent.compress import CODEC_RAW, Compressor
-from dr_agent.errors import AgentError, CorruptData
+from dr_agent.errors import AgentError, CorruptData, ProtocolError
 from dr_agent.master_target import DISK_NAME
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
@@ -213,6 +213,9 @@ class ProcessServer:
             cache.rebase(base)
         cache.set_disk_size(size)
         self._ensure_forwarder(disk)
+        if hello.get("purpose") == "hashes":
+            self._relay_hashes(conn, disk, cache)
+            return
         conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq,
                                            "level": self.level})
         while not self._stop.is_set():
@@ -267,6 +270,31 @@ class ProcessServer:
             self._times[disk].append((durable, time.time()))
             self._check_fill()
             conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
+
+    def _relay_hashes(self, conn: Connection, disk: str, cache: DiskCache) -> None:
+        """Relay resync hash requests to the master target once everything cached is applied there."""
+        host, port = self.config.master_target
+        up = dial(host, port, self._client_ctx, server_hostname=self.config.master_target_hostname)
+        try:
+            up.send_json(FrameType.HELLO, {"disk": disk, "size": cache.disk_size, "purpose": "hashes"})
+            up.recv_json(FrameType.WELCOME)
+            conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq})
+            while not self._stop.is_set():
+                ftype, payload = conn.recv()
+                if ftype != FrameType.HASHES:
+                    raise ProtocolError(f"expected HASHES, got {ftype.name}")
+                with cache.changed:  # the replica must hold every change this agent sent first
+                    ok = cache.changed.wait_for(lambda: cache.acked_seq >= cache.durable_seq, timeout=300)
+                if not ok:
+                    conn.send_json(FrameType.ERROR, {"error": "the master target is not catching up"})
+                    return
+                up.send_payload(FrameType.HASHES, payload)
+                rtype, reply = up.recv()
+                if rtype != FrameType.HASHES:
+                    raise ProtocolError(f"master target answered {rtype.name} to HASHES")
+                conn.send_payload(FrameType.HASHES, reply)
+        finally:
+            up.close()
 
     def _compress(self, records: list[Record], after_seq: int) -> tuple[list[Record], int, int]:
         """Compress the payloads of new writes (pool thread); returns (records, raw bytes, stored bytes)."""

@@ -68,6 +68,7 @@ class FrameType(enum.IntEnum):
     FALLBACK = 5   # JSON: the cache is full; the agent tracks changes in a bitmap from "from_seq"
     ERROR = 6      # JSON: {"error": "..."}; the connection closes after it
     PING = 7       # JSON: keepalive / ask for an ACK
+    HASHES = 8     # JSON request {"first_block", "count", "block_size"}; reply: 16-byte xxh3-128 digests
 
 
 def _checksum(header_without_sum: bytes, payload: bytes | memoryview) -> int:

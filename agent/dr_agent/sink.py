@@ -45,6 +45,50 @@ class Fallback:
     reason: str
 
 
+class RemoteHashes:
+    """Capture's BlockHashSource for a resync: digests of the replica, through the process server.
+
+    The process server answers once every change it cached for the disk is applied, so the
+    digests describe the replica as of everything this agent sent before asking.
+    """
+
+    def __init__(self, *, disk: str, size: int, servers: list[tuple[str, int]], identity: Identity,
+                 server_hostname: str | None = None) -> None:
+        self.disk, self.size, self.servers = disk, size, list(servers)
+        self._ctx = client_context(identity)
+        self._hostname = server_hostname
+        self._conn: Connection | None = None
+
+    def _connect(self) -> Connection:
+        last: Exception | None = None
+        for host, port in self.servers:
+            try:
+                conn = dial(host, port, self._ctx, server_hostname=self._hostname)
+                conn.send_json(FrameType.HELLO, {"disk": self.disk, "size": self.size, "purpose": "hashes"})
+                conn.recv_json(FrameType.WELCOME)
+                return conn
+            except AgentError as err:
+                last = err
+        raise TransportError(f"no process server of {self.servers} serves hashes: {last}")
+
+    def hashes(self, first_block: int, count: int, block_size: int) -> list[bytes]:
+        if self._conn is None:
+            self._conn = self._connect()
+        self._conn.send_json(FrameType.HASHES, {"first_block": first_block, "count": count,
+                                                "block_size": block_size})
+        ftype, payload = self._conn.recv()
+        if ftype == FrameType.ERROR:
+            raise TransportError(f"hashes refused: {json.loads(payload).get('error')}")
+        if ftype != FrameType.HASHES or len(payload) % 16:
+            raise TransportError(f"expected 16-byte digests, got a {ftype.name} frame of {len(payload)} bytes")
+        return [payload[i:i + 16] for i in range(0, len(payload), 16)]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class ProcessServerSink:
     def __init__(self, *, disk: str, size: int, servers: list[tuple[str, int]], identity: Identity,
                  server_hostname: str | None = None, batch_bytes: int = BATCH_BYTES,
@@ -64,6 +108,7 @@ class ProcessServerSink:
         self._broken = True
         self._server = 0
         self.seq = 0
+        self._numbered = False  # True once a process server told us where the stream is
         self.durable = 0
         self.applied = 0
         self._pending: list[Record] = []
@@ -136,6 +181,10 @@ class ProcessServerSink:
 
     # -- internals ----------------------------------------------------------------------------
     def _add(self, rec: Record) -> None:
+        if not self._numbered:
+            # A (re)started agent continues the stream's numbering: learn it before the first change.
+            self._wait(lambda: self._numbered, "connect")
+            rec = Record(rec.kind, self.seq + 1, rec.offset, rec.length, rec.codec, rec.payload)
         self.seq = rec.seq
         self._pending.append(rec)
         self._pending_bytes += rec.size
@@ -210,8 +259,10 @@ class ProcessServerSink:
     def _resume(self, conn: Connection, durable: int, applied: int) -> None:
         with self._cv:
             self.reconnects += 1
-            if self.seq == 0 and not self._retained and not self._pending:
-                self.seq = durable  # a restarted agent continues the stream's numbering
+            if not self._numbered:
+                self.seq = max(self.seq, durable)  # a restarted agent continues the stream's numbering
+                self.durable = max(self.durable, durable)
+                self._numbered = True
             self._on_ack(durable, applied)
             replay = [r for r in self._retained if r.seq > durable]
             if replay and replay[0].seq != durable + 1:
