@@ -8,10 +8,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipeline_harness import MIB
-
 from dr_agent.capture.resync import resync
 from dr_agent.sink import RemoteHashes
+from pipeline_harness import MIB
 
 
 def test_resync_sends_only_the_differing_blocks(make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
