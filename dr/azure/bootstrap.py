@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,13 @@ from dr.errors import DrError
 from dr.model import Estate
 
 CONTROL_PORT = 443  # configuration server API and registration (ASR: HTTPS 443 to the CS)
-DATA_PORT = 9443  # process server -> master target replication stream (ASR's data port, 9443)
+# process server -> master target replication stream: the data path's master target port
+# (dr.cli.replica.MT_PORT; ASR used 9443, which the data path gives to the on-premises process server)
+DATA_PORT = 9444
 PASSPHRASE_SECRET = "registration-passphrase"  # Key Vault secret name of the vault registration passphrase
 ADMIN_PASSWORD_SECRET = "admin-password"  # Key Vault secret name of the Windows administrator password
 PYTHON_WINDOWS_VERSION = "3.11.9"  # last CPython 3.11 release with a Windows installer (python.org)
 RETENTION_LUN = 0  # the retention disk is the master target's first data disk
-STORAGE_ENV = "DR_STORAGE_CONNECTION_STRING"  # the variable dr-agent's master target reads (connection_string_env)
 # Azure accepts at most 64 KiB of custom data, base64-encoded (learn.microsoft.com, "Custom data and
 # cloud-init on Azure Virtual Machines").
 CUSTOM_DATA_MAX_BYTES = 65536
@@ -120,35 +122,33 @@ def retention_hours(estate: Estate, mts: MasterTarget) -> float:
     return max(windows).total_seconds() / 3600 if windows else 24.0
 
 
-def agent_toml(config: dict[str, Any], windows: bool) -> str:
-    """`dr-agent master-target --config` (TOML, [master_target]): the replica account of the MTS."""
-    base = "C:/ProgramData/dr" if windows else "/var/lib/dr-agent"
-    identity = "C:/ProgramData/dr/identity" if windows else "/etc/dr-agent/identity"
-    return _toml(
-        "master_target",
-        {
-            "identity": identity,
-            "state_dir": base,
-            "listen": f"0.0.0.0:{DATA_PORT}",
-            "storage": "azure",
-            "connection_string_env": STORAGE_ENV,
-            "container": naming.REPLICA_CONTAINER,
-            "retention_hours": config["retention"]["hours"],
-        },
-    )
+def data_path_configs(estate: Estate) -> dict[str, str]:
+    """Every service configuration the data path renders (`dr replica configs`), keyed
+    `<server>/<file>`: the stack ships the master targets' own, never types them a second time."""
+    from dr.cli.replica import render_configs
+    from dr.plan import make_plan
+
+    return render_configs(estate, make_plan(estate))
 
 
-def render_master_target(estate: Estate, plan: StackPlan, mts: MasterTarget, reg: Registration) -> str:
+def render_master_target(
+    estate: Estate, plan: StackPlan, mts: MasterTarget, reg: Registration, data_path: Mapping[str, str]
+) -> str:
     config = master_target_config(estate, plan, mts, reg)
     windows = mts.os == "windows"
     template = "windows/master-target.ps1.j2" if windows else "cloud-init/master-target.yaml.j2"
-    primary = config["storage_accounts"][0] if config["storage_accounts"] else ""
+    toml, unit = data_path[f"{mts.name}/master-target.toml"], data_path[f"{mts.name}/dr-master-target.service"]
+    storage = [
+        {"env": naming.storage_env(account), "uri": f"{reg.vault_uri}/secrets/{storage_secret(account)}"}
+        for account in config["storage_accounts"]
+    ]
     return _checked(
         mts.name,
         render(
             template,
-            agent_toml=agent_toml(config, windows),
-            storage_secret_uri=f"{reg.vault_uri}/secrets/{storage_secret(primary)}",
+            agent_toml=toml,
+            agent_unit=unit,
+            storage=storage,
             register_request=json.dumps({"name": mts.name, "role": "master-target"}),
             name=mts.name,
             estate=estate.estate,
@@ -157,7 +157,6 @@ def render_master_target(estate: Estate, plan: StackPlan, mts: MasterTarget, reg
             configuration_server=reg.configuration_server,
             package_version=reg.package_version,
             data_port=DATA_PORT,
-            storage_env=STORAGE_ENV,
             python_version=PYTHON_WINDOWS_VERSION,
         ),
     )

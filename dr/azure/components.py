@@ -191,7 +191,7 @@ def _inbound_rules(target: Target, port: int) -> list[network.SecurityRuleArgs]:
 
 class Network(pulumi.ComponentResource):
     """The recovery VNet and subnet (declared, or looked up when `existing: true`) and the NSGs:
-    `control` (configuration server, 443), `data` (master targets, 9443), `recovery` (failed-over
+    `control` (configuration server, 443), `data` (master targets, 9444), `recovery` (failed-over
     machines: Azure's defaults only)."""
 
     subnet_id: pulumi.Output[str]

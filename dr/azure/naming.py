@@ -3,10 +3,12 @@
 Pulumi-free on purpose: the master target (issue 6) and the failover runner (issue 7) compute the
 same blob addresses from the same functions.
 
-Replica layout (the contract with the data path): every protected disk is one page blob
-`replica/<machine>/<disk>.vhd` (container `replica`, a fixed VHD) in the storage account the plan
-assigns to that disk; master targets keep their recovery-point journal in container `retention` of
-their retention account. A failover imports the managed disks from exactly those blobs.
+Replica layout (the data path's, `dr replica configs` / dr-agent's master target): every protected
+disk is one page blob `replicas/<stream>.vhd` (container `replicas`, a fixed VHD; the stream name is
+`<machine>-<disk>`, `/` and `_` turned into `-`) in the storage account the plan assigns to that
+disk; master targets keep their recovery-point journal in container `retention` of their retention
+account. A failover imports the managed disks from exactly those blobs. tests/stacks checks these
+names against the data path's own renderer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-REPLICA_CONTAINER = "replica"
+REPLICA_CONTAINER = "replicas"  # dr-agent master target's container (blueprints/agent/master-target.toml.j2)
 RETENTION_CONTAINER = "retention"
 # Azure naming rules (learn.microsoft.com, "Naming rules and restrictions for Azure resources").
 STORAGE_NAME_MAX = 24  # storage accounts: 3-24 lower-case letters and digits, globally unique
@@ -49,9 +51,19 @@ def key_vault_name(estate: str, resource_group: str) -> str:
     return estate[: KEYVAULT_NAME_MAX - len(suffix)].rstrip("-") + suffix
 
 
+def stream_name(machine: str, disk: str) -> str:
+    """The data path's name of a disk's replication stream: `<machine>-<disk>` (dr.cli.replica)."""
+    return f"{machine}-{disk}".replace("/", "-").replace("_", "-")
+
+
 def replica_blob(machine: str, disk: str) -> str:
-    """Blob name of a disk's replica inside container `replica`."""
-    return f"{machine}/{disk}.vhd"
+    """Blob name of a disk's replica inside container `replicas`: `<stream>.vhd`."""
+    return f"{stream_name(machine, disk)}.vhd"
+
+
+def storage_env(account: str) -> str:
+    """The environment variable holding an account's connection string on a master target."""
+    return f"DR_STORAGE_{account.upper()}"
 
 
 def replica_blob_url(account: str, machine: str, disk: str) -> str:

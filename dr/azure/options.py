@@ -118,18 +118,18 @@ def check(estate: Estate, plan: StackPlan, options: StackOptions) -> None:
         if not servers:
             problems.append(
                 "connectivity is internet but no site declares a process server: declare them with "
-                "public_address so 443/9443 open to those addresses only"
+                "public_address so 443/9444 open to those addresses only"
             )
         for ps in servers:
             if ps.public_address is None or not _is_ip(ps.public_address):
                 problems.append(
                     f"process server {ps.name} has public_address {ps.public_address!r}, expected an IP "
-                    "address (connectivity internet opens 443/9443 to it only)"
+                    "address (connectivity internet opens 443/9444 to it only)"
                 )
     elif not azure.on_premises_prefixes and not primary_site_sources(estate, DATA_PORT_ROLE):
         problems.append(
             f"connectivity is {azure.connectivity} but neither azure.on_premises_prefixes nor a process "
-            "server address (an IP) is declared: list the primary site's prefixes so 443/9443 open to them only"
+            "server address (an IP) is declared: list the primary site's prefixes so 443/9444 open to them only"
         )
     if any(m.os == "windows" for m in plan.master_targets) and options.admin_password is None:
         problems.append(

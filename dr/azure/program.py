@@ -116,6 +116,7 @@ class DrEstate(pulumi.ComponentResource):
             )
             servers[cs.name] = {"private_ip": server.private_ip, "public_ip": server.public_ip}
         master_targets: dict[str, Any] = {}
+        data_path = bootstrap.data_path_configs(estate) if plan.master_targets else {}
         for mts in plan.master_targets:
             used = sorted({plan.account_of_disk(m, d.name).name for m in mts.machines for d in estate.machine(m).disks})
             retention = plan.retention_account_of(mts.name)
@@ -129,7 +130,7 @@ class DrEstate(pulumi.ComponentResource):
                 accounts=tier.accounts,
                 account_names=used,
                 key_vault=kv.vault,
-                custom_data=bootstrap.render_master_target(estate, plan, mts, registration),
+                custom_data=bootstrap.render_master_target(estate, plan, mts, registration, data_path),
                 admin_user=options.admin_user,
                 ssh_public_key=options.ssh_public_key,
                 admin_password=options.admin_password,
@@ -176,7 +177,7 @@ class DrEstate(pulumi.ComponentResource):
             "configuration_servers": servers,
             "master_targets": master_targets,
             "recovery_plans": sites,
-            "replica_layout": f"{naming.REPLICA_CONTAINER}/<machine>/<disk>.vhd",
+            "replica_layout": f"{naming.REPLICA_CONTAINER}/<machine>-<disk>.vhd",
         }
         self.register_outputs(self.outputs)
 

@@ -34,8 +34,10 @@ from dr.azure import bootstrap, naming
 from dr.azure.components import OPENED_PORTS, TEST_ISOLATION_RULE
 from dr.azure.contract import StackPlan
 from dr.azure.options import StackInvalid, check
+from dr.cli.replica import MT_PORT, render_configs, stream_name
 from dr.errors import DrError
 from dr.model import Estate
+from dr.plan import make_plan
 from dr.preview import Preview, preview, preview_options, render_markdown, render_text, resource_delta
 
 SDK = {  # type token -> SDK class, to ask the SDK itself which types take tags
@@ -88,7 +90,10 @@ def test_counts_and_sizes_equal_the_plan(example: tuple[str, Estate, StackPlan])
         naming.storage_account_name(estate.estate, a.name) for a in plan.storage_accounts
     )
     containers = sorted(c.inputs["containerName"] for c in result.of_type(":storage:BlobContainer"))
-    assert containers == sorted("replica" if a.purpose == "replica" else "retention" for a in plan.storage_accounts)
+    assert containers == sorted(
+        naming.REPLICA_CONTAINER if a.purpose == "replica" else naming.RETENTION_CONTAINER
+        for a in plan.storage_accounts
+    )
     # every MTS gets exactly one retention disk, attached at LUN 0
     retention = [d for d in result.of_type(":compute:Disk") if d.inputs["tags"]["dr-role"] == "retention-disk"]
     assert len(retention) == len(plan.master_targets)
@@ -279,6 +284,7 @@ def test_cloud_init_parses_and_carries_the_registration_values() -> None:
         r.inputs for r in result.of_type(":compute:VirtualMachine") if "linuxConfiguration" in r.inputs["osProfile"]
     ]
     assert len(linux) == len(plan.config_servers) + sum(1 for m in plan.master_targets if m.os == "linux")
+    data_path = render_configs(estate, make_plan(estate))
     cs_ip = next(
         n.inputs
         for n in result.of_type(":network:NetworkInterface")
@@ -298,16 +304,29 @@ def test_cloud_init_parses_and_carries_the_registration_values() -> None:
             assert {d["disk"] for d in config["disks"]} == {
                 f"{m}/{d.name}" for m in mts.machines for d in estate.machine(m).disks
             }
-            agent = tomllib.loads(files["/etc/dr-agent/master-target.toml"]["content"])["master_target"]
-            assert agent["listen"] == f"0.0.0.0:{bootstrap.DATA_PORT}" and agent["container"] == "replica"
-            assert agent["storage"] == "azure" and agent["connection_string_env"] == bootstrap.STORAGE_ENV
+            toml = files["/etc/dr-agent/master-target.toml"]["content"]
+            # the data path's own config (YAML's `|` keeps one final newline)
+            assert toml.rstrip("\n") == data_path[f"{mts.name}/master-target.toml"].rstrip("\n")
+            agent = tomllib.loads(toml)["master_target"]
+            assert agent["listen"] == f"0.0.0.0:{bootstrap.DATA_PORT}" and agent["storage"] == "azure"
+            assert agent["container"] == naming.REPLICA_CONTAINER
+            envs = set(agent["disk_connection_string_env"].values())
+            assert envs == {naming.storage_env(a) for a in config["storage_accounts"]}
+            assert set(agent["disk_connection_string_env"]) == {
+                naming.stream_name(m, d.name) for m in mts.machines for d in estate.machine(m).disks
+            }
             script = files["/usr/local/lib/dr/bootstrap.py"]["content"]
             compile(script, "bootstrap.py", "exec")  # the first-boot script is valid Python
             assert f"https://{cs_ip}:{bootstrap.CONTROL_PORT}/api/v1/register" in script
             assert passphrase_uri in script and '"role": "master-target"' in script
-            assert f"/secrets/storage-{config['storage_accounts'][0]}" in script
+            for account in config["storage_accounts"]:  # every connection string the TOML names
+                assert (
+                    f'"{naming.storage_env(account)}=" + secret("https://{kv}.vault.azure.net/secrets/storage-{account}")'
+                    in script
+                )
             service = files["/etc/systemd/system/dr-master-target.service"]["content"]
-            assert "dr-agent master-target --config /etc/dr-agent/master-target.toml" in service
+            assert service.rstrip("\n") == data_path[f"{mts.name}/dr-master-target.service"].rstrip("\n")
+            assert "EnvironmentFile=-/etc/dr-agent/env" in service and "/etc/dr-agent/env" in script
         else:
             config = json.loads(files["/etc/dr/config-server.json"]["content"])
             shipped = json.loads(gzip.decompress(base64.b64decode(files["/etc/dr/dr.yaml"]["content"])))
@@ -327,7 +346,7 @@ def test_windows_bootstrap_carries_the_registration_values() -> None:
     estate, plan = estate_and_plan("sharepoint")
     mts = plan.master_targets[0]
     reg = bootstrap.Registration("https://10.50.1.4:443", bootstrap.passphrase_secret_uri("kv1"), "0.1.0")
-    script = bootstrap.render_master_target(estate, plan, mts, reg)
+    script = bootstrap.render_master_target(estate, plan, mts, reg, bootstrap.data_path_configs(estate))
     assert mts.os == "windows"
     start = script.index("$config = @'\n") + len("$config = @'\n")
     config = json.loads(script[start : script.index("\n'@", start)])
@@ -336,6 +355,7 @@ def test_windows_bootstrap_carries_the_registration_values() -> None:
         config["registration"]["passphrase_secret_uri"] == "https://kv1.vault.azure.net/secrets/registration-passphrase"
     )
     assert "-Uri 'https://10.50.1.4:443/api/v1/register'" in script
+    assert "master-target --config $agent\\master-target.toml" in script
     assert "/secrets/storage-" in script and "preview-placeholder" not in script
 
 
@@ -476,3 +496,16 @@ def test_cloud_init_passes_cloud_inits_own_schema(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"  # the check can fail: a cloud-config cloud-init refuses
     broken.write_text("#cloud-config\npackages: 5\n")
     assert subprocess.run([tool, "schema", "--config-file", str(broken)], capture_output=True, timeout=60).returncode
+
+
+def test_names_and_ports_agree_with_the_data_path() -> None:
+    """The stack opens the master target's real port and imports the blobs the master target writes."""
+    assert bootstrap.DATA_PORT == MT_PORT
+    for machine, disk in [("sql01", "data"), ("web_01", "c"), ("db", "vol/1")]:
+        assert naming.replica_blob(machine, disk) == f"{stream_name(machine, disk)}.vhd"
+    estate, plan = estate_and_plan("sharepoint")
+    configs = render_configs(estate, make_plan(estate))
+    for mts in plan.master_targets:
+        agent = tomllib.loads(configs[f"{mts.name}/master-target.toml"])["master_target"]
+        assert agent["container"] == naming.REPLICA_CONTAINER
+        assert agent["listen"].endswith(f":{bootstrap.DATA_PORT}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 from stack_examples import EXAMPLES, ROOT
 
+from dr.azure.bootstrap import CONTROL_PORT, DATA_PORT
 from dr.cli import cli
 
 PROBE = """
@@ -84,7 +85,7 @@ def test_preview_json_markdown_and_text(tmp_path: Path) -> None:
     markdown = dr("--format", "markdown").stdout
     assert markdown.startswith("### Azure resources of `contoso-sharepoint`") and "| Type | Name | Parent |" in markdown
     text = dr().stdout
-    assert "allow Tcp/443" in text and "allow Tcp/9443" in text and "RecoveryVm" not in text
+    assert f"allow Tcp/{CONTROL_PORT}" in text and f"allow Tcp/{DATA_PORT}" in text and "RecoveryVm" not in text
     bad = dr("--failover", "test", "--plan", "nope")
     assert bad.exit_code == 1 and bad.stderr.startswith("dr: error:") and "dr:failover_plan" in bad.stderr
     plan_json = tmp_path / "plan.json"
