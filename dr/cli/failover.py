@@ -174,6 +174,25 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
     _render_job(runner.run(job_id), fmt)
 
 
+def _with_reverse_replication(runner: Any, storage: str | None, extra: dict[str, Any]) -> Any:
+    import dataclasses
+
+    from dr.failover.datapath import AgentReverseReplication
+    from dr.server.settings import STORAGE_ENV
+
+    missing = [f"--{k.replace('_', '-')}" for k in ("reverse_process_server", "identity", "onprem_catalog",
+                                                     "restore_dir") if not extra.get(k)]
+    if missing:
+        raise UsageError(f"failback replicates back on premises: give {', '.join(missing)}")
+    host, _, port = str(extra["reverse_process_server"]).rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--reverse-process-server expects HOST:PORT, found {extra['reverse_process_server']!r}")
+    replication = AgentReverseReplication(
+        connection_string=storage or os.environ.get(STORAGE_ENV, ""), process_server=(host, int(port)),
+        identity_dir=extra["identity"], onprem_catalog=extra["onprem_catalog"], restore_dir=extra["restore_dir"])
+    return dataclasses.replace(runner, env=dataclasses.replace(runner.env, replication=replication))
+
+
 def _follow_up(verb: str) -> Any:
     @click.argument("job")
     @_common
@@ -190,6 +209,8 @@ def _follow_up(verb: str) -> Any:
             estate, _ = load_valid(spec or Path(record.spec))
             failback_steps(estate, find_plan(estate, record.plan))
         runner = _runner(spec or Path(record.spec), state, storage, catalog, quiet=fmt == "json")
+        if verb == "failback":
+            runner = _with_reverse_replication(runner, storage, extra)
         if verb == "commit":
             new = runner.start_commit(job)
         elif verb == "cleanup":
@@ -209,9 +230,23 @@ failover.command("commit", help="Commit a planned or unplanned failover: drop th
                  "\b\nExample:\n    dr failover commit 20261124-230000-ab12cd")(_follow_up("commit"))
 failover.command("cleanup", help="Remove a test failover's resources (its resource group's disks).\n\n"
                  "\b\nExample:\n    dr failover cleanup 20261124-230000-ab12cd")(_follow_up("cleanup"))
+_failback = _follow_up("failback")
+for _option in reversed([
+    click.option("--reverse-process-server", metavar="HOST:PORT",
+                 help="the process server that carries reverse replication to the on-premises master target"),
+    click.option("--identity", type=click.Path(file_okay=False, path_type=Path),
+                 help="this runner's agent identity directory (cert.pem, key.pem, ca.pem from registration)"),
+    click.option("--onprem-catalog", type=click.Path(path_type=Path),
+                 help="the on-premises master target's catalog.sqlite"),
+    click.option("--restore-dir", type=click.Path(file_okay=False, path_type=Path),
+                 help="where the vSphere VMs' disks are restored (a datastore path)"),
+]):
+    _failback = _option(_failback)
 failover.command("failback", help="Reprotect (reverse replication) and fail back to vSphere, in plan order. "
                  "Physical machines cannot fail back (as in ASR).\n\n"
-                 "\b\nExample:\n    dr failover failback 20261124-230000-ab12cd")(_follow_up("failback"))
+                 "\b\nExample:\n    dr failover failback JOB --reverse-process-server ps-azure:9443 \\\n"
+                 "        --identity /etc/dr/runner --onprem-catalog /var/lib/dr-agent/mt/catalog.sqlite \\\n"
+                 "        --restore-dir /vmfs/volumes/ds1/restore")(_failback)
 failover.command("change-point", help="Materialize a failed-over plan at another recovery point (before "
                  "commit).\n\n\b\nExample:\n    dr failover change-point JOB --point latest-app")(
     click.option("--point", required=True, help="latest | latest-processed | latest-app | latest-multi-vm | a time")(

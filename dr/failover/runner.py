@@ -127,6 +127,22 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, job_id: str) -> JobRecord:
+        """Run (or resume) a job to its end. Raises FailoverError when a step fails; any other error
+        (the store unreachable, an interrupt) leaves the job failed with the reason, resumable."""
+        try:
+            return self._run(job_id)
+        except (FailoverError, PlanNotRunnable):
+            raise
+        except BaseException as err:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            try:
+                self.jobs.set_job(job_id, "failed", error=f"the runner stopped: {reason}")
+                self.jobs.log(job_id, f"the runner stopped: {reason}")
+            except Exception:  # the original error matters more than this one
+                pass
+            raise
+
+    def _run(self, job_id: str) -> JobRecord:
         job = self.jobs.get(job_id)
         if job.state == "succeeded":
             self.echo(f"job {job_id} has already succeeded: nothing to do")

@@ -47,7 +47,6 @@ MIB = 1024 * 1024
 DISK_BYTES = 2 * MIB
 # The data path applies everything within this (seconds, generous for a loaded 2-core machine).
 APPLY_TIMEOUT_S = 120
-REPLICA_CONTAINER = "replica"
 # The live writer's point interval during the failover (seconds; every point is a page blob snapshot).
 LIVE_POINT_EVERY_S = 0.5
 
@@ -80,6 +79,7 @@ class Site:
     disks: dict[tuple[str, str], Disk]
     catalog: Path
     closers: list[Any]
+    replicas: str  # the master target's container (one per test: Azurite is shared by the session)
 
 
 def _register(server: ConfigServer, root: Path, name: str, role: str, machine: str | None = None) -> Any:
@@ -102,9 +102,10 @@ def site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[Site]:
     server.init_vault(PASSPHRASE)
     ids = tmp_path / "identities"
     closers: list[Any] = []
+    replicas = f"replica-{time.time_ns()}"
     mt = MasterTarget(MasterTargetConfig(identity=_register(server, ids, "mt01", "master_target"),
                                          state_dir=tmp_path / "mt", storage="azure", connection_string=azurite,
-                                         container=REPLICA_CONTAINER))
+                                         container=replicas))
     closers.append(mt)
     ps = ProcessServer(ProcessServerConfig(identity=_register(server, ids, "ps01", "process_server"),
                                            cache_dir=tmp_path / "ps", master_target=("127.0.0.1", mt.port),
@@ -120,10 +121,25 @@ def site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[Site]:
             closers.append(sink)
             disks[(machine.name, disk.name)] = Disk(sink=sink)
     try:
-        yield Site(server=server, disks=disks, catalog=tmp_path / "mt" / "catalog.sqlite", closers=closers)
+        yield Site(server=server, disks=disks, catalog=tmp_path / "mt" / "catalog.sqlite", closers=closers,
+                   replicas=replicas)
     finally:
         for closer in reversed(closers):
             closer.close()
+
+
+def _background(runner: Runner, job_id: str, done: dict[str, Any]) -> threading.Thread:
+    """Run the job in a thread; its result or its exception lands in `done`."""
+
+    def run() -> None:
+        try:
+            done["job"] = runner.run(job_id)
+        except BaseException as err:  # reported by the test's assertion
+            done["error"] = repr(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def _spec_dir(tmp_path: Path) -> Path:
@@ -180,8 +196,7 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     jobs = Jobs(store=site.server.store)
     job_id = runner.start_failover("sharepoint", "test", Choice.parse("latest-multi-vm"))
     done: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: done.setdefault("job", runner.run(job_id)), daemon=True)
-    thread.start()
+    thread = _background(runner, job_id, done)
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while not any(s.state == "waiting" for s in jobs.get(job_id).steps):
         assert thread.is_alive() and time.monotonic() < deadline, jobs.get(job_id).error
@@ -193,7 +208,7 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     stop.set()
     writer.join(timeout=10)
     job = jobs.get(job_id)
-    assert job.state == "succeeded", job.error
+    assert job.state == "succeeded", (job.error, done.get("error"))
 
     # Groups started in order (directory, database, application, web), each after the previous ended.
     machine_steps = [s for s in job.steps if s.kind == "failover_machine"]
@@ -223,14 +238,14 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     collect_catalog(site.server, "mt01", site.catalog)
     live = [p for p in site.server.recovery_points("sql01", "data") if p["point_id"].startswith("live-")]
     assert live, "no recovery point arrived while the failover ran"
-    replica = blob_bytes(azurite, REPLICA_CONTAINER, f"{stream_name('sql01', 'data')}.vhd")
+    replica = blob_bytes(azurite, site.replicas, f"{stream_name('sql01', 'data')}.vhd")
     assert replica[:DISK_BYTES] == bytes(data.data)
 
     # Cleanup removes the test resources and nothing else.
     cleanup = runner.run(runner.start_cleanup(job_id))
     assert cleanup.state == "succeeded"
     assert env.disks.list_disks(group) == []
-    assert len(BlobDiskStore(connection_string=azurite).list_disks(REPLICA_CONTAINER)) == 7
+    assert len(BlobDiskStore(connection_string=azurite).list_disks(site.replicas)) == 7
 
 
 def _confirm_waiting(jobs: Jobs, job_id: str, thread: threading.Thread) -> None:
@@ -285,20 +300,20 @@ def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, 
     jobs = Jobs(store=server.store)
 
     failover = runner.start_failover("db", "unplanned", Choice.parse("latest-app"))
-    thread = threading.Thread(target=lambda: runner.run(failover), daemon=True)
-    thread.start()
+    done: dict[str, Any] = {}
+    thread = _background(runner, failover, done)
     _confirm_waiting(jobs, failover, thread)  # the source shutdown, by the operator
     thread.join(timeout=APPLY_TIMEOUT_S)
-    assert jobs.get(failover).state == "succeeded", jobs.get(failover).error
+    assert jobs.get(failover).state == "succeeded", (jobs.get(failover).error, done.get("error"))
 
     failback = runner.start_failback(failover)
     assert [s.kind for s in jobs.get(failback).steps] == ["reprotect", "shutdown", "failback_machine"]
-    thread = threading.Thread(target=lambda: runner.run(failback), daemon=True)
-    thread.start()
+    done = {}
+    thread = _background(runner, failback, done)
     _confirm_waiting(jobs, failback, thread)  # the Azure VM's shutdown
     thread.join(timeout=APPLY_TIMEOUT_S)
     job = jobs.get(failback)
-    assert job.state == "succeeded", job.error
+    assert job.state == "succeeded", (job.error, done.get("error"))
     assert "reverse replication to the on-premises master target" in job.steps[0].output
     # The vSphere VM's disks are back, equal to what the Azure VM ran on (the p1 point).
     for name, disk in sql01.items():
