@@ -160,20 +160,32 @@ def initial_sync(source: Path | str, sink: ChangeSink, *, checkpoint: Path, targ
 
 
 def _nonzero_runs(data: bytes, block_size: int, zeros: bytes) -> list[tuple[int, int]]:
-    """Byte ranges [lo, hi) of `data` made of consecutive blocks that are not all zeros."""
-    if data.count(0) == len(data):
-        return []
-    view = memoryview(data)
+    """Byte ranges [lo, hi) of `data` made of consecutive blocks that are not all zeros.
+
+    Fast paths first (measured: per-block memoryview comparisons made this the initial sync's hot
+    spot, slower than reading the disk): a chunk with no block of zeros in it at all (one substring
+    search), then a loop over block-sized bytes slices. A short last block is checked on its own.
+    """
+    n = len(data)
+    full = n - n % block_size
     runs: list[tuple[int, int]] = []
-    lo = -1
-    for i in range(0, len(data), block_size):
-        block = view[i:i + block_size]
-        is_zero = block == zeros[:len(block)]
-        if not is_zero and lo < 0:
-            lo = i
-        elif is_zero and lo >= 0:
-            runs.append((lo, i))
-            lo = -1
-    if lo >= 0:
-        runs.append((lo, len(data)))
+    if zeros not in data:
+        if full:
+            runs.append((0, full))
+    else:
+        lo = -1
+        for i in range(0, full, block_size):
+            if data[i:i + block_size] == zeros:
+                if lo >= 0:
+                    runs.append((lo, i))
+                    lo = -1
+            elif lo < 0:
+                lo = i
+        if lo >= 0:
+            runs.append((lo, full))
+    if full < n and data[full:].strip(b"\0"):  # a short last block with data in it
+        if runs and runs[-1][1] == full:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((full, n))
     return runs

@@ -18,6 +18,8 @@ from dr_agent.capture.errors import CaptureError, CheckpointMismatch
 from dr_agent.capture.filetarget import FileTarget
 from dr_agent.capture.initial_sync import initial_sync, read_checkpoint
 from dr_agent.capture.resync import resync
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 BS = 4096
 
@@ -163,3 +165,28 @@ def test_a_checkpoint_of_another_target_is_refused(tmp_path: Path) -> None:
     with FileTarget(tmp_path / "r2.img", 4 * MiB) as target, \
             pytest.raises(CheckpointMismatch, match="delete it to sync from the start"):
         initial_sync(source, target, checkpoint=ckpt, target="disk1", chunk=MiB, checkpoint_every=MiB)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["zero", "data", "one-byte"]), min_size=1, max_size=12), st.integers(0, BS - 1))
+def test_nonzero_runs_match_a_block_by_block_scan(kinds: list[str], tail: int) -> None:
+    from dr_agent.capture.initial_sync import _nonzero_runs
+
+    rng = random.Random(len(kinds) * 7919 + tail)
+    data = bytearray()
+    for kind in kinds:
+        block = bytearray(BS)
+        if kind == "data":
+            block = bytearray(rng.randbytes(BS))
+        elif kind == "one-byte":
+            block[rng.randrange(BS)] = 1
+        data += block
+    data = data[:len(data) - tail] if tail < len(data) else data
+    expected: list[tuple[int, int]] = []
+    for i in range(0, len(data), BS):
+        if any(data[i:i + BS]):
+            if expected and expected[-1][1] == i:
+                expected[-1] = (expected[-1][0], min(i + BS, len(data)))
+            else:
+                expected.append((i, min(i + BS, len(data))))
+    assert _nonzero_runs(bytes(data), BS, bytes(BS)) == expected
