@@ -40,7 +40,7 @@ from dr.model import Estate
 from dr.plan import make_plan
 from dr.preview import Preview, preview, preview_options, render_markdown, render_text, resource_delta
 
-SDK = {  # type token -> SDK class, to ask the SDK itself which types take tags
+SDK: dict[str, Any] = {  # type token -> SDK class, to ask the SDK itself which types take tags
     "azure-native:resources:ResourceGroup": resources.ResourceGroup,
     "azure-native:network:VirtualNetwork": network.VirtualNetwork,
     "azure-native:network:Subnet": network.Subnet,
@@ -407,7 +407,7 @@ def test_outputs_under_pulumi_runtime_test() -> None:
     def body() -> None:
         pulumi.runtime.set_mocks(azure_mocks, project="dr-azure", stack="unit", preview=False)
 
-        @pulumi.runtime.test
+        @pulumi.runtime.test  # type: ignore[untyped-decorator]
         def check() -> pulumi.Output[Any]:
             declared = declare(estate, plan, preview_options(estate, plan))
 
@@ -442,7 +442,9 @@ def test_resource_delta_names_added_disks_and_vms() -> None:
     assert not delta["removed"]
     changed = {c["name"]: c["changes"] for c in delta["changed"]}
     moved = {n for n in changed if n.endswith("-vm") and "bootstrap" in changed[n]}
-    assert moved == {f"{s.name}-vm" for s in [*plan.config_servers, *plan.master_targets]}, changed
+    assert moved == {
+        f"{s}-vm" for s in [*(c.name for c in plan.config_servers), *(m.name for m in plan.master_targets)]
+    }, changed
 
 
 def test_existing_network_split_regions_and_kept_addresses() -> None:

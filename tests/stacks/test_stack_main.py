@@ -29,7 +29,7 @@ def test_main_reads_stack_config_and_declares_the_estate() -> None:
             secret_keys=["dr:registrationPassphrase", "dr:adminPassword"],
         )
         mocks.set_mocks(azure_mocks, project="dr-azure", stack="ci", preview=True, monitor=recorder)
-        mocks.test(lambda: runpy.run_path(str(ROOT / "stacks" / "azure" / "__main__.py"), run_name="__main__"))()
+        mocks.test(lambda: runpy.run_path(str(ROOT / "stacks" / "azure" / "__main__.py"), run_name="__main__"))()  # type: ignore[no-untyped-call]
 
     contextvars.Context().run(body)
     types = [d.type for d in recorder.declarations]
