@@ -273,7 +273,7 @@ def test_group_point_over_mutual_tls_with_a_tracking_mode_machine(vms: list[Vm],
     certificates from the registration CA; an agent with another CA's certificate is refused."""
     from capture_helpers import first_difference, mkfs_ext4, run
     from dr_agent.capture.tracking import TrackingAgent
-    from dr_agent.pki import client_context, server_context
+    from dr_agent.pki import Identity, client_context, server_context
 
     web = vms[0]
     _, dev = loop_file(32 * MiB)
@@ -290,7 +290,7 @@ def test_group_point_over_mutual_tls_with_a_tracking_mode_machine(vms: list[Vm],
 
     server_ctx = server_context(pki.process_server)
 
-    def tls(ident):  # type: ignore[no-untyped-def]
+    def tls(ident: Identity) -> Callable[[], socket.socket]:
         ctx = client_context(ident)
         def connect() -> socket.socket:
             return ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname="127.0.0.1")

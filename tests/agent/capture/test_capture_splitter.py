@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def file_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and "lost+found" not in p.parts}
 
 
-def test_ext4_through_the_splitter_replica_identical_at_every_barrier(split_disk, tmp_path: Path) -> None:
+def test_ext4_through_the_splitter_replica_identical_at_every_barrier(split_disk: Callable[..., SplitDisk],
+                                                                     tmp_path: Path) -> None:
     disk: SplitDisk = split_disk(96 * MiB)
     mkfs_ext4(disk.dev)  # mkfs discards the whole device first: a discard through the splitter
     assert disk.target.received.discards >= 1
@@ -80,7 +82,7 @@ def test_ext4_through_the_splitter_replica_identical_at_every_barrier(split_disk
         run("umount", str(check))
 
 
-def test_discard_and_zeroout_reach_the_replica_as_holes(split_disk) -> None:
+def test_discard_and_zeroout_reach_the_replica_as_holes(split_disk: Callable[..., SplitDisk]) -> None:
     disk: SplitDisk = split_disk(32 * MiB, check_barriers=False)
     with open(disk.dev, "r+b", buffering=0) as dev:
         dev.write(os.urandom(32 * MiB))
@@ -102,7 +104,7 @@ def test_discard_and_zeroout_reach_the_replica_as_holes(split_disk) -> None:
         assert os.lseek(f.fileno(), 4 * MiB, os.SEEK_HOLE) == 4 * MiB
 
 
-def test_crash_bookmark_falls_after_every_earlier_write(split_disk) -> None:
+def test_crash_bookmark_falls_after_every_earlier_write(split_disk: Callable[..., SplitDisk]) -> None:
     disk: SplitDisk = split_disk(16 * MiB)
     with open(disk.dev, "r+b", buffering=0) as dev:
         dev.write(b"a" * MiB)
@@ -196,7 +198,8 @@ def test_refuses_a_mount_point_in_use(tmp_path: Path) -> None:
     assert subprocess.run(["mountpoint", "-q", str(fuse_dir)]).returncode != 0
 
 
-def test_initial_sync_of_a_disk_in_use_through_the_splitter(split_disk, tmp_path: Path) -> None:
+def test_initial_sync_of_a_disk_in_use_through_the_splitter(split_disk: Callable[..., SplitDisk],
+                                                           tmp_path: Path) -> None:
     """An existing disk gets protected: the splitter forwards new writes while the initial sync
     copies the rest; once both are done the replica equals the disk."""
     from dr_agent.capture.initial_sync import initial_sync
