@@ -27,6 +27,7 @@ production churn also carries compressed media, backups and encrypted data that 
 
 from __future__ import annotations
 
+from dr.duration import format_duration
 from dr.plan.context import Inputs, Notes
 from dr.plan.packing import r3
 from dr.plan.result import Bandwidth, GroupBandwidth
@@ -51,9 +52,9 @@ def plan_bandwidth(inputs: Inputs, notes: Notes) -> list[Bandwidth]:
         if group.policy.rpo_threshold <= group.policy.crash_consistent_every:
             notes.error(
                 f"protection_groups.{g_index}.policy.rpo_threshold",
-                f"group {group.name}: an RPO threshold of {group.policy.rpo_threshold} cannot be met with "
-                f"crash-consistent points every {group.policy.crash_consistent_every}: make the threshold "
-                "longer than the interval (ASR's defaults: 15m and 5m)",
+                f"group {group.name}: an RPO threshold of {format_duration(group.policy.rpo_threshold)} cannot "
+                f"be met with crash-consistent points every {format_duration(group.policy.crash_consistent_every)}: "
+                "make the threshold longer than the interval (ASR's defaults: 15m and 5m)",
             )
 
     by_site: dict[str, list[int]] = {}

@@ -28,7 +28,7 @@ import pulumi_azure_native.storage as storage
 import pulumi_azure_native.trafficmanager as trafficmanager
 import pytest
 from ruamel.yaml import YAML
-from stack_examples import estate_and_plan, linux_estate_planned
+from stack_examples import estate_and_plan
 
 from dr.azure import bootstrap, naming
 from dr.azure.components import OPENED_PORTS, TEST_ISOLATION_RULE
@@ -276,7 +276,7 @@ def test_secrets_never_in_clear(example: tuple[str, Estate, StackPlan]) -> None:
 
 
 def test_cloud_init_parses_and_carries_the_registration_values() -> None:
-    estate, plan = linux_estate_planned()
+    estate, plan = estate_and_plan("linux-estate")
     result = preview(estate, plan)
     kv = naming.key_vault_name(estate.estate, estate.azure.resource_group)
     passphrase_uri = f"https://{kv}.vault.azure.net/secrets/registration-passphrase"
@@ -483,7 +483,7 @@ def test_cloud_init_passes_cloud_inits_own_schema(tmp_path: Path) -> None:
     tool = shutil.which("cloud-init")
     if tool is None:
         pytest.skip("cloud-init is not installed (bash .ci/setup.d/45-pulumi.sh installs it)")
-    estate, plan = linux_estate_planned()
+    estate, plan = estate_and_plan("linux-estate")
     checked = 0
     for vm in preview(estate, plan).of_type(":compute:VirtualMachine"):
         profile = vm.inputs["osProfile"]
