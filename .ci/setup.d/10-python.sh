@@ -3,7 +3,7 @@
 set -euo pipefail
 extras="azure,vmware,agent,server,dev"
 if [ -f agent/pyproject.toml ]; then
-  pip install -q -e ./agent -e ".[$extras]"
+  pip install -q -e "./agent[capture,azure,metrics]" -e ".[$extras]"
 else
   pip install -q -e ".[$extras]"
 fi
