@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dr_agent.changes import BookmarkKind
-from dr_agent.errors import AgentError, TransportError
+from dr_agent.errors import AgentError, CacheFull, TransportError
 from dr_agent.pki import Identity, client_context
 from dr_agent.records import FrameType, Kind, Record, bookmark_record
 from dr_agent.transport import PING_INTERVAL_S, Connection, dial
@@ -129,32 +129,66 @@ class ProcessServerSink:
         self._keepalive.start()
 
     # -- ChangeSink ---------------------------------------------------------------------------
+    # In fallback every call records its range in `dirty` and raises CacheFull: the splitter then
+    # enters its own bitmap mode and refuses consistency points until `resume()` and a resync.
     def write(self, offset: int, data: bytes) -> None:
         if self.fallback is not None:
             self.dirty.append((offset, len(data)))
-            return
+            self._refuse()
         self._add(Record(Kind.WRITE, self.seq + 1, offset, len(data), 0, bytes(data)))
         self.sent_bytes += len(data)
+        self._check_fallback()
 
     def discard(self, offset: int, length: int) -> None:
         if self.fallback is not None:
             self.dirty.append((offset, length))
-            return
+            self._refuse()
         self._add(Record(Kind.DISCARD, self.seq + 1, offset, length, 0, b""))
+        self._check_fallback()
 
     def flush(self) -> None:
         if self.fallback is not None:
-            return  # bitmap tracking: the source disk itself is the record of these changes
+            self._refuse()
         self._add(Record(Kind.FLUSH, self.seq + 1, 0, 0, 0, b""))
         target = self.seq
         self._ship()
         self._wait(lambda: self.durable >= target or self.fallback is not None, "flush")
+        self._check_fallback()
 
     def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
         if self.fallback is not None:
-            return
+            self._refuse()
         self._add(bookmark_record(self.seq + 1, bookmark_id, kind, group_id, time.time()))
         self._ship()
+        self._check_fallback()
+
+    def _check_fallback(self) -> None:
+        if self.fallback is not None:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        fb = self.fallback
+        assert fb is not None
+        raise CacheFull(f"disk {self.disk}: {fb.reason} (from seq {fb.from_seq}); tracking changes in a "
+                        "bitmap until resume() and a resync")
+
+    def resume(self) -> list[tuple[int, int]]:
+        """Leave fallback: returns the dirty ranges to resend (read them from the disk) and re-arms."""
+        with self._cv:
+            dirty, self.dirty = self.dirty, []
+            self.fallback = None
+            conn, self._conn, self._broken = self._conn, None, True
+            self._numbered = False  # learn the stream's position again from the process server
+            self.seq = 0
+            self._retained.clear()
+            self._retained_bytes = 0
+            self._undurable.clear()
+            self._undurable_bytes = 0
+            self._written_at.clear()
+            self.durable = self.applied = 0
+        if conn is not None:
+            conn.close()
+        return dirty
 
     # -- extras -------------------------------------------------------------------------------
     def wait_applied(self, timeout: float = 120.0) -> None:
@@ -265,14 +299,19 @@ class ProcessServerSink:
                 self._numbered = True
             self._on_ack(durable, applied)
             replay = [r for r in self._retained if r.seq > durable]
-            if replay and replay[0].seq != durable + 1:
+            gap = bool(replay) and replay[0].seq != durable + 1
+            if gap:
                 fb = Fallback(durable + 1, f"the process server has up to seq {durable}; this agent "
                                            f"retains from {replay[0].seq}: resync needed")
                 self._fall_back(fb)
-                conn.close()
-                return
-            self._conn, self._broken = conn, False
+            if not gap:
+                self._conn, self._broken = conn, False
             self._cv.notify_all()
+        if gap:
+            conn.close()
+            if self.on_fallback is not None:
+                self.on_fallback(fb)
+            return
         threading.Thread(target=self._read_loop, args=(conn,), name=f"sink-ack-{self.disk}", daemon=True).start()
         try:
             for i in range(0, len(replay), 256):
@@ -304,8 +343,6 @@ class ProcessServerSink:
                 self.dirty.append((r.offset, r.length))
         self._pending, self._pending_bytes = [], 0
         self._cv.notify_all()
-        if self.on_fallback is not None:
-            self.on_fallback(fb)
 
     def _read_loop(self, conn: Connection) -> None:
         try:
@@ -316,8 +353,11 @@ class ProcessServerSink:
                     with self._cv:
                         self._on_ack(int(body.get("durable", self.durable)), int(body.get("applied", 0)))
                 elif ftype == FrameType.FALLBACK:
+                    fb = Fallback(int(body["from_seq"]), str(body.get("reason", "")))
                     with self._cv:
-                        self._fall_back(Fallback(int(body["from_seq"]), str(body.get("reason", ""))))
+                        self._fall_back(fb)
+                    if self.on_fallback is not None:
+                        self.on_fallback(fb)
                     raise TransportError("fallback to bitmap tracking")
                 elif ftype == FrameType.ERROR:
                     raise TransportError(f"process server: {body.get('error')}")

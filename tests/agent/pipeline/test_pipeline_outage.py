@@ -4,12 +4,12 @@ fire, the replica converges byte-identical when the link returns; a full cache m
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dr_agent.errors import CacheFull
 from pipeline_harness import MIB, Shadow, TcpProxy
 
 # Steady churn during the outage: 256 KiB of incompressible data every 0.1 s (2.5 MiB/s).
@@ -83,16 +83,33 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
     p = make_pipeline(capacity=4 * MIB, mt_port=via_proxy, segment_bytes=1 * MIB)
     proxy[0].cut()
     fallbacks: list[Any] = []
-    sink = p.sink("full01-disk0", 64 * MIB, on_fallback=fallbacks.append)
+    size = 64 * MIB
+    shadow = Shadow(size)
+    sink = p.sink("full01-disk0", size, on_fallback=fallbacks.append)
     rng = random.Random(5)
+    refused = 0
     for i in range(40):  # 10 MiB of incompressible writes into a 4 MiB cache
-        sink.write(i * CHUNK, rng.randbytes(CHUNK))
-        sink.flush()
-    assert sink.fallback is not None and fallbacks
-    # every write the cache could not take is remembered as a dirty range, none silently dropped
+        try:
+            shadow.write(sink, i * CHUNK, rng.randbytes(CHUNK))
+            sink.flush()
+        except CacheFull:
+            refused += 1  # the splitter would now switch to its bitmap mode
+    assert sink.fallback is not None and fallbacks and refused >= 20
     cached = p.ps._cache("full01-disk0").last_seq
-    dirty_from = sink.fallback.from_seq
-    assert dirty_from == cached + 1
+    assert sink.fallback.from_seq == cached + 1
+    # every write the cache did not take is a dirty range: none silently dropped
     assert sum(n for _, n in sink.dirty) >= (40 * CHUNK) - cached * CHUNK
     assert "cache-full" in {a["code"] for a in p.ps.alerts.read()}
-    threading.Thread(target=proxy[0].close, daemon=True).start()
+    with pytest.raises(CacheFull):
+        sink.bookmark("no-point-in-a-gap", "crash")
+
+    proxy[0].restore()  # the master target drains the cache, then the agent resends the dirty ranges
+    deadline = time.monotonic() + 60
+    while p.ps._cache("full01-disk0").acked_seq < cached and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for off, n in sink.resume():  # paced as a resync is: each step applied before the next
+        sink.write(off, bytes(shadow.data[off:off + n]))
+        sink.flush()
+        sink.wait_applied(30)
+    assert (tmp_path / "mt/disks/full01-disk0.img").read_bytes() == bytes(shadow.data)
+    proxy[0].close()
