@@ -165,23 +165,54 @@ def run_agent(path: Path) -> int:
             sp = stack.enter_context(Splitter(backing, mnt, sink, name=str(d["name"])))
             dev = attach_loop(sp.path)
             print(json.dumps({"disk": d["name"], "device": dev}), flush=True)
-            splitters.append(sp)
+            splitters.append((sp, sink, backing))
             mount_points += [str(m) for m in d.get("mount_points", [])]
         next_crash = time.monotonic() + crash_every
         next_app = time.monotonic() + app_every if app_every else float("inf")
-        while not stop.wait(max(0.0, min(next_crash, next_app) - time.monotonic())):
+        wake = min(RETRY_FALLBACK_S, crash_every)
+        while not stop.wait(max(0.0, min(next_crash, next_app, time.monotonic() + wake) - time.monotonic())):
             now = time.monotonic()
-            if now >= next_app:
-                with app_consistent([m for m in mount_points if os.path.ismount(m)]):
-                    for sp in splitters:
-                        sp.bookmark("app", group_id=group)
-                next_app = now + (app_every or 0)
-                next_crash = now + crash_every
-            elif now >= next_crash:
-                for sp in splitters:
-                    sp.bookmark("crash", group_id=group)
-                next_crash = now + crash_every
+            for sp, sink, backing in splitters:
+                if sp.mode == "bitmap" and sink.fallback is not None:
+                    _leave_bitmap(sp, sink, backing)
+            live = [sp for sp, _, _ in splitters if sp.mode == "data"]
+            try:
+                if now >= next_app:
+                    with app_consistent([m for m in mount_points if os.path.ismount(m)]):
+                        for sp in live:
+                            sp.bookmark("app", group_id=group)
+                    next_app = now + (app_every or 0)
+                    next_crash = now + crash_every
+                elif now >= next_crash:
+                    for sp in live:
+                        sp.bookmark("crash", group_id=group)
+                    next_crash = now + crash_every
+            except Exception as err:  # a point that fails is logged; the next one is tried on schedule
+                logging.getLogger("dr_agent.agent").warning("consistency point failed: %s", err)
     return 0
+
+
+# Seconds between attempts to leave bitmap mode after the process server's cache filled.
+RETRY_FALLBACK_S = 30.0
+
+
+def _leave_bitmap(sp: Any, sink: Any, backing: Path) -> None:
+    """Resend what the process server refused (read from the disk), then the splitter's own bitmap."""
+    log = logging.getLogger("dr_agent.agent")
+    try:
+        with sp.exclusive(), open(backing, "rb") as f:
+            dirty = sink.resume()
+            for i, (off, n) in enumerate(dirty):
+                try:
+                    sink.write(off, os.pread(f.fileno(), n, off))
+                except AgentError:
+                    sink.dirty.extend(dirty[i:])  # refused again: keep what is still to send
+                    raise
+            sink.flush()
+        sent = sp.resume_data_mode()
+        log.warning("disk %s: back in data mode after resending %d bytes", sink.disk, sent)
+    except AgentError as err:
+        log.warning("disk %s: still in bitmap mode: %s", sink.disk, err)
 
 
 def _device_size(dev: Path) -> int:
