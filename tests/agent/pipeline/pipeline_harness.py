@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dr_agent.master_target import MasterTarget
 from dr_agent.process_server import ProcessServer
 from dr_agent.sink import ProcessServerSink
@@ -212,3 +214,19 @@ def service_pair(root: Path, pki: Any, *, capacity_gb: float = 1.0) -> tuple[Ser
     mt = Service("master-target", root / "mt.toml", root / "mt.log")
     ps = Service("process-server", root / "ps.toml", root / "ps.log")
     return mt, ps, ps_port
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices, mounts and FUSE (CI runs the suite as root)")
+    missing = [t for t in ("losetup", "mount", "umount", "mkfs.ext4", "e2fsck") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}: apt-get install e2fsprogs mount fuse3")
+    if not os.path.exists("/dev/fuse") or not os.path.exists("/dev/loop-control"):
+        pytest.skip("/dev/fuse or /dev/loop-control is missing: this machine cannot run FUSE over loop devices")
+
+
+def run(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"{' '.join(argv)} exited {proc.returncode}: {proc.stdout}{proc.stderr}"
+    return proc.stdout

@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 from dr_agent.catalog import Catalog
-from pipeline_harness import MIB, REPO
-from test_pipeline_roundtrip import _need_root, _run
+from pipeline_harness import MIB, REPO, need_root, run
 
 pytestmark = pytest.mark.root
 
 
 def test_agent_service_replicates_and_marks_points(make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
-    _need_root()
+    need_root()
     p = make_pipeline()
     size = 32 * MIB
     backing = tmp_path / "sdb.img"
@@ -37,10 +36,10 @@ def test_agent_service_replicates_and_marks_points(make_pipeline: Any, pki: Any,
     try:
         assert agent.stdout is not None
         dev = json.loads(agent.stdout.readline())["device"]
-        _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
-        _run("mount", dev, str(mnt))
+        run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+        run("mount", dev, str(mnt))
         (mnt / "hello.txt").write_text("replicated by the agent service\n")
-        _run("umount", str(mnt))  # a clean file system on the source, all flushed
+        run("umount", str(mnt))  # a clean file system on the source, all flushed
         unmounted = time.time()
         cat = Catalog(tmp_path / "mt/catalog.sqlite")
         deadline = time.monotonic() + 30
@@ -57,6 +56,6 @@ def test_agent_service_replicates_and_marks_points(make_pipeline: Any, pki: Any,
         cat.close()
     finally:
         if os.path.ismount(mnt):
-            _run("umount", str(mnt))
+            run("umount", str(mnt))
         agent.terminate()
         agent.wait(30)

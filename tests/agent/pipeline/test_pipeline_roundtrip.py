@@ -6,32 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dr_agent.catalog import Catalog
 from dr_agent.export import export
-from pipeline_harness import MIB, REPO
+from pipeline_harness import MIB, REPO, need_root, run
 
 pytestmark = pytest.mark.root
-
-
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and FUSE (CI runs the suite as root)")
-    missing = [t for t in ("losetup", "mount", "umount", "mkfs.ext4", "e2fsck") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)}: apt-get install e2fsprogs mount fuse3")
-    if not os.path.exists("/dev/fuse") or not os.path.exists("/dev/loop-control"):
-        pytest.skip("/dev/fuse or /dev/loop-control is missing: this machine cannot run FUSE over loop devices")
-
-
-def _run(*argv: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, f"{' '.join(argv)} exited {proc.returncode}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -43,7 +26,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: Path) -> None:
-    _need_root()
+    need_root()
     from dr_agent.capture.consistency import app_consistent
     from dr_agent.capture.splitter import Splitter, attach_loop, detach_loop
 
@@ -59,8 +42,8 @@ def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: 
     with Splitter(backing, fuse_dir, sink, name="disk") as sp:
         dev = attach_loop(sp.path)
         try:
-            _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
-            _run("mount", dev, str(mnt))
+            run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev)
+            run("mount", dev, str(mnt))
             try:
                 big = mnt / "big.bin"  # a large fsynced file
                 with open(big, "wb") as f:
@@ -87,7 +70,7 @@ def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: 
                     f.write(b"after the point")
                 sink.wait_applied(120)
             finally:
-                _run("umount", str(mnt))
+                run("umount", str(mnt))
         finally:
             detach_loop(dev)
 
@@ -97,12 +80,12 @@ def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: 
     vhd = export(cat, "rt01-disk0", "app-1", tmp_path / "rt.vhd", connection_string=azurite)
     cat.close()
     assert vhd.stat().st_size == size + 512
-    _run("e2fsck", "-fn", str(img))
+    run("e2fsck", "-fn", str(img))
     restored = tmp_path / "restored"
     restored.mkdir()
-    _run("mount", "-o", "loop,ro", str(img), str(restored))
+    run("mount", "-o", "loop,ro", str(img), str(restored))
     try:
         assert _hashes(restored) == expected
         assert not (restored / "never-synced.bin").exists()
     finally:
-        _run("umount", str(restored))
+        run("umount", str(restored))
