@@ -15,9 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_common import MIB, Azurite, drive, make_pki, mixed_data, services
-
 from dr_agent.sink import ProcessServerSink
+from pipeline_common import MIB, Azurite, drive, make_pki, mixed_data, services
 
 
 def main() -> None:

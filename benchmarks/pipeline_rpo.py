@@ -20,9 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline_common import MIB, make_pki, mixed_data, services
-
 from dr_agent.sink import ProcessServerSink
+from pipeline_common import MIB, make_pki, mixed_data, services
 
 
 def main() -> None:

@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_common import MIB, drive, make_pki, mixed_data, services
-
 import zstandard
 from dr_agent.sink import ProcessServerSink
+from pipeline_common import MIB, drive, make_pki, mixed_data, services
 
 
 def main() -> None:
