@@ -6,6 +6,7 @@
     │                                    a missing include, an include cycle, a .py file that fails)
     ├── SecretUnavailable        exit 2: a credential reference {env: X} / {file: P} cannot be resolved
     ├── MissingExtra             exit 2: an optional dependency is not installed (the message is the pip line)
+    ├── NotFound                 exit 2: a named disk, group, recovery point or job does not exist
     ├── SpecInvalid              exit 1: the spec was read but breaks the model or the support matrix;
     │                                    carries every finding, not only the first
     └── PlanError                exit 1: the spec is valid but cannot be planned (raised by the planner)
@@ -55,6 +56,12 @@ class SecretUnavailable(DrError):
 
 class MissingExtra(DrError):
     """An optional dependency is absent. Message: `X needs the 'E' extra: pip install 'dr-as-code[E]'`."""
+
+    exit_code = EXIT_UNREADABLE
+
+
+class NotFound(DrError):
+    """A named thing (disk, multi-VM group, recovery point, job) is not there. The message lists what is."""
 
     exit_code = EXIT_UNREADABLE
 

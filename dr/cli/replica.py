@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from dr.errors import MissingExtra, SpecUnreadable, UsageError
+from dr.errors import MissingExtra, NotFound, SpecUnreadable, UsageError
 from dr.output import echo_json, format_option, use_colour
 
 CATALOG_HELP = "the master target's catalog.sqlite (default: $DR_CATALOG)"
@@ -53,7 +53,7 @@ def recovery_points(name: str, catalog_path: Path | None, fmt: str) -> None:
                 cat.disk(name)
             except AgentError:
                 known = ", ".join(cat.disk_names()) or "none"
-                raise UsageError(f"no disk or multi-VM group named {name!r} has recovery points "
+                raise NotFound(f"no disk or multi-VM group named {name!r} has recovery points "
                                  f"(disks: {known}); check the name") from None
     finally:
         cat.close()
