@@ -107,6 +107,7 @@ class AgentReverseReplication:
     identity_dir: Path                      # this runner's agent identity (dr_agent.pki.Identity layout)
     onprem_catalog: Path                    # the on-premises master target's catalog.sqlite
     restore_dir: Path                       # where the vSphere VM's disks are restored
+    onprem_connection_string: str | None = None  # when the on-premises replicas are page blobs
     apply_timeout_s: float = REVERSE_APPLY_TIMEOUT_S
     # One sink per disk for the whole failback: the data path numbers a stream's records, and a new
     # sink that writes before it has connected would restart at 1 (its records then taken for replays).
@@ -169,14 +170,14 @@ class AgentReverseReplication:
             for disk in machine.disks:
                 dest = self.restore_dir / machine.name / f"{disk.name}.img"
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                export(catalog, stream_name(machine.name, disk.name), point, dest)
+                export(catalog, stream_name(machine.name, disk.name), point, dest,
+                       connection_string=self.onprem_connection_string)
                 restored.append(str(dest))
         except AgentError as err:
             raise FailoverError(f"{machine.name}: restoring the on-premises disks failed: {err}") from None
         finally:
             catalog.close()
-        for disk in machine.disks:
-            sink = self.sinks.pop((machine.name, disk.name), None)
-            if sink is not None:
-                sink.close()
+        # The sinks stay open until `close()`: closing one while its reader thread is in a TLS call
+        # has been seen to write a TLS alert into whatever file reused its descriptor (a data path
+        # issue, reported); the owner closes them when the run is over.
         return f"{machine.name}: failed back at point {point}: " + ", ".join(restored)

@@ -94,6 +94,10 @@ class Store:
         self.url = url
         self.dialect = dialect
         self._sqlite_init = threading.Lock()
+        # SQLite: one connection held open while the store lives. Without it, every transaction's
+        # connection may be the last one and checkpoint and remove the WAL on close while another
+        # thread opens the file (seen here as "file is not a database" under many threads).
+        self._anchor: sqlite3.Connection | None = None
 
     @classmethod
     def open(cls, url: str | Path) -> Store:
@@ -114,7 +118,15 @@ class Store:
                 )
             store = cls(url=str(path), dialect="sqlite")
         store.create_schema()
+        if store.dialect == "sqlite":
+            store._anchor = sqlite3.connect(store.url, check_same_thread=False)
         return store
+
+    def close(self) -> None:
+        """Release the SQLite anchor connection (PostgreSQL connections are per transaction)."""
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
 
     @property
     def display_url(self) -> str:
