@@ -7,13 +7,14 @@ disk stream (HELLO names the disk); frames are verified before anything reads th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +44,36 @@ class Connection:
     sock: ssl.SSLSocket
     peer: tuple[str, str] = ("", "")  # (common name, role)
     _send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _users: int = field(default=0, repr=False)  # threads inside a send or receive now
+    _closed: bool = field(default=False, repr=False)
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[None]:
+        """Keep the socket's descriptor open while this thread sends or receives on it.
+
+        OpenSSL holds the descriptor's number. Were it freed while another thread is inside a TLS
+        read or write, a file this process opens next could get the number and that thread would
+        read or write the file (issue 6: an ACK reader read 5 bytes of a disk image, so its next
+        write landed 5 bytes late). So `close` only shuts the socket down while it is in use; the
+        last user closes it.
+        """
+        with self._state:
+            if self._closed:
+                raise TransportError("the connection is closed")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._users -= 1
+                last = self._closed and self._users == 0
+            if last:
+                self.sock.close()
 
     def send(self, frame: bytes) -> None:
         try:
-            with self._send_lock:
+            with self._use(), self._send_lock:
                 self.sock.sendall(frame)
         except (OSError, ValueError) as err:
             raise TransportError(f"send failed: {err}") from None
@@ -74,14 +101,16 @@ class Connection:
     def pending(self) -> bool:
         """True when a frame has (at least partly) arrived: reading it now will not wait long."""
         try:
-            return self.sock.pending() > 0 or bool(select.select([self.sock], [], [], 0)[0])
-        except (OSError, ValueError):
+            with self._use():
+                return self.sock.pending() > 0 or bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError, TransportError):
             return False
 
     def recv(self) -> tuple[FrameType, bytes]:
         """The next verified frame. Raises CorruptData on a bad checksum, TransportError when closed."""
-        ftype, plen, checksum = parse_frame_header(self._read_exact(FRAME_HEADER_SIZE))
-        payload = self._read_exact(plen)
+        with self._use():
+            ftype, plen, checksum = parse_frame_header(self._read_exact(FRAME_HEADER_SIZE))
+            payload = self._read_exact(plen)
         verify_frame_payload(payload, checksum)
         return ftype, payload
 
@@ -95,11 +124,21 @@ class Connection:
         return body
 
     def close(self) -> None:
+        """Shut the connection down (a thread blocked on it wakes with an error) and free the socket
+        once no thread uses it. Safe from any thread, and more than once."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._users == 0
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            # socket.shutdown, not SSLSocket.shutdown: a reader or writer still inside TLS keeps
+            # its TLS state and sees the end of the stream, never plaintext.
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
-        self.sock.close()
+        if idle:
+            self.sock.close()
 
 
 def dial(host: str, port: int, ctx: ssl.SSLContext, *, timeout: float = 10.0,
