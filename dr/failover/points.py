@@ -3,8 +3,9 @@ point for a whole plan.
 
 The choices are ASR's: `latest` (the newest point received, processed or not: lowest RPO),
 `latest-processed` (the newest point already applied to the replica: fastest RTO),
-`latest-app` (the newest application-consistent point), `latest-multi-vm` (the newest point that
-every disk of every machine of the plan shares: one consistent instant for an n-tier application),
+`latest-app` (the newest application-consistent point), `latest-multi-vm` (the newest group point,
+one bookmark id and group id, that every disk of every machine of the plan shares: one consistent
+instant for an n-tier application),
 or a time (`2026-11-24T23:00:00Z`: the newest point at or before it). A point belongs to a machine
 only when all its disks have it (the agent writes one bookmark id across a machine's disks), so a
 machine never boots with its disks at different instants.
@@ -106,17 +107,21 @@ def choose(catalog: Mapping[str, Mapping[str, Sequence[Point]]], choice: Choice)
                 "next consistency point, or check replication with `dr status`"
             )
     if choice.keyword == "latest-multi-vm":
-        groups = [{p.group_id: p for p in points if p.group_id} for points in per_machine.values()]
+        # A multi-VM point is one bookmark id with its group id in every stream of the group (the
+        # capture coordinator sends the same id to every agent, with the protection group as group
+        # id); a machine that missed it (not connected then) has older group points under the same
+        # group id, so the id and the group id together name the point.
+        groups = [{(p.group_id, p.point_id): p for p in points if p.group_id} for points in per_machine.values()]
         common = set(groups[0]).intersection(*groups[1:]) if groups else set()
         if not common:
             raise NoRecoveryPoint(
                 f"no multi-VM consistent point is shared by {', '.join(sorted(catalog))}: enable "
                 "multi_vm_consistency in their protection group's policy, or choose --point latest-app"
             )
-        newest = max(common, key=lambda g: min(m[g].time for m in groups))
+        newest = max(common, key=lambda key: (min(m[key].time for m in groups), key[1]))
         return {
             machine: Chosen(machine=machine, point_id=points[newest].point_id, time=points[newest].time,
-                            kind=points[newest].kind, group_id=newest)
+                            kind=points[newest].kind, group_id=newest[0])
             for machine, points in zip(per_machine, groups, strict=True)
         }
     chosen: dict[str, Chosen] = {}

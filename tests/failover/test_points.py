@@ -19,7 +19,7 @@ CATALOG = {
         "data": [p("s1", 100, "app", "g1"), p("s2", 200, "crash", "g2")],
     },
     "web01": {
-        "c": [p("w1", 101, "app", "g1"), p("w2", 150, "app"), p("w3", 250, "crash", "g3"),
+        "c": [p("s1", 101, "app", "g1"), p("w2", 150, "app"), p("w3", 250, "crash", "g3"),
               p("w4", 310, "crash", None, processed=False)],
     },
 }
@@ -35,8 +35,19 @@ def test_each_choice() -> None:
     assert chosen("latest-app") == {"sql01": "s1", "web01": "w2"}
     # g1 is the only group both machines share (g2 and g3 are each one machine's).
     multi = choose(CATALOG, Choice.parse("latest-multi-vm"))
-    assert {m: (c.point_id, c.group_id) for m, c in multi.items()} == {"sql01": ("s1", "g1"), "web01": ("w1", "g1")}
+    assert {m: (c.point_id, c.group_id) for m, c in multi.items()} == {"sql01": ("s1", "g1"), "web01": ("s1", "g1")}
     assert chosen("1970-01-01T00:02:30Z") == {"sql01": "s1", "web01": "w2"}
+
+
+def test_multi_vm_points_of_the_coordinator_share_one_group_id() -> None:
+    # The capture coordinator marks every stream with one id and the protection group as group id;
+    # web01 was not connected for m3, so m2 is the newest point of the whole group.
+    catalog = {
+        "sql01": {"c": [p("m1", 100, group="sp"), p("m2", 200, group="sp"), p("m3", 300, group="sp")]},
+        "web01": {"c": [p("m1", 100, group="sp"), p("m2", 201, group="sp"), p("w9", 301)]},
+    }
+    multi = choose(catalog, Choice.parse("latest-multi-vm"))
+    assert {m: (c.point_id, c.group_id) for m, c in multi.items()} == {"sql01": ("m2", "sp"), "web01": ("m2", "sp")}
 
 
 def test_no_point_says_why() -> None:

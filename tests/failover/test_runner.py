@@ -50,8 +50,8 @@ def _points(server: ConfigServer, now: float) -> None:
     then one more crash point on dc01 only (g3: not shared, so never a multi-VM choice)."""
     names = [m.name for m in server.estate.machines]
     points = {
-        name: [RecoveryPoint(point_id=f"{name}-1", time=now - 600, kind="app", group_id="g1"),
-               RecoveryPoint(point_id=f"{name}-2", time=now - 300, kind="crash", group_id="g2")]
+        name: [RecoveryPoint(point_id="mv-1", time=now - 600, kind="app", group_id="g1"),
+               RecoveryPoint(point_id="mv-2", time=now - 300, kind="crash", group_id="g2")]
         for name in names
     }
     points["dc01"].append(RecoveryPoint(point_id="dc01-3", time=now - 10, kind="crash", group_id="g3"))
@@ -114,8 +114,8 @@ def test_a_failing_script_in_a_middle_group_stops_the_job_and_resume_finishes_it
     assert done.state == "succeeded"
     assert [s.state for s in done.steps] == ["succeeded"] * 10
     assert sorted(exporter.exports) == sorted(
-        [("dc01", "c", "dc01-2"), ("app01", "c", "app01-2"), ("web01", "c", "web01-2"), ("web02", "c", "web02-2")]
-        + [("sql01", d, "sql01-2") for d in ("c", "data", "log")])
+        [("dc01", "c", "mv-2"), ("app01", "c", "mv-2"), ("web01", "c", "mv-2"), ("web02", "c", "mv-2")]
+        + [("sql01", d, "mv-2") for d in ("c", "data", "log")])
     assert log.read_text().split() == ["directory", "test", "database", "test"]
     lines = [entry["line"] for entry in jobs.log_lines(job_id)]
     assert "resumed at step 6" in lines and lines[-1] == "succeeded"
@@ -126,7 +126,7 @@ def test_a_failing_script_in_a_middle_group_stops_the_job_and_resume_finishes_it
     for machine in estate.machines:
         for disk in machine.disks:
             assert blob_bytes(azurite, group, f"{machine.name}/{disk.name}.vhd") == image_bytes(
-                machine.name, disk.name, f"{machine.name}-2")
+                machine.name, disk.name, "mv-2")
 
     # The runbook got the plan context with the machine map.
     context = json.loads((tmp_path / "context.json").read_text())
