@@ -35,10 +35,13 @@ def test_resync_sends_only_the_differing_blocks(make_pipeline: Any, pki: Any, tm
             f.write(os.urandom(4096))
         os.fsync(f.fileno())
 
+    # the two images differ exactly there (issue 6: a connection closed under its ACK reader once let
+    # the reader's TLS read hit this file, so one write landed late and a neighbour block differed)
     replica_path = tmp_path / "mt/disks/rs01-disk0.img"
     rep, src = replica_path.read_bytes(), source.read_bytes()
     differ = [b for b in range(size // 4096) if rep[b * 4096:(b + 1) * 4096] != src[b * 4096:(b + 1) * 4096]]
-    assert set(blocks) <= set(differ)
+    assert differ == blocks
+    assert len(blocks) == 37
 
     sink2 = p.sink("rs01-disk0", size)
     hashes = RemoteHashes(disk="rs01-disk0", size=size, servers=[("127.0.0.1", p.ps.port)], identity=pki.agent)
