@@ -236,6 +236,21 @@ class _AgentConn:
         with self.send_lock:
             send_frame(self.sock, kind, body)
 
+    def shutdown(self) -> None:
+        """Wake the thread reading this connection (it closes the socket: see `close`).
+
+        Never close a socket another thread may be inside: TLS keeps the descriptor's number, and
+        a file opened meanwhile could get it (issue 6). socket.shutdown, not SSLSocket.shutdown,
+        so a TLS read or write in progress keeps its state and just sees the end of the stream.
+        """
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Called by the connection's reader when it is done; waits for a send in progress."""
+        with self.send_lock:
+            self.sock.close()
+
 
 class Coordinator:
     """Accepts agents on `listener`, groups them by protection group, runs group checkpoints.
@@ -274,9 +289,7 @@ class Coordinator:
         with self._lock:
             conns = list(self._agents.values())
         for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            conn.sock.close()
+            conn.shutdown()  # its reader closes it
         if self._thread.is_alive():
             self._thread.join(5)
 
@@ -306,6 +319,7 @@ class Coordinator:
 
     def _serve(self, raw: socket.socket) -> None:
         conn: _AgentConn | None = None
+        sock = raw
         try:
             sock = self._wrap(raw) if self._wrap else raw
             kind, body = recv_frame(sock)
@@ -317,7 +331,7 @@ class Coordinator:
                 self._agents[(conn.group_id, conn.agent_id)] = conn
                 self._joined.notify_all()
             if old is not None:
-                old.sock.close()
+                old.shutdown()  # its reader closes it
             log.info("coordinator: agent %s of group %s joined", conn.agent_id, conn.group_id)
             while True:
                 conn.inbox.put(recv_frame(sock))
@@ -329,6 +343,8 @@ class Coordinator:
                 with self._lock:
                     if self._agents.get((conn.group_id, conn.agent_id)) is conn:
                         del self._agents[(conn.group_id, conn.agent_id)]
+                conn.close()
+            sock.close()
             raw.close()
 
     def checkpoint(self, group_id: str, *, bookmark_id: str | None = None,
