@@ -54,8 +54,9 @@ class Connection:
 
         OpenSSL holds the descriptor's number. Were it freed while another thread is inside a TLS
         read or write, a file this process opens next could get the number and that thread would
-        read or write the file (issue 6: an ACK reader read 5 bytes of a disk image, so its next
-        write landed 5 bytes late). So `close` only shuts the socket down while it is in use; the
+        read or write the file (issue 6: an ACK reader's TLS read took the start of a TLS record
+        from a disk image, moving the image's file offset, so its next write landed a few bytes
+        late). So `close` only shuts the socket down while it is in use; the
         last user closes it.
         """
         with self._state:
