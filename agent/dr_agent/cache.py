@@ -25,7 +25,7 @@ from pathlib import Path
 import xxhash
 
 from dr_agent.errors import CorruptData
-from dr_agent.records import Record, decode_record
+from dr_agent.records import Record, decode_record, verify_record
 
 SEGMENT_MAGIC = b"DRSG"
 SEGMENT_VERSION = 1
@@ -33,6 +33,8 @@ SEGMENT_HEADER = struct.Struct("<4sBBHQQ")  # magic, version, reserved, name len
 # One segment holds at most this many bytes (64 MiB) before the next starts: small enough that an
 # applied segment frees space soon, large enough that file creation is rare.
 SEGMENT_BYTES = 64 * 1024 * 1024
+# Buffers per writev(2) call: Linux's IOV_MAX (limits.h / sysconf(_SC_IOV_MAX)).
+_IOV_MAX = 1024
 
 
 @dataclass
@@ -190,22 +192,37 @@ class DiskCache:
                 return self.durable_seq
             if fresh[0].seq != self.last_seq + 1:
                 raise CorruptData(f"disk {self.disk}: record seq {fresh[0].seq} after {self.last_seq}")
+            parts: list[bytes] = []  # written with one writev per segment, not one write per record
             for r in fresh:
                 tail = self._tail()
                 if (tail is None or tail.size >= self.segment_bytes
                         or tail.first_seq + len(tail.offsets) != r.seq):
+                    self._write_parts(parts)
+                    parts = []
                     tail = self._new_segment(r.seq)
-                blob = r.encode()
-                assert self._fd is not None
-                os.write(self._fd, blob)
+                head, payload = r.parts()
+                parts += (head, payload)
                 tail.offsets.append(tail.size)
-                tail.size += len(blob)
+                tail.size += len(head) + len(payload)
                 self.last_seq = r.seq
+            self._write_parts(parts)
             assert self._fd is not None
             os.fsync(self._fd)
             self.durable_seq = self.last_seq
             self.changed.notify_all()
             return self.durable_seq
+
+    def _write_parts(self, parts: list[bytes]) -> None:
+        """Append `parts` to the tail segment, IOV_MAX buffers per writev, finishing short writes."""
+        for i in range(0, len(parts), _IOV_MAX):
+            chunk = parts[i:i + _IOV_MAX]
+            assert self._fd is not None
+            done = os.writev(self._fd, chunk)
+            want = sum(len(p) for p in chunk)
+            if done < want:
+                rest = memoryview(b"".join(chunk))[done:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
 
     def _new_segment(self, first_seq: int) -> _Segment:
         if self._fd is not None:
@@ -247,10 +264,28 @@ class DiskCache:
         """Durable records from `seq` on, at most about `max_bytes`, up to the first bad one.
 
         Raises CorruptData when the record at `seq` itself fails its checks."""
+        return [decode_record(data, start)[0] for data, spans in self._read_verified(seq, max_bytes)
+                for _, start, _ in spans]
+
+    def read_raw_from(self, seq: int, max_bytes: int) -> tuple[list[memoryview], int]:
+        """The encoded bytes of the records `read_from` would return, and the last sequence (0: none).
+
+        Each record's checksum is verified here; the bytes are then forwarded as they are (no
+        decode, no re-encode). Raises CorruptData as `read_from` does."""
+        parts: list[memoryview] = []
+        last = 0
+        for data, spans in self._read_verified(seq, max_bytes):
+            if spans:
+                parts.append(data[spans[0][1]:spans[-1][2]])
+                last = spans[-1][0]
+        return parts, last
+
+    def _read_verified(self, seq: int, max_bytes: int) -> list[tuple[memoryview, list[tuple[int, int, int]]]]:
+        """Per segment read: its bytes and the verified (seq, start, end) of each record served."""
         with self.lock:
             segs = [(s.path, s.first_seq, list(s.offsets), s.size, set(s.holes)) for s in self._segments]
             durable = self.durable_seq
-        out: list[Record] = []
+        out: list[tuple[memoryview, list[tuple[int, int, int]]]] = []
         total = 0
         for path, first, offsets, size, holes in segs:
             last = first + len(offsets) - 1
@@ -266,29 +301,32 @@ class DiskCache:
             stop = offsets[j] if j < len(offsets) else size
             with open(path, "rb") as f:
                 f.seek(offsets[i])
-                data = f.read(stop - offsets[i])
+                data = memoryview(f.read(stop - offsets[i]))
+            spans: list[tuple[int, int, int]] = []
+            out.append((data, spans))
             end_seq = first + j - 1
             pos = 0
             while seq <= end_seq and total < max_bytes:
                 # A bad record ends the read; it raises once it is the first record asked for.
+                served = total > 0
                 if seq in holes:
-                    if out:
+                    if served:
                         return out
                     raise CorruptData(f"disk {self.disk}: cache record seq {seq} failed its checksum")
                 try:
-                    rec, end = decode_record(data, pos)
+                    got, end = verify_record(data, pos)
                 except EOFError:
                     break
                 except CorruptData as err:
-                    if out:
+                    if served:
                         return out
                     raise CorruptData(f"disk {self.disk}: cache record seq {seq}: {err}") from None
-                if rec.seq != seq:
-                    if out:
+                if got != seq:
+                    if served:
                         return out
-                    raise CorruptData(f"disk {self.disk}: cache holds seq {rec.seq} where {seq} belongs")
-                out.append(rec)
-                total += rec.size
+                    raise CorruptData(f"disk {self.disk}: cache holds seq {got} where {seq} belongs")
+                spans.append((seq, pos, end))
+                total += end - pos
                 pos = end
                 seq += 1
             if total >= max_bytes or seq <= end_seq:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class Kind(enum.IntEnum):
     BOOKMARK = 4
 
 
+_KINDS = frozenset(int(k) for k in Kind)
+
+
 class FrameType(enum.IntEnum):
     HELLO = 1      # JSON: who is dialling, for which disk
     WELCOME = 2    # JSON: the receiver's last durable sequence for that disk
@@ -71,7 +75,7 @@ class FrameType(enum.IntEnum):
     HASHES = 8     # JSON request {"first_block", "count", "block_size"}; reply: 16-byte xxh3-128 digests
 
 
-def _checksum(header_without_sum: bytes, payload: bytes | memoryview) -> int:
+def _checksum(header_without_sum: bytes | memoryview, payload: bytes | memoryview) -> int:
     h = xxhash.xxh3_64()
     h.update(header_without_sum)
     h.update(payload)
@@ -87,12 +91,20 @@ class Record:
     codec: int
     payload: bytes
 
-    def encode(self) -> bytes:
+    def header(self) -> bytes:
+        """The 44-byte header, checksum included: `header() + payload` is the encoded record."""
         head = RECORD_HEADER.pack(
             RECORD_MAGIC, RECORD_VERSION, self.kind, self.codec, 0, len(self.payload),
             self.seq, self.offset, self.length, 0,
         )[:-8]
-        return b"".join((head, struct.pack("<Q", _checksum(head, self.payload)), self.payload))
+        return head + struct.pack("<Q", _checksum(head, self.payload))
+
+    def encode(self) -> bytes:
+        return self.header() + self.payload
+
+    def parts(self) -> tuple[bytes, bytes]:
+        """(header, payload): the encoded record without copying the payload (for writev, send)."""
+        return self.header(), self.payload
 
     @property
     def size(self) -> int:
@@ -111,9 +123,18 @@ def bookmark_record(seq: int, bookmark_id: str, kind: str, group_id: str | None,
     return Record(Kind.BOOKMARK, seq, 0, len(body), 0, body)
 
 
-def decode_record(buf: bytes | memoryview, pos: int = 0) -> tuple[Record, int]:
-    """The record at `pos` and the position after it. Raises CorruptData, or EOFError when short."""
+def verify_record(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
+    """(sequence, position after) of the record at `pos`, checked as `decode_record` checks it.
+
+    Nothing is copied: the process server forwards cached records as the verified bytes they are.
+    Raises CorruptData, or EOFError when short."""
     view = memoryview(buf)
+    seq, end, _ = _verified(view, pos)
+    return seq, end
+
+
+def _verified(view: memoryview, pos: int) -> tuple[int, int, tuple[int, int, int, int]]:
+    """(seq, end, (kind, codec, offset, length)) of the checked record at `pos`."""
     if len(view) - pos < RECORD_HEADER_SIZE:
         raise EOFError("short record header")
     magic, version, kind, codec, _, plen, seq, offset, length, checksum = RECORD_HEADER.unpack_from(view, pos)
@@ -126,17 +147,21 @@ def decode_record(buf: bytes | memoryview, pos: int = 0) -> tuple[Record, int]:
     end = pos + RECORD_HEADER_SIZE + plen
     if end > len(view):
         raise EOFError("short record payload")
-    payload = view[pos + RECORD_HEADER_SIZE:end]
-    if _checksum(bytes(view[pos:pos + RECORD_HEADER_SIZE - 8]), payload) != checksum:
+    if _checksum(view[pos:pos + RECORD_HEADER_SIZE - 8], view[pos + RECORD_HEADER_SIZE:end]) != checksum:
         raise CorruptData(f"record seq {seq} at byte {pos}: checksum mismatch")
-    try:
-        k = Kind(kind)
-    except ValueError:
-        raise CorruptData(f"record seq {seq}: unknown kind {kind}") from None
-    return Record(k, seq, offset, length, codec, bytes(payload)), end
+    if kind not in _KINDS:
+        raise CorruptData(f"record seq {seq}: unknown kind {kind}")
+    return seq, end, (kind, codec, offset, length)
 
 
-def decode_records(buf: bytes | memoryview) -> list[Record]:
+def decode_record(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[Record, int]:
+    """The record at `pos` and the position after it. Raises CorruptData, or EOFError when short."""
+    view = memoryview(buf)
+    seq, end, (kind, codec, offset, length) = _verified(view, pos)
+    return Record(Kind(kind), seq, offset, length, codec, bytes(view[pos + RECORD_HEADER_SIZE:end])), end
+
+
+def decode_records(buf: bytes | bytearray | memoryview) -> list[Record]:
     out: list[Record] = []
     pos = 0
     while pos < len(buf):
@@ -148,16 +173,23 @@ def decode_records(buf: bytes | memoryview) -> list[Record]:
     return out
 
 
-def encode_frame(ftype: FrameType, payload: bytes) -> bytes:
-    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, ftype, 0, len(payload),
-                             xxhash.xxh3_64_intdigest(payload)) + payload
+def frame_header(ftype: FrameType, parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """The header of a frame whose payload is the concatenation of `parts` (not copied here)."""
+    h = xxhash.xxh3_64()
+    for part in parts:
+        h.update(part)
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, ftype, 0, sum(len(p) for p in parts), h.intdigest())
+
+
+def encode_frame(ftype: FrameType, payload: bytes | bytearray) -> bytes:
+    return frame_header(ftype, (payload,)) + payload
 
 
 def json_frame(ftype: FrameType, body: dict[str, Any]) -> bytes:
     return encode_frame(ftype, json.dumps(body).encode())
 
 
-def parse_frame_header(head: bytes) -> tuple[FrameType, int, int]:
+def parse_frame_header(head: bytes | bytearray) -> tuple[FrameType, int, int]:
     """(type, payload length, checksum) of a frame header; raises CorruptData."""
     magic, version, ftype, _, plen, checksum = FRAME_HEADER.unpack(head)
     if magic != FRAME_MAGIC:
@@ -173,6 +205,6 @@ def parse_frame_header(head: bytes) -> tuple[FrameType, int, int]:
     return t, plen, checksum
 
 
-def verify_frame_payload(payload: bytes, checksum: int) -> None:
+def verify_frame_payload(payload: bytes | bytearray, checksum: int) -> None:
     if xxhash.xxh3_64_intdigest(payload) != checksum:
         raise CorruptData(f"frame checksum mismatch ({len(payload)} byte payload)")

@@ -81,7 +81,7 @@ class RemoteHashes:
             raise TransportError(f"hashes refused: {json.loads(payload).get('error')}")
         if ftype != FrameType.HASHES or len(payload) % 16:
             raise TransportError(f"expected 16-byte digests, got a {ftype.name} frame of {len(payload)} bytes")
-        return [payload[i:i + 16] for i in range(0, len(payload), 16)]
+        return [bytes(payload[i:i + 16]) for i in range(0, len(payload), 16)]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -242,7 +242,7 @@ class ProcessServerSink:
             if conn is None:
                 continue  # _wait reconnects and replays the retained records
             try:
-                conn.send_payload(FrameType.RECORDS, b"".join(r.encode() for r in batch))
+                conn.send_parts(FrameType.RECORDS, [p for r in batch for p in r.parts()])
                 self._last_send = time.monotonic()
             except TransportError as err:
                 self._mark_broken(conn, err)
@@ -315,7 +315,7 @@ class ProcessServerSink:
         threading.Thread(target=self._read_loop, args=(conn,), name=f"sink-ack-{self.disk}", daemon=True).start()
         try:
             for i in range(0, len(replay), 256):
-                conn.send_payload(FrameType.RECORDS, b"".join(r.encode() for r in replay[i:i + 256]))
+                conn.send_parts(FrameType.RECORDS, [p for r in replay[i:i + 256] for p in r.parts()])
         except TransportError as err:
             self._mark_broken(conn, err)
 

@@ -14,7 +14,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from dr_agent.records import (
     FRAME_HEADER_SIZE,
     FrameType,
     encode_frame,
+    frame_header,
     json_frame,
     parse_frame_header,
     verify_frame_payload,
@@ -37,6 +38,9 @@ IDLE_TIMEOUT_S = 30.0
 PING_INTERVAL_S = 5.0
 # TLS handshakes must finish within this (seconds), so a silent client cannot hold a thread.
 HANDSHAKE_TIMEOUT_S = 10.0
+# Parts of a frame at least this long (bytes) are handed to TLS as they are; shorter ones are
+# joined first, so a frame of many small records still costs few TLS records and syscalls.
+SEND_DIRECT_BYTES = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -82,10 +86,31 @@ class Connection:
     def send_json(self, ftype: FrameType, body: dict[str, Any]) -> None:
         self.send(json_frame(ftype, body))
 
-    def send_payload(self, ftype: FrameType, payload: bytes) -> None:
-        self.send(encode_frame(ftype, payload))
+    def send_payload(self, ftype: FrameType, payload: bytes | bytearray) -> None:
+        if len(payload) < SEND_DIRECT_BYTES:
+            self.send(encode_frame(ftype, payload))
+        else:
+            self.send_parts(ftype, (payload,))
 
-    def _read_exact(self, n: int) -> bytes:
+    def send_parts(self, ftype: FrameType, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send one frame whose payload is the concatenation of `parts`, without copying large parts."""
+        small: list[bytes | bytearray | memoryview] = [frame_header(ftype, parts)]
+        try:
+            with self._use(), self._send_lock:
+                for part in parts:
+                    if len(part) >= SEND_DIRECT_BYTES:
+                        self.sock.sendall(b"".join(small))
+                        small = []
+                        self.sock.sendall(part)
+                    else:
+                        small.append(part)
+                if small:
+                    self.sock.sendall(b"".join(small))
+        except (OSError, ValueError) as err:
+            raise TransportError(f"send failed: {err}") from None
+
+    def _read_exact(self, n: int) -> bytearray:
+        """`n` bytes, received in place (a 4 MiB frame is not copied again into a bytes object)."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -97,7 +122,7 @@ class Connection:
             if not k:
                 raise TransportError("the peer closed the connection")
             got += k
-        return bytes(buf)
+        return buf
 
     def pending(self) -> bool:
         """True when a frame has (at least partly) arrived: reading it now will not wait long."""
@@ -107,7 +132,7 @@ class Connection:
         except (OSError, ValueError, TransportError):
             return False
 
-    def recv(self) -> tuple[FrameType, bytes]:
+    def recv(self) -> tuple[FrameType, bytearray]:
         """The next verified frame. Raises CorruptData on a bad checksum, TransportError when closed."""
         with self._use():
             ftype, plen, checksum = parse_frame_header(self._read_exact(FRAME_HEADER_SIZE))
