@@ -24,11 +24,12 @@ import xxhash
 from dr_agent.alerts import AlertLog
 from dr_agent.catalog import Catalog, Point
 from dr_agent.compress import Compressor
-from dr_agent.errors import ConfigError, CorruptData, ProtocolError
+from dr_agent.errors import AgentError, ConfigError, CorruptData, ProtocolError
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
 from dr_agent.retention import RetentionPolicy, prune
+from dr_agent.stages import Inbox
 from dr_agent.target import Batch, FileTarget, Target
 from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
 
@@ -68,6 +69,15 @@ def block_hashes(target: Target, req: dict[str, Any]) -> bytes:
         view = memoryview(data)
         out += b"".join(xxhash.xxh3_128_digest(view[i:i + bs]) for i in range(0, len(data), bs))
     return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A verified RECORDS frame: its records, the decompressed data of each write, its size."""
+
+    records: list[Record]
+    datas: list[bytes]
+    nbytes: int
 
 
 class MasterTarget:
@@ -134,55 +144,85 @@ class MasterTarget:
         applied = target.applied_seq()
         self.metrics.applied_seq.labels(disk).set(applied)
         conn.send_json(FrameType.WELCOME, {"applied": applied})
+        # This thread reads, verifies and decompresses frames; an applier thread applies what has
+        # arrived (up to GATHER_BYTES) under one commit and ACKs, so receiving overlaps applying.
+        inbox: Inbox[_Frame] = Inbox(2 * GATHER_BYTES)
+        applier = threading.Thread(target=self._apply_loop, args=(conn, disk, target, applied, inbox),
+                                   name=f"mt-apply-{disk}", daemon=True)
+        applier.start()
         dc = Compressor()
-        batch = Batch(target)
-        while True:
-            # Take every frame that has already arrived (up to GATHER_BYTES): one commit, one ACK.
-            records: list[Record] = []
-            datas: list[bytes] = []
-            nbytes = 0
-            try:
-                while True:
+        try:
+            while not inbox.closed:
+                try:
                     ftype, payload = conn.recv()
                     if ftype == FrameType.RECORDS:
                         recs = decode_records(payload)
-                        records += recs
-                        datas += [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
-                                  for r in recs]
-                        nbytes += len(payload)
-                    elif ftype != FrameType.PING:
+                        datas = [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
+                                 for r in recs]
+                        inbox.put(_Frame(recs, datas, len(payload)))
+                    elif ftype == FrameType.PING:
+                        inbox.put(None)
+                    else:
                         raise ProtocolError(f"expected RECORDS, got {ftype.name}")
-                    if nbytes >= GATHER_BYTES or not conn.pending():
-                        break
-            except CorruptData as err:
-                self.metrics.corrupt.labels(disk).inc()
-                self.alerts.raise_("critical", "corrupt-frame", f"disk {disk}: {err}; nothing of it applied",
-                                   disk=disk)
-                conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
-                return
-            self.metrics.bytes_in.labels(disk).inc(nbytes)
-            last = applied
-            for rec, data in zip(records, datas, strict=True):
-                if rec.seq <= last:
-                    continue  # a replay: already applied
-                if rec.seq != last + 1:
-                    conn.send_json(FrameType.ERROR, {"error": f"disk {disk}: seq {rec.seq} after {last}"})
+                except CorruptData as err:
+                    self.metrics.corrupt.labels(disk).inc()
+                    self.alerts.raise_("critical", "corrupt-frame", f"disk {disk}: {err}; nothing of it applied",
+                                       disk=disk)
+                    conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
                     return
-                if rec.kind == Kind.WRITE:
-                    batch.write(rec.offset, data)
-                elif rec.kind == Kind.DISCARD:
-                    batch.discard(rec.offset, rec.length)
-                elif rec.kind == Kind.BOOKMARK:
-                    batch.apply()
-                    target.commit(rec.seq)
-                    self._point(disk, target, rec)
-                last = rec.seq
-            batch.apply()
-            if last != applied:
-                target.commit(last)
-                applied = last
-                self.metrics.applied_seq.labels(disk).set(applied)
-            conn.send_json(FrameType.ACK, {"applied": applied})
+                except AgentError:
+                    if inbox.closed:  # the applier ended the connection
+                        return
+                    raise
+        finally:
+            inbox.close()
+            applier.join()
+
+    def _apply_loop(self, conn: Connection, disk: str, target: Target, applied: int, inbox: Inbox[_Frame]) -> None:
+        """Apply arrived frames in order, idempotently; one commit and one ACK per group."""
+        batch = Batch(target)
+        try:
+            while True:
+                group = inbox.take(GATHER_BYTES)
+                if group is None:
+                    return
+                self.metrics.bytes_in.labels(disk).inc(sum(f.nbytes for f in group))
+                last = applied
+                for frame in group:
+                    for rec, data in zip(frame.records, frame.datas, strict=True):
+                        if rec.seq <= last:
+                            continue  # a replay: already applied
+                        if rec.seq != last + 1:
+                            batch.apply()
+                            if last != applied:
+                                target.commit(last)
+                            conn.send_json(FrameType.ERROR, {"error": f"disk {disk}: seq {rec.seq} after {last}"})
+                            inbox.close()
+                            conn.close()
+                            return
+                        if rec.kind == Kind.WRITE:
+                            batch.write(rec.offset, data)
+                        elif rec.kind == Kind.DISCARD:
+                            batch.discard(rec.offset, rec.length)
+                        elif rec.kind == Kind.BOOKMARK:
+                            batch.apply()
+                            target.commit(rec.seq)
+                            self._point(disk, target, rec)
+                        last = rec.seq
+                batch.apply()
+                if last != applied:
+                    target.commit(last)
+                    applied = last
+                    self.metrics.applied_seq.labels(disk).set(applied)
+                conn.send_json(FrameType.ACK, {"applied": applied})
+        except AgentError as err:
+            log.info("master target: applying %s: %s", disk, err)
+            inbox.close()
+            conn.close()
+        except Exception:  # a bug must not leave the reader waiting forever: log it, end the stream
+            log.exception("master target: applying %s failed", disk)
+            inbox.close()
+            conn.close()
 
     def _serve_hashes(self, conn: Connection, target: Target) -> None:
         """Resync's target side: xxh3-128 digests of replica blocks, as capture's BlockHashSource."""

@@ -32,6 +32,7 @@ from dr_agent.master_target import DISK_NAME
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
+from dr_agent.stages import Inbox
 from dr_agent.transport import Connection, Listener, dial
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ class _PerThread(Generic[T]):
         if value is None:
             value = self._local.value = self._factory()
         return value
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """A RECORDS frame as read: its verified records and their compression in the pool; None is a PING."""
+
+    records: list[Record]
+    stored: Future[tuple[list[Record], int, int]]
+    nbytes: int
 
 
 class Throttle:
@@ -218,58 +228,91 @@ class ProcessServer:
             return
         conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq,
                                            "level": self.level})
-        while not self._stop.is_set():
-            # Group commit: take every frame that has already arrived (up to GATHER_BYTES), then
-            # append them all with one fsync and one ACK. Each frame is compressed by the pool as
-            # soon as it is read, so compression overlaps the reading of the next frame.
-            pending: list[Future[tuple[list[Record], int, int]]] = []
-            records: list[Record] = []
-            nbytes = 0
-            try:
-                while True:
+        # Two stages per connection: this thread reads and verifies frames and hands each to the
+        # compression pool at once; a committer appends what has arrived (group commit, up to
+        # GATHER_BYTES) with one fsync, then ACKs. Reading goes on while the cache fsyncs.
+        inbox: Inbox[_Arrival] = Inbox(2 * GATHER_BYTES)
+        committer = threading.Thread(target=self._commit_loop, args=(conn, disk, cache, inbox),
+                                     name=f"ps-commit-{disk}", daemon=True)
+        committer.start()
+        try:
+            while not self._stop.is_set() and not inbox.closed:
+                try:
                     ftype, payload = conn.recv()
                     if ftype == FrameType.RECORDS:
                         recs = decode_records(payload)
-                        records += recs
-                        pending.append(self._pool.submit(self._compress, recs, cache.last_seq))
-                        nbytes += len(payload)
-                    elif ftype != FrameType.PING:
+                        inbox.put(_Arrival(recs, self._pool.submit(self._compress, recs, cache.last_seq),
+                                           len(payload)))
+                    elif ftype == FrameType.PING:
+                        inbox.put(None)
+                    else:
                         conn.send_json(FrameType.ERROR, {"error": f"expected RECORDS, got {ftype.name}"})
                         return
-                    if nbytes >= GATHER_BYTES or not conn.pending():
-                        break
-            except CorruptData as err:
-                self._corrupt(disk, f"frame from {conn.peer[0]}: {err}")
-                conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
-                return
-            if not records:
-                conn.send_json(FrameType.ACK, {"durable": cache.durable_seq, "applied": cache.acked_seq})
-                continue
-            self.metrics.bytes_in.labels(disk).inc(nbytes)
-            stored: list[Record] = []
-            raw = packed = 0
-            for fut in pending:
-                part, r_bytes, p_bytes = fut.result()
-                stored += part
-                raw += r_bytes
-                packed += p_bytes
-            need = sum(r.size for r in stored)
-            if self.used_bytes() + need > self.config.capacity_bytes:
-                fresh = [r.seq for r in records if r.seq > cache.last_seq]
-                if fresh:
-                    self.alerts.raise_("critical", "cache-full", f"disk {disk}: cache full; agent "
-                                       f"{conn.peer[0]} falls back to bitmap tracking from seq {fresh[0]}",
-                                       disk=disk, from_seq=fresh[0])
-                    conn.send_json(FrameType.FALLBACK, {"from_seq": fresh[0], "reason": "process server cache full"})
+                except CorruptData as err:
+                    self._corrupt(disk, f"frame from {conn.peer[0]}: {err}")
+                    conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
                     return
-            durable = cache.append(stored)
-            if raw:
-                self.metrics.raw_bytes.labels(disk).inc(raw)
-                self.metrics.stored_bytes.labels(disk).inc(packed)
-                self.metrics.compression_ratio.labels(disk).set(raw / max(packed, 1))
-            self._times[disk].append((durable, time.time()))
-            self._check_fill()
-            conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
+                except AgentError:
+                    if inbox.closed:  # the committer ended the connection (fallback)
+                        return
+                    raise
+        finally:
+            inbox.close()
+            committer.join()
+
+    def _commit_loop(self, conn: Connection, disk: str, cache: DiskCache, inbox: Inbox[_Arrival]) -> None:
+        """Append arrived frames (group commit: one fsync, one ACK), in arrival order."""
+        try:
+            while True:
+                group = inbox.take(GATHER_BYTES)
+                if group is None:
+                    return
+                if not self._commit(conn, disk, cache, group):
+                    inbox.close()
+                    conn.close()  # wakes the reader; the agent falls back to bitmap tracking
+                    return
+        except AgentError as err:
+            log.info("process server: committing %s: %s", disk, err)
+            inbox.close()
+            conn.close()
+        except Exception:  # a bug must not leave the reader waiting forever: log it, end the stream
+            log.exception("process server: committing %s failed", disk)
+            inbox.close()
+            conn.close()
+
+    def _commit(self, conn: Connection, disk: str, cache: DiskCache, group: list[_Arrival]) -> bool:
+        """Append one group and ACK it; False when the agent was told to fall back instead."""
+        records = [r for a in group for r in a.records]
+        if not records:
+            conn.send_json(FrameType.ACK, {"durable": cache.durable_seq, "applied": cache.acked_seq})
+            return True
+        nbytes = sum(a.nbytes for a in group)
+        self.metrics.bytes_in.labels(disk).inc(nbytes)
+        stored: list[Record] = []
+        raw = packed = 0
+        for a in group:
+            part, r_bytes, p_bytes = a.stored.result()
+            stored += part
+            raw += r_bytes
+            packed += p_bytes
+        need = sum(r.size for r in stored)
+        if self.used_bytes() + need > self.config.capacity_bytes:
+            fresh = [r.seq for r in records if r.seq > cache.last_seq]
+            if fresh:
+                self.alerts.raise_("critical", "cache-full", f"disk {disk}: cache full; agent "
+                                   f"{conn.peer[0]} falls back to bitmap tracking from seq {fresh[0]}",
+                                   disk=disk, from_seq=fresh[0])
+                conn.send_json(FrameType.FALLBACK, {"from_seq": fresh[0], "reason": "process server cache full"})
+                return False
+        durable = cache.append(stored)
+        if raw:
+            self.metrics.raw_bytes.labels(disk).inc(raw)
+            self.metrics.stored_bytes.labels(disk).inc(packed)
+            self.metrics.compression_ratio.labels(disk).set(raw / max(packed, 1))
+        self._times[disk].append((durable, time.time()))
+        self._check_fill()
+        conn.send_json(FrameType.ACK, {"durable": durable, "applied": cache.acked_seq})
+        return True
 
     def _relay_hashes(self, conn: Connection, disk: str, cache: DiskCache) -> None:
         """Relay resync hash requests to the master target once everything cached is applied there."""
@@ -388,16 +431,18 @@ class ProcessServer:
                             conn.send_json(FrameType.PING, {})
                             last_send = time.monotonic()
                         continue
-                records = cache.read_from(nxt, FORWARD_FRAME_BYTES)
-                if not records:
+                # The cached bytes go out as they are: every record's checksum is verified by
+                # read_raw_from, nothing is decoded, decompressed or re-encoded on the way.
+                parts, last_seq = cache.read_raw_from(nxt, FORWARD_FRAME_BYTES)
+                if not last_seq:
                     continue
-                payload = b"".join(r.encode() for r in records)
-                self.throttle.take(len(payload))
-                conn.send_payload(FrameType.RECORDS, payload)
+                nbytes = sum(len(p) for p in parts)
+                self.throttle.take(nbytes)
+                conn.send_parts(FrameType.RECORDS, parts)
                 last_send = time.monotonic()
-                self.metrics.bytes_out.labels(disk).inc(len(payload))
-                sent.append((records[-1].seq, len(payload)))
-                nxt = records[-1].seq + 1
+                self.metrics.bytes_out.labels(disk).inc(nbytes)
+                sent.append((last_seq, nbytes))
+                nxt = last_seq + 1
         finally:
             conn.close()
 
