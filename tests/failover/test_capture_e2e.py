@@ -117,7 +117,7 @@ def _ours(root: Path) -> list[str]:
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
     mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET,SOURCE"], capture_output=True, text=True,
                             check=False).stdout
-    return [line for line in (loops + mounts).splitlines() if str(root) in line]
+    return [line for line in (loops + mounts).splitlines() if f"{root}/" in line]
 
 
 @pytest.fixture
