@@ -124,6 +124,7 @@ class Splitter:
         self._bitmap: DirtyBitmap | None = None  # set in bitmap mode
         self._bitmap_reason = ""
         self._held = False
+        self._holder: int | None = None  # the thread that paused the apply path (the coordinator client)
         self._connection = -1
         self._counts = {"writes": 0, "bytes_written": 0, "discards": 0, "bytes_discarded": 0,
                         "barriers": 0, "bookmarks": 0}
@@ -301,10 +302,10 @@ class Splitter:
         returns. Call inside `app_consistent(...)` for an application-consistent point.
         """
         bookmark_id = id or new_bookmark_id()
-        if self._held:
+        if self._holding():
             self._mark_locked(bookmark_id, kind, group_id)
             return bookmark_id
-        with self._apply:
+        with self._apply:  # another thread's pause: wait for its resume, then mark after it
             self._mark_locked(bookmark_id, kind, group_id)
         return bookmark_id
 
@@ -326,12 +327,14 @@ class Splitter:
         """
         self._apply.acquire()
         self._held = True
+        self._holder = threading.get_ident()
         try:
             os.fdatasync(self._fd)
             if self._bitmap is None:
                 self.sink.flush()
         except BaseException:
             self._held = False
+            self._holder = None
             self._apply.release()
             raise
 
@@ -345,7 +348,16 @@ class Splitter:
         """Let writes through again (phase 3, or an abort). Safe to call when not paused."""
         if self._held:
             self._held = False
+            self._holder = None
             self._apply.release()
+
+    def _holding(self) -> bool:
+        """True when the calling thread is the one that paused the apply path.
+
+        Only that thread may act as if it held the lock; any other (the agent's own crash points, a
+        resync) must wait for the resume, or it would call the sink at the same time as the mark.
+        """
+        return self._held and self._holder == threading.get_ident()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -354,7 +366,7 @@ class Splitter:
         A read of the backing and the send of what was read must not interleave with a write of
         the same blocks, or the replica could end with the older data.
         """
-        if self._held:
+        if self._holding():
             yield
             return
         with self._apply:
@@ -400,7 +412,7 @@ class Splitter:
                 sent += length
 
     def stats(self) -> SplitterStats:
-        with self._apply if not self._held else contextlib.nullcontext():
+        with self._apply if not self._holding() else contextlib.nullcontext():
             bitmap = self._bitmap
             return SplitterStats(mode=self.mode, dirty_bytes=bitmap.dirty_bytes if bitmap else 0,
                                  **self._counts)

@@ -120,6 +120,24 @@ def test_crash_bookmark_falls_after_every_earlier_write(split_disk: Callable[...
     assert disk.checked.mismatches == []
 
 
+def test_another_threads_bookmark_waits_for_the_coordinators_resume(split_disk: Callable[..., SplitDisk]) -> None:
+    """While the coordinator client holds the disk, the agent's own crash point must not reach the
+    sink beside the group mark: it waits for the resume and lands after the group point."""
+    disk: SplitDisk = split_disk(16 * MiB)
+    disk.splitter.pause()
+    own: list[str] = []
+    thread = threading.Thread(target=lambda: own.append(disk.splitter.bookmark("crash", id="agent-own")))
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive(), "a crash point from another thread went through a held disk"
+    disk.splitter.mark("group-point", "farm")
+    disk.splitter.resume()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and own == ["agent-own"]
+    marks = disk.target.received.bookmarks
+    assert [m.bookmark_id for m in marks] == ["group-point", "agent-own"]
+
+
 class FlakySink(FileTarget):
     """A replica whose link goes down on demand: the real file target with injected failures."""
 
