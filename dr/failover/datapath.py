@@ -153,6 +153,11 @@ class AgentReverseReplication:
             sent.append(count)
         return sent
 
+    def commit(self, machine: Any, point_id: str) -> str:
+        """Committing a failover drops the Azure-side points (the catalog does that); the reverse
+        stream's points are the failback's own and stay until the failback ends."""
+        return f"{machine.name}: reverse replication keeps its own points (nothing to drop at {point_id})"
+
     def reprotect(self, machine: Any, *, job: str, group: str) -> str:
         sent = self._send(machine, group, f"reprotect-{job}", "crash")
         return (f"{machine.name}: reverse replication to the on-premises master target, "
