@@ -247,15 +247,27 @@ class DiskCache:
             write_atomic(self.dir / "acked", str(seq).encode())
 
     def set_acked(self, seq: int) -> None:
-        """The master target applied everything up to `seq`: persist it and drop applied segments."""
+        """The master target applied everything up to `seq`: drop applied segments.
+
+        `acked` is written (fsynced) before a segment is deleted, or when `seq` is past this cache's
+        stream, not on every ACK: after a restart the forwarder learns the applied sequence from
+        the master target's WELCOME before it sends anything, and the segments still on disk keep
+        the stream's position; a stale `acked` only means records the master target skips (it
+        applies idempotently). Measured on this VM: two fsyncs per ACK were a third of all fsyncs
+        in the throughput benchmark."""
         with self.lock:
             if seq <= self.acked_seq:
                 return
             self.acked_seq = seq
-            if seq > self.last_seq:  # the master target got these from another process server
+            persist = seq > self.last_seq
+            if persist:  # the master target got these from another process server
                 self.last_seq = self.durable_seq = seq
-            write_atomic(self.dir / "acked", str(seq).encode())
-            while len(self._segments) > 1 and self._segments[0].last_seq <= seq:
+            drop = 0
+            while len(self._segments) - drop > 1 and self._segments[drop].last_seq <= seq:
+                drop += 1
+            if persist or drop:
+                write_atomic(self.dir / "acked", str(seq).encode())
+            for _ in range(drop):
                 os.unlink(self._segments.pop(0).path)
             self.changed.notify_all()
 

@@ -113,13 +113,15 @@ class PageBlobTarget:
 
 def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """Merge writes that touch end to end into fewer, larger Put Page calls."""
-    out: list[tuple[int, bytes]] = []
+    runs: list[tuple[int, int, list[bytes]]] = []  # (offset, length, parts): each run joined once
     for off, data in sorted(writes, key=lambda w: w[0]):
-        if out and out[-1][0] + len(out[-1][1]) == off and len(out[-1][1]) + len(data) <= MAX_PUT_PAGE:
-            out[-1] = (out[-1][0], out[-1][1] + data)
+        if runs and runs[-1][0] + runs[-1][1] == off and runs[-1][1] + len(data) <= MAX_PUT_PAGE:
+            start, length, parts = runs[-1]
+            parts.append(data)
+            runs[-1] = (start, length + len(data), parts)
         else:
-            out.append((off, data))
-    return out
+            runs.append((off, len(data), [data]))
+    return [(off, parts[0] if len(parts) == 1 else b"".join(parts)) for off, _, parts in runs]
 
 
 class PageBlobPoint:
