@@ -71,6 +71,28 @@ def test_cache_truncates_a_torn_tail_and_reports_a_flipped_byte(tmp_path: Path) 
     scanned.close()
 
 
+def test_forwarded_cache_bytes_are_the_verified_records_and_stop_before_a_bad_one(tmp_path: Path) -> None:
+    """The process server forwards cached bytes without decoding them: what it reads must be the
+    records exactly as encoded, each verified, and a byte flipped on disk after the scan (so no
+    hole is known) must end the read before that record, or fail it when it is the first."""
+    recs = [Record(Kind.WRITE, s, s * 4096, 4096, CODEC_RAW, bytes([s]) * 4096) for s in range(1, 9)]
+    cache = DiskCache(tmp_path, "d0", segment_bytes=5 * (RECORD_HEADER_SIZE + 4096))  # two segments
+    cache.append(recs)
+    parts, last = cache.read_raw_from(2, 1 << 30)
+    assert last == 8 and b"".join(parts) == b"".join(r.encode() for r in recs[1:])
+    parts, last = cache.read_raw_from(1, 2 * (RECORD_HEADER_SIZE + 4096))  # whole records only
+    assert last == 2 and b"".join(parts) == recs[0].encode() + recs[1].encode()
+    seg = sorted((tmp_path / "d0").glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[-100] ^= 0x01  # inside seq 5, the first segment's last record
+    seg.write_bytes(bytes(data))
+    parts, last = cache.read_raw_from(1, 1 << 30)
+    assert last == 4 and b"".join(parts) == b"".join(r.encode() for r in recs[:4])
+    with pytest.raises(CorruptData):
+        cache.read_raw_from(last + 1, 1 << 30)
+    cache.close()
+
+
 def test_flipped_byte_in_a_cache_segment_is_never_forwarded(make_pipeline: Any, tmp_path: Path) -> None:
     proxies: list[TcpProxy] = []
 
