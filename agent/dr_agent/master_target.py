@@ -29,7 +29,7 @@ from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
 from dr_agent.retention import RetentionPolicy, prune
-from dr_agent.stages import Inbox
+from dr_agent.stages import Inbox, ending_stream
 from dr_agent.target import Batch, FileTarget, Target
 from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
 
@@ -181,7 +181,7 @@ class MasterTarget:
     def _apply_loop(self, conn: Connection, disk: str, target: Target, applied: int, inbox: Inbox[_Frame]) -> None:
         """Apply arrived frames in order, idempotently; one commit and one ACK per group."""
         batch = Batch(target)
-        try:
+        with ending_stream(f"master target: applying {disk}", inbox, conn, log):
             while True:
                 group = inbox.take(GATHER_BYTES)
                 if group is None:
@@ -215,14 +215,6 @@ class MasterTarget:
                     applied = last
                     self.metrics.applied_seq.labels(disk).set(applied)
                 conn.send_json(FrameType.ACK, {"applied": applied})
-        except AgentError as err:
-            log.info("master target: applying %s: %s", disk, err)
-            inbox.close()
-            conn.close()
-        except Exception:  # a bug must not leave the reader waiting forever: log it, end the stream
-            log.exception("master target: applying %s failed", disk)
-            inbox.close()
-            conn.close()
 
     def _serve_hashes(self, conn: Connection, target: Target) -> None:
         """Resync's target side: xxh3-128 digests of replica blocks, as capture's BlockHashSource."""

@@ -32,7 +32,7 @@ from dr_agent.master_target import DISK_NAME
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
-from dr_agent.stages import Inbox
+from dr_agent.stages import Inbox, ending_stream
 from dr_agent.transport import Connection, Listener, dial
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class ProcessServer:
 
     def _commit_loop(self, conn: Connection, disk: str, cache: DiskCache, inbox: Inbox[_Arrival]) -> None:
         """Append arrived frames (group commit: one fsync, one ACK), in arrival order."""
-        try:
+        with ending_stream(f"process server: committing {disk}", inbox, conn, log):
             while True:
                 group = inbox.take(GATHER_BYTES)
                 if group is None:
@@ -271,14 +271,6 @@ class ProcessServer:
                     inbox.close()
                     conn.close()  # wakes the reader; the agent falls back to bitmap tracking
                     return
-        except AgentError as err:
-            log.info("process server: committing %s: %s", disk, err)
-            inbox.close()
-            conn.close()
-        except Exception:  # a bug must not leave the reader waiting forever: log it, end the stream
-            log.exception("process server: committing %s failed", disk)
-            inbox.close()
-            conn.close()
 
     def _commit(self, conn: Connection, disk: str, cache: DiskCache, group: list[_Arrival]) -> bool:
         """Append one group and ACK it; False when the agent was told to fall back instead."""

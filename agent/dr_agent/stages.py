@@ -9,8 +9,13 @@ everything that has arrived at once (group commit); the reader waits when `limit
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import threading
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Iterator
+from typing import Any, Generic, Protocol, TypeVar
+
+from dr_agent.errors import AgentError
 
 
 class Sized(Protocol):
@@ -64,3 +69,24 @@ class Inbox(Generic[T]):
             self._bytes -= nbytes
             self._cv.notify_all()
             return group
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def ending_stream(what: str, inbox: Inbox[Any], conn: _Closable, log: logging.Logger) -> Iterator[None]:
+    """Run a connection's second stage; on any error end the stream: close the inbox and the
+    connection (which wakes its reader). An expected failure is logged as such, a bug with its
+    traceback; neither may leave the reader waiting forever."""
+    try:
+        yield
+    except AgentError as err:
+        log.info("%s: %s", what, err)
+        inbox.close()
+        conn.close()
+    except Exception:
+        log.exception("%s failed", what)
+        inbox.close()
+        conn.close()
