@@ -25,29 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "agent"))
 
+from _capture_sinks import CountingSink  # noqa: E402
 from dr_agent.capture.filetarget import FileTarget  # noqa: E402
 from dr_agent.capture.initial_sync import initial_sync  # noqa: E402
 from dr_agent.capture.resync import resync  # noqa: E402
-from dr_agent.changes import BookmarkKind  # noqa: E402
 
 MiB = 1 << 20
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.bytes += len(data)
-
-    def discard(self, offset: int, length: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
-        pass
 
 
 def drop_caches() -> None:

@@ -31,31 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "agent"))
 
+from _capture_sinks import CountingSink  # noqa: E402
 from dr_agent.capture.filetarget import FileTarget  # noqa: E402
 from dr_agent.capture.splitter import Splitter, attach_loop, detach_loop  # noqa: E402
-from dr_agent.changes import BookmarkKind  # noqa: E402
 
 MiB = 1 << 20
-
-
-class CountingSink:
-    """A sink that only counts: isolates the splitter's cost from any transport's."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.barriers = 0
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.bytes += len(data)
-
-    def discard(self, offset: int, length: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        self.barriers += 1
-
-    def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
-        pass
 
 
 def dd(dev: str, mib: int) -> float:
