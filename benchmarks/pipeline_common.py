@@ -5,6 +5,7 @@ Not a benchmark itself; `python benchmarks/pipeline_*.py` imports it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -27,6 +28,17 @@ from dr_agent.pki import Identity, create_ca, register  # noqa: E402
 MIB = 1024 * 1024
 PASSPHRASE = "benchmark passphrase"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def bench_args(doc: str | None, default_mib: int) -> argparse.Namespace:
+    """The pipeline benchmarks' command line: `[MiB] [--json]`."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     epilog=f"example: python {Path(sys.argv[0]).name} {default_mib} --json")
+    parser.add_argument("mib", nargs="?", type=int, default=default_mib,
+                        help=f"MiB of data written through the pipeline (default {default_mib})")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with every figure instead of the human lines")
+    return parser.parse_args()
 
 
 def free_port() -> int:
