@@ -1,6 +1,6 @@
 """Azurite path: pipeline MB/s into page blobs / a raw upload_page loop to the same Azurite.
 
-Run: python benchmarks/pipeline_azurite.py [MiB]   (goal: ratio >= 0.8)
+Run: python benchmarks/pipeline_azurite.py [MiB] [--json]   (goal: ratio >= 0.8)
 
 Baselines, measured in the same run against the same Azurite, each on a fresh page blob:
 - like for like (the ratio's baseline): BlobClient.upload_page with the master target's page size
@@ -8,24 +8,32 @@ Baselines, measured in the same run against the same Azurite, each on a fresh pa
 - for reference: the same loop in one thread, one call at a time.
 Pipeline: agent (this process) -> process server -> master target (page blob target, parallel
 Put Page) -> Azurite; from the first write to the last page applied.
+
+Beside the ratio, measured in the same run (pipeline_ceiling.py says exactly what is counted and
+why): the core-seconds of this process and Azurite during each baseline, of the agent, process
+server, master target and Azurite during the pipeline, and the machine's ceiling: the baseline's
+core-seconds (the cost of putting the bytes into Azurite) plus the pipeline's unavoidable work (TLS
+on both hops, zstd -1, decompression, the cache copy with fsync) divided over the cores, or the
+baseline's wall time if that is longer; as MB/s and as a ratio to the baseline.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dr_agent.pageblob import MAX_PUT_PAGE, PARALLEL_PUTS
 from dr_agent.sink import ProcessServerSink
-from pipeline_common import MIB, Azurite, drive, make_pki, mixed_data, services
+from pipeline_ceiling import Meter, cores, measure_ceiling
+from pipeline_common import MIB, Azurite, bench_args, drive, make_pki, mixed_data, services
 
 
 def main() -> None:
-    total = int(sys.argv[1]) * MIB if len(sys.argv) > 1 else 256 * MIB
+    args = bench_args(__doc__, 256)
+    total = args.mib * MIB
     chunks = mixed_data(total, seed=2)
     with tempfile.TemporaryDirectory(prefix="bench-azurite-") as tmp:
         root = Path(tmp)
@@ -39,41 +47,70 @@ def main() -> None:
                      for off in range(0, total, MAX_PUT_PAGE)]
             serial = cc.get_blob_client("raw-serial.vhd")
             serial.create_page_blob(total)
-            start = time.perf_counter()
-            for off, page in pages:
-                serial.upload_page(page, offset=off, length=len(page))
-            serial_s = time.perf_counter() - start
+            serial_meter = Meter({"azurite": az.proc.pid}, self_name="client")
+            with serial_meter.measure():
+                for off, page in pages:
+                    serial.upload_page(page, offset=off, length=len(page))
             blob = cc.get_blob_client("raw-parallel.vhd")
             blob.create_page_blob(total)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=PARALLEL_PUTS) as pool:
+            raw_meter = Meter({"azurite": az.proc.pid}, self_name="client")
+            with raw_meter.measure(), ThreadPoolExecutor(max_workers=PARALLEL_PUTS) as pool:
                 for fut in [pool.submit(blob.upload_page, page, offset=off, length=len(page))
                             for off, page in pages]:
                     fut.result()
-            raw_s = time.perf_counter() - start
+            del pages
 
             pki = make_pki(root)
+            ceiling = measure_ceiling(chunks, root, agent=pki.agent, ps=pki.ps, mt=pki.mt, replica_file=False)
             os.environ["BENCH_AZURE"] = az.conn_str
             mt, ps, ps_port = services(root, pki, storage="azure", conn_env="BENCH_AZURE")
             mt.start()
             ps.start()
             try:
+                assert mt.proc is not None and ps.proc is not None
+                meter = Meter({"process_server": ps.proc.pid, "master_target": mt.proc.pid,
+                               "azurite": az.proc.pid})
                 sink = ProcessServerSink(disk="bench-disk1", size=total, servers=[("127.0.0.1", ps_port)],
                                          identity=pki.agent)
-                pipe_s = drive(sink, chunks, total)
+                with meter.measure():
+                    pipe_s = drive(sink, chunks, total)
                 sink.close()
             finally:
                 ps.stop()
                 mt.stop()
         finally:
             az.stop()
-    raw_mbs, serial_mbs, pipe_mbs = total / 1e6 / raw_s, total / 1e6 / serial_s, total / 1e6 / pipe_s
+    serial, raw, pipe = serial_meter.usage, raw_meter.usage, meter.usage
+    assert serial is not None and raw is not None and pipe is not None
+    raw_mbs, serial_mbs, pipe_mbs = total / 1e6 / raw.wall_s, total / 1e6 / serial.wall_s, total / 1e6 / pipe_s
+    ceiling_s = ceiling.azurite_wall_s(raw)
+    ceiling_mbs = total / 1e6 / ceiling_s
+    if args.json:
+        print(json.dumps({
+            "benchmark": "pipeline_azurite", "mib": total // MIB, "cores": cores(),
+            "serial_mbs": round(serial_mbs, 1), "raw_mbs": round(raw_mbs, 1), "pipeline_mbs": round(pipe_mbs, 1),
+            "ratio": round(pipe_mbs / raw_mbs, 3), "goal": 0.8, "ratio_serial": round(pipe_mbs / serial_mbs, 3),
+            "ceiling_mbs": round(ceiling_mbs, 1), "ceiling_ratio": round(ceiling_mbs / raw_mbs, 3),
+            "pipeline_of_ceiling": round(pipe_mbs / ceiling_mbs, 3),
+            "ceiling_wall_s": round(ceiling_s, 4), "ceiling_is_baseline_wall": ceiling_s == raw.wall_s,
+            "unavoidable": ceiling.as_json(), "serial_cpu": serial.as_json(), "raw_cpu": raw.as_json(),
+            "pipeline_cpu": pipe.as_json(), "loadavg": [round(x, 2) for x in os.getloadavg()],
+        }))
+        return
+    print(f"ratio pipeline/raw: {pipe_mbs / raw_mbs:.2f} (goal >= 0.8); "
+          f"against the one-at-a-time loop: {pipe_mbs / serial_mbs:.2f}")
+    print(f"ceiling ratio on this machine: {ceiling_mbs / raw_mbs:.2f}; pipeline/ceiling: {pipe_mbs / ceiling_mbs:.2f}")
     print(f"data: {total // MIB} MiB")
     print(f"reference upload_page loop ({MAX_PUT_PAGE // MIB} MiB, one at a time): {serial_mbs:8.1f} MB/s")
     print(f"baseline upload_page ({MAX_PUT_PAGE // MIB} MiB, {PARALLEL_PUTS} in flight):  {raw_mbs:8.1f} MB/s")
     print(f"pipeline agent->PS->MT->page blob:               {pipe_mbs:8.1f} MB/s")
-    print(f"ratio pipeline/raw: {pipe_mbs / raw_mbs:.2f} (goal >= 0.8); "
-          f"against the one-at-a-time loop: {pipe_mbs / serial_mbs:.2f}")
+    bound = "the baseline's wall time" if ceiling_s == raw.wall_s else \
+        f"({raw.total_s:.2f} baseline + {ceiling.work_s(replica_file=False):.2f} pipeline) core-s / {cores()} cores"
+    print(f"ceiling:                                         {ceiling_mbs:8.1f} MB/s ({bound})")
+    print(ceiling.line(replica_file=False))
+    print(serial.line("during the one-at-a-time loop"))
+    print(raw.line("during the baseline"))
+    print(pipe.line("during the pipeline"))
 
 
 if __name__ == "__main__":
