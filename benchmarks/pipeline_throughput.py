@@ -71,6 +71,7 @@ def main() -> None:
             "ceiling_cpu_mbs": round(cpu_mbs, 1), "ceiling_disk_mbs": round(disk_mbs, 1),
             "ceiling_mbs": round(ceiling_mbs, 1), "ceiling_ratio": round(ceiling_mbs / zstd_mbs, 3),
             "pipeline_of_ceiling": round(pipe_mbs / ceiling_mbs, 3),
+            "pipeline_core_s_of_unavoidable": round(usage.total_s / ceiling.work_s(replica_file=True), 3),
             "unavoidable": ceiling.as_json(), "pipeline_cpu": usage.as_json(),
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         }))
@@ -86,6 +87,8 @@ def main() -> None:
           f"disk, both copies with fsync = {disk_mbs:.1f} MB/s)")
     print(ceiling.line())
     print(usage.line("during the pipeline"))
+    print(f"the gap: the pipeline used {usage.total_s / ceiling.work_s(replica_file=True):.2f}x the unavoidable "
+          f"core-s and kept the cores {usage.utilisation:.0%} busy")
 
 
 if __name__ == "__main__":
