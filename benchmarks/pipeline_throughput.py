@@ -63,6 +63,9 @@ def main() -> None:
     cpu_mbs = total / 1e6 / ceiling.cpu_bound_s()
     disk_mbs = total / 1e6 / ceiling.disk_bound_s()
     ceiling_mbs = total / 1e6 / ceiling.file_wall_s()
+    # The same ratio with both sides timed in the ceiling's own pass (its zstd -1 CPU seconds): immune
+    # to the machine's speed drifting between the baseline and the ceiling pass on a shared VM.
+    same_pass = ceiling.core_s["compress"] / ceiling.file_wall_s()
     if args.json:
         print(json.dumps({
             "benchmark": "pipeline_throughput", "mib": total // MIB, "cores": cores(),
@@ -70,6 +73,7 @@ def main() -> None:
             "pipeline_mbs": round(pipe_mbs, 1), "ratio": round(pipe_mbs / zstd_mbs, 3), "goal": 0.7,
             "ceiling_cpu_mbs": round(cpu_mbs, 1), "ceiling_disk_mbs": round(disk_mbs, 1),
             "ceiling_mbs": round(ceiling_mbs, 1), "ceiling_ratio": round(ceiling_mbs / zstd_mbs, 3),
+            "ceiling_ratio_same_pass": round(same_pass, 3),
             "pipeline_of_ceiling": round(pipe_mbs / ceiling_mbs, 3),
             "pipeline_core_s_of_unavoidable": round(usage.total_s / ceiling.work_s(replica_file=True), 3),
             "unavoidable": ceiling.as_json(), "pipeline_cpu": usage.as_json(),
@@ -77,8 +81,8 @@ def main() -> None:
         }))
         return
     print(f"ratio pipeline/zstd: {pipe_mbs / zstd_mbs:.2f} (goal >= 0.7)")
-    print(f"ceiling ratio on this machine: {ceiling_mbs / zstd_mbs:.2f}; "
-          f"pipeline/ceiling: {pipe_mbs / ceiling_mbs:.2f}")
+    print(f"ceiling ratio on this machine: {ceiling_mbs / zstd_mbs:.2f} ({same_pass:.2f} against the ceiling "
+          f"pass's own zstd -1 time); pipeline/ceiling: {pipe_mbs / ceiling_mbs:.2f}")
     print(f"data: {total // MIB} MiB, zstd -1 ratio {total / packed:.2f}")
     print(f"baseline zstd -1, one thread: {zstd_mbs:8.1f} MB/s")
     print(f"pipeline agent->PS->MT->file: {pipe_mbs:8.1f} MB/s")
