@@ -45,12 +45,12 @@ def main() -> None:
             cc.create_container()
             pages = [(off, b"".join(chunks[off // MIB:(off + MAX_PUT_PAGE) // MIB]))
                      for off in range(0, total, MAX_PUT_PAGE)]
-            serial = cc.get_blob_client("raw-serial.vhd")
-            serial.create_page_blob(total)
+            serial_blob = cc.get_blob_client("raw-serial.vhd")
+            serial_blob.create_page_blob(total)
             serial_meter = Meter({"azurite": az.proc.pid}, self_name="client")
             with serial_meter.measure():
                 for off, page in pages:
-                    serial.upload_page(page, offset=off, length=len(page))
+                    serial_blob.upload_page(page, offset=off, length=len(page))
             blob = cc.get_blob_client("raw-parallel.vhd")
             blob.create_page_blob(total)
             raw_meter = Meter({"azurite": az.proc.pid}, self_name="client")

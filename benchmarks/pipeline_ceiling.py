@@ -71,6 +71,8 @@ CACHE_FSYNC_BYTES = 16 * MIB
 REPLICA_FSYNC_BYTES = 32 * MIB
 # Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ; 100 on Linux).
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What the pieces of work handle: data chunks, and the payloads Compressor.compress returns.
+Block = bytes | memoryview
 
 
 def cores() -> int:
@@ -138,7 +140,7 @@ class Meter:
         self.usage = Usage(wall, {name: after[name] - before[name] for name in before})
 
 
-def _tls_cpu_s(payloads: Sequence[bytes], sender: Identity, receiver: Identity) -> float:
+def _tls_cpu_s(payloads: Sequence[Block], sender: Identity, receiver: Identity) -> float:
     """CPU seconds of both ends (two threads of this process) to send `payloads` over mutual TLS."""
     lengths = [len(p) for p in payloads]
     ready = threading.Barrier(2)
@@ -187,8 +189,8 @@ def _tls_cpu_s(payloads: Sequence[bytes], sender: Identity, receiver: Identity) 
     return spent["send"] + spent["receive"]
 
 
-def _write_copy(path: Path, blocks: Sequence[bytes], raw_lengths: Sequence[int], fsync_every: int,
-                write: Callable[[int, bytes, int], None]) -> tuple[float, float]:
+def _write_copy(path: Path, blocks: Sequence[Block], raw_lengths: Sequence[int], fsync_every: int,
+                write: Callable[[int, Block, int], None]) -> tuple[float, float]:
     """(CPU seconds, wall seconds) to write `blocks` to a new file, fsyncing every `fsync_every` raw bytes."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -208,13 +210,13 @@ def _write_copy(path: Path, blocks: Sequence[bytes], raw_lengths: Sequence[int],
         path.unlink()
 
 
-def _append(fd: int, block: bytes, _pos: int) -> None:
+def _append(fd: int, block: Block, _pos: int) -> None:
     view = memoryview(block)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _pwrite(fd: int, block: bytes, pos: int) -> None:
+def _pwrite(fd: int, block: Block, pos: int) -> None:
     view = memoryview(block)
     while view:
         k = os.pwrite(fd, view, pos)
