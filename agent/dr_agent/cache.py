@@ -56,7 +56,7 @@ def _segment_header(disk: str, first_seq: int) -> bytes:
     return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head + name)) + name
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -73,7 +73,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class DiskCache:
@@ -192,7 +192,7 @@ class DiskCache:
                 return self.durable_seq
             if fresh[0].seq != self.last_seq + 1:
                 raise CorruptData(f"disk {self.disk}: record seq {fresh[0].seq} after {self.last_seq}")
-            parts: list[bytes] = []  # written with one writev per segment, not one write per record
+            parts: list[bytes | memoryview] = []  # one writev per segment, not one write per record
             for r in fresh:
                 tail = self._tail()
                 if (tail is None or tail.size >= self.segment_bytes
@@ -212,7 +212,7 @@ class DiskCache:
             self.changed.notify_all()
             return self.durable_seq
 
-    def _write_parts(self, parts: list[bytes]) -> None:
+    def _write_parts(self, parts: list[bytes | memoryview]) -> None:
         """Append `parts` to the tail segment, IOV_MAX buffers per writev, finishing short writes."""
         for i in range(0, len(parts), _IOV_MAX):
             chunk = parts[i:i + _IOV_MAX]
@@ -233,7 +233,7 @@ class DiskCache:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         os.write(self._fd, header)
         os.fsync(self._fd)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         seg = _Segment(path, first_seq, size=len(header))
         self._segments.append(seg)
         return seg

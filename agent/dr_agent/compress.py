@@ -34,7 +34,7 @@ class Compressor:
         self._c = zstandard.ZstdCompressor(level=self.level, write_content_size=True, write_checksum=False)
         self._d = zstandard.ZstdDecompressor()
 
-    def compress(self, data: bytes) -> tuple[int, bytes]:
+    def compress(self, data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
         """(codec, payload): zstd when it shrinks the data, else raw."""
         if len(data) < MIN_COMPRESS_BYTES:
             return CODEC_RAW, data
@@ -43,7 +43,8 @@ class Compressor:
             return CODEC_RAW, data
         return CODEC_ZSTD, packed
 
-    def decompress(self, codec: int, payload: bytes, length: int) -> bytes:
+    def decompress(self, codec: int, payload: bytes | memoryview, length: int) -> bytes | memoryview:
+        data: bytes | memoryview
         if codec == CODEC_RAW:
             data = payload
         elif codec == CODEC_ZSTD:

@@ -4,7 +4,8 @@ Each connection carries one disk. Records are verified (checksum) before anythin
 applied strictly in sequence order, and skipped when their sequence is at or below the one the
 replica records as applied, so a replay after a reconnect never applies twice. The applied
 sequence is committed with the data (page blob metadata after the pages; a side file after fsync
-for file targets). A bookmark applies everything before it, commits, then takes a snapshot and
+for file targets) in the target's commit thread, and ACKed from there once durable, while the next
+group is applied. A bookmark applies everything before it, commits, then takes a snapshot and
 records the recovery point in the catalog; retention prunes points as the window moves.
 """
 
@@ -15,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from dr_agent.pki import Identity, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
 from dr_agent.retention import RetentionPolicy, prune
 from dr_agent.stages import Inbox, ending_stream
-from dr_agent.target import Batch, FileTarget, Target
+from dr_agent.target import Batch, Data, FileTarget, Target
 from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class _Frame:
     """A verified RECORDS frame: its records, the decompressed data of each write, its size."""
 
     records: list[Record]
-    datas: list[bytes]
+    datas: list[Data]
     nbytes: int
 
 
@@ -141,6 +143,11 @@ class MasterTarget:
             lock.release()
 
     def _receive(self, conn: Connection, disk: str, target: Target) -> None:
+        try:
+            target.drain()  # the previous connection's commits: the WELCOME must say what is durable
+        except AgentError as err:
+            log.warning("disk %s: the previous stream's last commit failed (%s); resuming from the last durable one",
+                        disk, err)
         applied = target.applied_seq()
         self.metrics.applied_seq.labels(disk).set(applied)
         conn.send_json(FrameType.WELCOME, {"applied": applied})
@@ -156,7 +163,7 @@ class MasterTarget:
                 try:
                     ftype, payload = conn.recv()
                     if ftype == FrameType.RECORDS:
-                        recs = decode_records(payload)
+                        recs = decode_records(payload, views=True)
                         datas = [dc.decompress(r.codec, r.payload, r.length) if r.kind == Kind.WRITE else b""
                                  for r in recs]
                         inbox.put(_Frame(recs, datas, len(payload)))
@@ -179,8 +186,26 @@ class MasterTarget:
             applier.join()
 
     def _apply_loop(self, conn: Connection, disk: str, target: Target, applied: int, inbox: Inbox[_Frame]) -> None:
-        """Apply arrived frames in order, idempotently; one commit and one ACK per group."""
+        """Apply arrived frames in order, idempotently; one commit and one ACK per group.
+
+        The commit runs in the target's commit thread (`commit_later`), which ACKs once the group is
+        durable; meanwhile this thread applies the next group. Bookmarks commit synchronously: the
+        snapshot must hold everything before it."""
         batch = Batch(target)
+
+        def committed(seq: int) -> Callable[[BaseException | None], None]:
+            def done(err: BaseException | None) -> None:
+                if err is not None:
+                    log.warning("disk %s: commit of seq %d failed: %s", disk, seq, err)
+                    conn.close()  # the process server reconnects and replays from the last durable seq
+                    return
+                self.metrics.applied_seq.labels(disk).set(seq)
+                try:
+                    conn.send_json(FrameType.ACK, {"applied": seq})
+                except AgentError:
+                    pass  # the stream ended; the next connection's WELCOME says where the replica is
+            return done
+
         with ending_stream(f"master target: applying {disk}", inbox, conn, log):
             while True:
                 group = inbox.take(GATHER_BYTES)
@@ -210,11 +235,8 @@ class MasterTarget:
                             self._point(disk, target, rec)
                         last = rec.seq
                 batch.apply()
-                if last != applied:
-                    target.commit(last)
-                    applied = last
-                    self.metrics.applied_seq.labels(disk).set(applied)
-                conn.send_json(FrameType.ACK, {"applied": applied})
+                applied = last  # a keepalive or a replay commits nothing new, and is ACKed in order too
+                target.commit_later(last, committed(last))
 
     def _serve_hashes(self, conn: Connection, target: Target) -> None:
         """Resync's target side: xxh3-128 digests of replica blocks, as capture's BlockHashSource."""

@@ -3,25 +3,32 @@
 The blob is `size + 512` bytes: the disk, then the fixed-VHD footer, so at failover it becomes a
 managed disk as is. Writes go out as Put Page calls of at most 4 MiB (the service's limit), many
 in flight per disk (one page blob accepts about 60 MiB/s, per Azure's scalability targets; one
-request at a time reaches a fraction of that). The applied sequence number is stored in the blob's
-metadata after the pages it covers, so the data and its position travel together. Recovery points
-are blob snapshots, which Azure stores incrementally.
+request at a time reaches a fraction of that). `apply` returns once its calls are queued: the
+calls of the next group go out while the previous group's are still in flight, and a call whose
+range overlaps one in flight waits for it (the stream's order). The applied sequence number is
+stored in the blob's metadata by the commit thread once every call before it succeeded, so the
+data and its position travel together. Recovery points are blob snapshots, which Azure stores
+incrementally.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 from dr_agent import vhd
 from dr_agent.errors import TargetError
+from dr_agent.target import Committer, Data, Done
 
 # The Put Page limit (bytes), from the Blob service REST reference.
 MAX_PUT_PAGE = 4 * 1024 * 1024
 # Put Page calls in flight per disk: measured against Azurite on this VM, 8 saturates it; real
 # Azure storage gains up to about 16.
 PARALLEL_PUTS = 8
+# Calls queued or in flight per disk before `apply` waits (bounds the memory they hold: 4 MiB each).
+QUEUED_PUTS = 4 * PARALLEL_PUTS
 # Azure managed disks need a virtual size that is a whole number of MiB.
 MIB = 1024 * 1024
 SEQ_KEY = "drseq"
@@ -62,35 +69,103 @@ class PageBlobTarget:
             self._blob.upload_page(vhd.footer(size), offset=size, length=vhd.FOOTER_SIZE)
             self._meta = {SEQ_KEY: "0"}
         self._pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"put-{blob}")
+        self._inflight: list[tuple[int, int, cf.Future[None]]] = []  # (start, end, call), oldest first
+        self._lock = threading.Lock()
+        self._failed: BaseException | None = None  # the first failed call not yet reported by drain
+        self._committer = Committer(f"meta-{blob}")
 
-    def _put(self, offset: int, data: bytes | memoryview) -> None:
+    def _put(self, offset: int, data: Data) -> None:
         self._blob.upload_page(bytes(data), offset=offset, length=len(data))
 
     def _clear(self, offset: int, length: int) -> None:
         self._blob.clear_page(offset=offset, length=length)
 
-    def apply(self, writes: list[tuple[int, bytes]], zeros: list[tuple[int, int]]) -> None:
-        futures = [self._pool.submit(self._clear, off, n) for off, n in zeros]
+    def _prune(self) -> None:
+        """Forget finished calls (lock held), keeping the first failure for the next commit."""
+        live = []
+        for a, b, f in self._inflight:
+            if not f.done():
+                live.append((a, b, f))
+            elif f.exception() is not None and self._failed is None:
+                self._failed = f.exception()
+        self._inflight = live
+
+    def _queue(self, start: int, end: int, call: Any, *args: Any) -> None:
+        """Queue one call after the calls in flight that overlap [start, end)."""
+        with self._lock:
+            self._prune()
+            oldest = self._inflight[0][2] if len(self._inflight) >= QUEUED_PUTS else None
+            before = [f for a, b, f in self._inflight if a < end and start < b]
+        if oldest is not None:
+            cf.wait([oldest])
+        cf.wait(before)
+        fut = self._pool.submit(call, *args)
+        with self._lock:
+            self._inflight.append((start, end, fut))
+
+    def _calls(self) -> list[cf.Future[None]]:
+        """The calls queued so far and not finished; raises a failure among the finished ones."""
+        with self._lock:
+            self._prune()
+            if self._failed is not None:
+                raise TargetError(f"Put Page failed: {self._failed}")
+            return [f for _, _, f in self._inflight]
+
+    def apply(self, writes: list[tuple[int, Data]], zeros: list[tuple[int, int]]) -> None:
+        for off, n in zeros:
+            self._queue(off, off + n, self._clear, off, n)
         for off, data in _coalesce(writes):
             view = memoryview(data)
             for pos in range(0, len(data), MAX_PUT_PAGE):
-                futures.append(self._pool.submit(self._put, off + pos, view[pos:pos + MAX_PUT_PAGE]))
-        for fut in futures:
-            fut.result()
+                part = view[pos:pos + MAX_PUT_PAGE]
+                self._queue(off + pos, off + pos + len(part), self._put, off + pos, part)
 
     def read(self, offset: int, length: int) -> bytes:
+        for fut in self._calls():
+            fut.result()
         data: bytes = self._blob.download_blob(offset=offset, length=length).readall()
         return data
 
     def applied_seq(self) -> int:
         return int(self._meta.get(SEQ_KEY, "0"))
 
-    def commit(self, seq: int) -> None:
+    def _record(self, seq: int, calls: list[cf.Future[None]]) -> None:
         # Put Page is durable when it returns; the sequence follows the pages it covers.
-        self._meta = {**self._meta, SEQ_KEY: str(seq)}
-        self._blob.set_blob_metadata(self._meta)
+        for fut in calls:
+            fut.result()
+        if str(seq) == self._meta.get(SEQ_KEY):
+            return  # nothing applied since the last commit (a keepalive)
+        meta = {**self._meta, SEQ_KEY: str(seq)}
+        self._blob.set_blob_metadata(meta)
+        self._meta = meta
+
+    def commit_later(self, seq: int, done: Done) -> None:
+        try:
+            calls = self._calls()
+        except TargetError as err:
+            done(err)
+            return
+        self._committer.submit(lambda: self._record(seq, calls), done)
+
+    def commit(self, seq: int) -> None:
+        calls = self._calls()
+        self._committer.wait(lambda: self._record(seq, calls))
+
+    def drain(self) -> None:
+        with self._lock:
+            calls = [f for _, _, f in self._inflight]
+        cf.wait(calls)
+        with self._lock:
+            self._prune()
+            failed, self._failed = self._failed, None
+        try:
+            self._committer.drain()
+        finally:
+            if failed is not None:
+                raise TargetError(f"Put Page failed: {failed}") from failed
 
     def snapshot(self, point_id: str, seq: int) -> str:
+        self.drain()
         snap = self._blob.create_snapshot(metadata={**self._meta, SEQ_KEY: str(seq), "drpoint": point_id})
         return str(snap["snapshot"])
 
@@ -109,11 +184,12 @@ class PageBlobTarget:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._committer.close()
 
 
-def _coalesce(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def _coalesce(writes: list[tuple[int, Data]]) -> list[tuple[int, Data]]:
     """Merge writes that touch end to end into fewer, larger Put Page calls."""
-    runs: list[tuple[int, int, list[bytes]]] = []  # (offset, length, parts): each run joined once
+    runs: list[tuple[int, int, list[Data]]] = []  # (offset, length, parts): each run joined once
     for off, data in sorted(writes, key=lambda w: w[0]):
         if runs and runs[-1][0] + runs[-1][1] == off and runs[-1][1] + len(data) <= MAX_PUT_PAGE:
             start, length, parts = runs[-1]

@@ -89,7 +89,7 @@ class Record:
     offset: int
     length: int
     codec: int
-    payload: bytes
+    payload: bytes | memoryview  # a view into a received frame when decoded with views=True
 
     def header(self) -> bytes:
         """The 44-byte header, checksum included: `header() + payload` is the encoded record."""
@@ -102,7 +102,7 @@ class Record:
     def encode(self) -> bytes:
         return self.header() + self.payload
 
-    def parts(self) -> tuple[bytes, bytes]:
+    def parts(self) -> tuple[bytes, bytes | memoryview]:
         """(header, payload): the encoded record without copying the payload (for writev, send)."""
         return self.header(), self.payload
 
@@ -114,7 +114,7 @@ class Record:
         """The bookmark's fields: id, kind (crash/app), group (multi-VM id or None), time (epoch s)."""
         if self.kind != Kind.BOOKMARK:
             raise ValueError(f"record {self.seq} is a {self.kind.name}, not a bookmark")
-        value: dict[str, Any] = json.loads(self.payload)
+        value: dict[str, Any] = json.loads(bytes(self.payload))
         return value
 
 
@@ -154,19 +154,24 @@ def _verified(view: memoryview, pos: int) -> tuple[int, int, tuple[int, int, int
     return seq, end, (kind, codec, offset, length)
 
 
-def decode_record(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[Record, int]:
-    """The record at `pos` and the position after it. Raises CorruptData, or EOFError when short."""
+def decode_record(buf: bytes | bytearray | memoryview, pos: int = 0, *,
+                  views: bool = False) -> tuple[Record, int]:
+    """The record at `pos` and the position after it. Raises CorruptData, or EOFError when short.
+
+    With `views` the payload is a view into `buf` (no copy: a frame's megabytes go from the
+    socket's buffer to the compressor or the replica as they are)."""
     view = memoryview(buf)
     seq, end, (kind, codec, offset, length) = _verified(view, pos)
-    return Record(Kind(kind), seq, offset, length, codec, bytes(view[pos + RECORD_HEADER_SIZE:end])), end
+    body = view[pos + RECORD_HEADER_SIZE:end]
+    return Record(Kind(kind), seq, offset, length, codec, body if views else bytes(body)), end
 
 
-def decode_records(buf: bytes | bytearray | memoryview) -> list[Record]:
+def decode_records(buf: bytes | bytearray | memoryview, *, views: bool = False) -> list[Record]:
     out: list[Record] = []
     pos = 0
     while pos < len(buf):
         try:
-            rec, pos = decode_record(buf, pos)
+            rec, pos = decode_record(buf, pos, views=views)
         except EOFError:
             raise CorruptData(f"a frame ends inside a record at byte {pos}") from None
         out.append(rec)

@@ -1,27 +1,32 @@
 """Replica targets: where the master target writes a disk (a page blob, or a file for tests and benchmarks).
 
 A target applies groups of non-overlapping, 512-byte aligned extents (in parallel where it can),
-persists the last applied sequence number with the data (`commit`), and takes snapshots at
-recovery points. `Batch` turns an ordered stream of writes and discards into such groups while
-keeping the stream's order: an extent that overlaps one already queued starts a new group.
+persists the last applied sequence number with the data (`commit`, or `commit_later`, which
+returns at once and reports when the data and the sequence are durable, in order, so the next
+group is applied while the previous one is made durable), and takes snapshots at recovery points.
+`Batch` turns an ordered stream of writes and discards into such groups while keeping the
+stream's order: an extent that overlaps one already queued starts a new group.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures as cf
 import ctypes
 import ctypes.util
-import json
 import os
 import shutil
+import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import xxhash
+
 from dr_agent import vhd
-from dr_agent.cache import write_atomic
+from dr_agent.cache import fsync_dir
 from dr_agent.errors import TargetError
 
 SECTOR = 512
@@ -30,18 +35,34 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
 
+# A write's data: bytes, or a view into a received frame (no copy on the way to the replica).
+Data = bytes | memoryview
+# Called once a `commit_later` is done: None when the data and the sequence are durable, else the error.
+Done = Callable[[BaseException | None], None]
+
+
 class Target(Protocol):
     size: int
 
-    def apply(self, writes: list[tuple[int, bytes]], zeros: list[tuple[int, int]]) -> None:
-        """Apply aligned, mutually non-overlapping extents (any order, possibly in parallel)."""
+    def apply(self, writes: list[tuple[int, Data]], zeros: list[tuple[int, int]]) -> None:
+        """Apply aligned, mutually non-overlapping extents (any order, possibly in parallel; an
+        extent overlapping one still in flight from an earlier call waits for it)."""
 
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read(self, offset: int, length: int) -> bytes:
+        """The replica's bytes now, every earlier `apply` included."""
 
-    def applied_seq(self) -> int: ...
+    def applied_seq(self) -> int:
+        """The last sequence recorded durable (after `drain`, every commit so far)."""
+
+    def commit_later(self, seq: int, done: Done) -> None:
+        """Make everything applied so far durable, then record `seq` as applied; returns at once.
+        Commits finish in the order they were asked for; `done` runs in the target's thread."""
 
     def commit(self, seq: int) -> None:
-        """Make everything applied durable, then record `seq` as applied (with the data)."""
+        """`commit_later` and wait for it."""
+
+    def drain(self) -> None:
+        """Wait for everything in flight; raises (once) the first error since the last drain."""
 
     def snapshot(self, point_id: str, seq: int) -> str:
         """A read-only copy of the disk now; returns its handle."""
@@ -60,6 +81,73 @@ class PointReader(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
 
 
+class Committer:
+    """One thread that runs a target's commits in order and remembers the first failure: once a
+    commit failed, later ones fail too (no sequence is recorded past a lost write) until `drain`
+    reports it."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._last: cf.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, work: Callable[[], None], done: Done) -> None:
+        def run() -> None:
+            try:
+                if self._error is not None:
+                    raise TargetError(f"an earlier write or commit failed: {self._error}")
+                work()
+            except BaseException as err:  # reported to `done` and to the next drain
+                if self._error is None:
+                    self._error = err
+                done(err)
+                return
+            done(None)
+
+        self._last = self._pool.submit(run)
+
+    def wait(self, work: Callable[[], None]) -> None:
+        """Run `work` as a commit and wait for it; raises its error (or an earlier one)."""
+        self.submit(work, lambda err: None)
+        self.drain()
+
+    def drain(self) -> None:
+        last = self._last
+        if last is not None:
+            last.result()
+        err, self._error = self._error, None
+        if err is not None:
+            raise TargetError(f"commit failed: {err}") from err
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+# The applied sequence of a file target: two 512-byte slots, written in turn (in place: no rename,
+# one fdatasync), each `magic, generation, seq, xxh3-64`; the valid slot of the highest generation
+# wins, so a torn slot write leaves the other one.
+SEQ_SLOT = struct.Struct("<8sQQQ")
+SEQ_MAGIC = b"DRSEQ\x001\x00"
+
+
+def _seq_slot(generation: int, seq: int) -> bytes:
+    head = SEQ_SLOT.pack(SEQ_MAGIC, generation, seq, 0)[:-8]
+    return (head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))).ljust(SECTOR, b"\0")
+
+
+def read_seq_slots(data: bytes) -> tuple[int, int]:
+    """(generation, seq) of the newest valid slot in a side file's bytes; (0, 0) when none is."""
+    best = (0, 0)
+    for pos in (0, SECTOR):
+        chunk = data[pos:pos + SEQ_SLOT.size]
+        if len(chunk) < SEQ_SLOT.size:
+            continue
+        magic, gen, seq, check = SEQ_SLOT.unpack(chunk)
+        if magic == SEQ_MAGIC and xxhash.xxh3_64_intdigest(chunk[:-8]) == check and gen > best[0]:
+            best = (gen, seq)
+    return best
+
+
 @dataclass
 class Batch:
     """Ordered writes and discards, cut into groups whose extents do not overlap."""
@@ -68,7 +156,7 @@ class Batch:
     max_bytes: int = 32 * 1024 * 1024
     _starts: list[int] = field(default_factory=list)
     _ends: list[int] = field(default_factory=list)
-    _writes: list[tuple[int, bytes]] = field(default_factory=list)
+    _writes: list[tuple[int, Data]] = field(default_factory=list)
     _zeros: list[tuple[int, int]] = field(default_factory=list)
     _bytes: int = 0
 
@@ -83,7 +171,7 @@ class Batch:
         self._starts.insert(i, a)
         self._ends.insert(i, b)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: Data) -> None:
         if offset < 0 or offset + len(data) > self.target.size:
             raise TargetError(f"write of {len(data)} bytes at {offset} beyond the {self.target.size}-byte disk")
         a = offset - offset % SECTOR
@@ -135,6 +223,8 @@ def _punch(fd: int, offset: int, length: int) -> bool:
 class FileTarget:
     """A disk as a local sparse file `path` (raw image) with `path.seq` holding the applied sequence.
 
+    A commit is one fdatasync of the image and one of the side file, whose slot is rewritten in
+    place (see SEQ_SLOT); it runs in the target's commit thread while the next group is written.
     Snapshots are sparse (reflink when the file system can) copies under `path.points/`.
     """
 
@@ -145,29 +235,50 @@ class FileTarget:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self._fd).st_size != size:
             os.ftruncate(self._fd, size)
-        self._seq_path = path.with_name(path.name + ".seq")
+        seq_path = path.with_name(path.name + ".seq")
+        fresh = not seq_path.exists()
+        self._seq_fd = os.open(seq_path, os.O_RDWR | os.O_CREAT, 0o600)
+        if fresh:  # the side file's length never changes again: slot writes need no metadata
+            os.pwrite(self._seq_fd, bytes(2 * SECTOR), 0)
+            os.fsync(self._seq_fd)
+            fsync_dir(path.parent)
+        self._generation, self._seq = read_seq_slots(os.pread(self._seq_fd, 2 * SECTOR, 0))
         self._points = path.with_name(path.name + ".points")
+        self._committer = Committer(f"commit-{path.name}")
 
-    def apply(self, writes: list[tuple[int, bytes]], zeros: list[tuple[int, int]]) -> None:
+    def apply(self, writes: list[tuple[int, Data]], zeros: list[tuple[int, int]]) -> None:
         for off, length in zeros:
             if not _punch(self._fd, off, length):
                 for pos in range(off, off + length, 1 << 20):
                     os.pwrite(self._fd, bytes(min(1 << 20, off + length - pos)), pos)
         for off, data in writes:
-            os.pwrite(self._fd, data, off)
+            view = memoryview(data)
+            while view:  # pwrite may write less than asked
+                view = view[os.pwrite(self._fd, view, off + len(data) - len(view)):]
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
     def applied_seq(self) -> int:
-        try:
-            return int(json.loads(self._seq_path.read_text())["seq"])
-        except FileNotFoundError:
-            return 0
+        return self._seq
+
+    def _record(self, seq: int) -> None:
+        if seq == self._seq:
+            return  # nothing applied since the last commit (a keepalive)
+        os.fdatasync(self._fd)  # the data first: the sequence may only name durable writes
+        generation = self._generation + 1
+        os.pwrite(self._seq_fd, _seq_slot(generation, seq), (generation % 2) * SECTOR)
+        os.fdatasync(self._seq_fd)
+        self._generation, self._seq = generation, seq
+
+    def commit_later(self, seq: int, done: Done) -> None:
+        self._committer.submit(lambda: self._record(seq), done)
 
     def commit(self, seq: int) -> None:
-        os.fsync(self._fd)
-        write_atomic(self._seq_path, json.dumps({"seq": seq}).encode())
+        self._committer.wait(lambda: self._record(seq))
+
+    def drain(self) -> None:
+        self._committer.drain()
 
     def snapshot(self, point_id: str, seq: int) -> str:
         self._points.mkdir(exist_ok=True)
@@ -185,7 +296,9 @@ class FileTarget:
         return {"kind": "file", "path": str(self.path), "size": self.size}
 
     def close(self) -> None:
+        self._committer.close()
         os.close(self._fd)
+        os.close(self._seq_fd)
 
 
 class FilePoint:
