@@ -15,6 +15,7 @@ until SIGTERM or SIGINT. Exit codes: 0 stopped cleanly, 2 bad configuration or u
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
@@ -64,6 +65,26 @@ def _passphrase(env: str) -> str:
     return value
 
 
+# glibc mallopt(3) parameters (malloc.h) and the values the services set: a frame or a payload
+# of 1-4 MiB is allocated and freed thousands of times a second; by default each is a fresh
+# mmap, zeroed and page-faulted in again. Measured on this project's 2-core VM: about a tenth of
+# the services' CPU time goes away when they are served from the heap instead.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024    # glibc's maximum on 64-bit (HEAP_MAX_SIZE / 2)
+_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024   # free heap kept before it is given back
+
+
+def _tune_malloc() -> None:
+    """Keep large buffers in the heap (glibc only; elsewhere nothing changes)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+
+
 def _serve(service: Any, name: str) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,6 +98,7 @@ def _serve(service: Any, name: str) -> int:
 def run_process_server(path: Path) -> int:
     from dr_agent.process_server import ProcessServer
 
+    _tune_malloc()
     return _serve(ProcessServer(process_server_config(path)), "process-server")
 
 
@@ -101,6 +123,7 @@ def process_server_config(path: Path) -> Any:
 def run_master_target(path: Path) -> int:
     from dr_agent.master_target import MasterTarget
 
+    _tune_malloc()
     return _serve(MasterTarget(master_target_config(path)), "master-target")
 
 

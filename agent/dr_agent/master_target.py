@@ -89,6 +89,10 @@ class MasterTarget:
         if config.storage == "azure" and not config.connection_string:
             raise ConfigError("storage 'azure' needs a connection string (connection_string_env in the config)")
         self.config = config
+        if config.storage == "azure":
+            from dr_agent.pageblob import load_sdk
+
+            load_sdk()  # now, not inside the first disk's stream (about 0.4 s of CPU)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(config.state_dir / "catalog.sqlite")
         self.catalog_lock = threading.Lock()

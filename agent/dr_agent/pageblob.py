@@ -34,12 +34,17 @@ MIB = 1024 * 1024
 SEQ_KEY = "drseq"
 
 
-def _client(conn_str: str, container: str) -> Any:
+def load_sdk() -> Any:
+    """The azure.storage.blob module; TargetError with the pip line when it is not installed."""
     try:
-        from azure.storage.blob import ContainerClient
+        import azure.storage.blob as sdk
     except ImportError:  # pragma: no cover - an install without the azure extra
         raise TargetError("page blobs need azure-storage-blob: pip install 'dr-agent[azure]'") from None
-    return ContainerClient.from_connection_string(conn_str, container)
+    return sdk
+
+
+def _client(conn_str: str, container: str) -> Any:
+    return load_sdk().ContainerClient.from_connection_string(conn_str, container)
 
 
 class PageBlobTarget:
@@ -72,7 +77,7 @@ class PageBlobTarget:
         self._inflight: list[tuple[int, int, cf.Future[None]]] = []  # (start, end, call), oldest first
         self._lock = threading.Lock()
         self._failed: BaseException | None = None  # the first failed call not yet reported by drain
-        self._committer = Committer(f"meta-{blob}")
+        self._committer = Committer(f"meta-{blob}", self._record)
 
     def _put(self, offset: int, data: Data) -> None:
         self._blob.upload_page(bytes(data), offset=offset, length=len(data))
@@ -129,10 +134,8 @@ class PageBlobTarget:
     def applied_seq(self) -> int:
         return int(self._meta.get(SEQ_KEY, "0"))
 
-    def _record(self, seq: int, calls: list[cf.Future[None]]) -> None:
-        # Put Page is durable when it returns; the sequence follows the pages it covers.
-        for fut in calls:
-            fut.result()
+    def _record(self, seq: int) -> None:
+        # Put Page is durable when it returns; the committer calls this once the pages succeeded.
         if str(seq) == self._meta.get(SEQ_KEY):
             return  # nothing applied since the last commit (a keepalive)
         meta = {**self._meta, SEQ_KEY: str(seq)}
@@ -145,11 +148,11 @@ class PageBlobTarget:
         except TargetError as err:
             done(err)
             return
-        self._committer.submit(lambda: self._record(seq, calls), done)
+        self._committer.submit(seq, calls, done)
 
     def commit(self, seq: int) -> None:
         calls = self._calls()
-        self._committer.wait(lambda: self._record(seq, calls))
+        self._committer.wait(seq, calls)
 
     def drain(self) -> None:
         with self._lock:

@@ -240,7 +240,7 @@ class ProcessServer:
                 try:
                     ftype, payload = conn.recv()
                     if ftype == FrameType.RECORDS:
-                        recs = decode_records(payload)
+                        recs = decode_records(payload, views=True)
                         inbox.put(_Arrival(recs, self._pool.submit(self._compress, recs, cache.last_seq),
                                            len(payload)))
                     elif ftype == FrameType.PING:

@@ -14,10 +14,12 @@ import bisect
 import concurrent.futures as cf
 import ctypes
 import ctypes.util
+import logging
 import os
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ import xxhash
 from dr_agent import vhd
 from dr_agent.cache import fsync_dir
 from dr_agent.errors import TargetError
+
+log = logging.getLogger(__name__)
 
 SECTOR = 512
 # fallocate(2) flags from linux/falloc.h
@@ -82,45 +86,84 @@ class PointReader(Protocol):
 
 
 class Committer:
-    """One thread that runs a target's commits in order and remembers the first failure: once a
-    commit failed, later ones fail too (no sequence is recorded past a lost write) until `drain`
-    reports it."""
+    """One thread that makes a target's commits durable, in order, several at once.
 
-    def __init__(self, name: str) -> None:
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._last: cf.Future[None] | None = None
+    `submit(seq, calls, done)` queues a commit of `seq` that may be recorded only after `calls`
+    (the target's writes still in flight) succeeded. The thread takes every commit queued by then,
+    waits for their calls and records the newest sequence once (one fdatasync or one metadata
+    write for all of them: group commit), then tells each `done`. Once a write or a record failed,
+    later commits fail too (no sequence is recorded past a lost write) until `drain` reports it."""
+
+    def __init__(self, name: str, record: Callable[[int], None]) -> None:
+        self._record = record
+        self._cv = threading.Condition()
+        self._queue: list[tuple[int, list[cf.Future[None]], Done]] = []
+        self._busy = False
+        self._closed = False
         self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
 
-    def submit(self, work: Callable[[], None], done: Done) -> None:
-        def run() -> None:
+    def submit(self, seq: int, calls: list[cf.Future[None]], done: Done) -> None:
+        with self._cv:
+            if self._closed:
+                raise TargetError("the target is closed")
+            self._queue.append((seq, calls, done))
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+                self._busy = True
+            results: list[BaseException | None] = [None] * len(batch)
+            good = 0  # the commits whose writes all succeeded, from the first
             try:
                 if self._error is not None:
                     raise TargetError(f"an earlier write or commit failed: {self._error}")
-                work()
-            except BaseException as err:  # reported to `done` and to the next drain
-                if self._error is None:
-                    self._error = err
-                done(err)
-                return
-            done(None)
+                for _, calls, _ in batch:
+                    for call in calls:
+                        call.result()
+                    good += 1
+            except BaseException as failure:  # reported to every later `done` and to the next drain
+                results[good:] = [failure] * (len(batch) - good)
+                self._error = self._error or failure
+            if good:
+                try:
+                    self._record(batch[good - 1][0])
+                except BaseException as failure:
+                    results[:good] = [failure] * good
+                    self._error = self._error or failure
+            for (_, _, done), err in zip(batch, results, strict=True):
+                try:
+                    done(err)
+                except Exception:
+                    log.exception("a commit's completion failed")
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
 
-        self._last = self._pool.submit(run)
-
-    def wait(self, work: Callable[[], None]) -> None:
-        """Run `work` as a commit and wait for it; raises its error (or an earlier one)."""
-        self.submit(work, lambda err: None)
+    def wait(self, seq: int, calls: list[cf.Future[None]]) -> None:
+        """Commit `seq` and wait for it; raises its error (or an earlier one)."""
+        self.submit(seq, calls, lambda err: None)
         self.drain()
 
     def drain(self) -> None:
-        last = self._last
-        if last is not None:
-            last.result()
-        err, self._error = self._error, None
+        with self._cv:
+            self._cv.wait_for(lambda: not self._queue and not self._busy)
+            err, self._error = self._error, None
         if err is not None:
             raise TargetError(f"commit failed: {err}") from err
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
 
 
 # The applied sequence of a file target: two 512-byte slots, written in turn (in place: no rename,
@@ -244,7 +287,7 @@ class FileTarget:
             fsync_dir(path.parent)
         self._generation, self._seq = read_seq_slots(os.pread(self._seq_fd, 2 * SECTOR, 0))
         self._points = path.with_name(path.name + ".points")
-        self._committer = Committer(f"commit-{path.name}")
+        self._committer = Committer(f"commit-{path.name}", self._record)
 
     def apply(self, writes: list[tuple[int, Data]], zeros: list[tuple[int, int]]) -> None:
         for off, length in zeros:
@@ -272,10 +315,10 @@ class FileTarget:
         self._generation, self._seq = generation, seq
 
     def commit_later(self, seq: int, done: Done) -> None:
-        self._committer.submit(lambda: self._record(seq), done)
+        self._committer.submit(seq, [], done)
 
     def commit(self, seq: int) -> None:
-        self._committer.wait(lambda: self._record(seq))
+        self._committer.wait(seq, [])
 
     def drain(self) -> None:
         self._committer.drain()
