@@ -24,7 +24,7 @@ from pathlib import Path
 
 import xxhash
 
-from dr_agent.errors import CorruptData
+from dr_agent.errors import CorruptData, CorruptRecord
 from dr_agent.records import Record, decode_record, verify_record
 
 SEGMENT_MAGIC = b"DRSG"
@@ -94,6 +94,9 @@ class DiskCache:
         self.durable_seq = 0     # highest sequence fsynced
         self.acked_seq = 0       # highest sequence the master target has applied
         self.disk_size = 0
+        # The first sequence the process server had to drop (see drop_from) until the agent
+        # resent it from memory or resynced the disk; kept across restarts in the file `resync`.
+        self.resync_from: int | None = None
         self._recover()
 
     # -- recovery -----------------------------------------------------------------------------
@@ -101,6 +104,9 @@ class DiskCache:
         meta = self.dir / "meta.json"
         if meta.exists():
             self.disk_size = int(json.loads(meta.read_text())["size"])
+        resync = self.dir / "resync"
+        if resync.exists():
+            self.resync_from = int(resync.read_text().strip())
         acked = self.dir / "acked"
         if acked.exists():
             self.acked_seq = int(acked.read_text().strip() or 0)
@@ -271,6 +277,50 @@ class DiskCache:
                 os.unlink(self._segments.pop(0).path)
             self.changed.notify_all()
 
+    def drop_from(self, seq: int) -> int:
+        """Forget the records from `seq` on, because the one at `seq` cannot be served (corrupt or
+        missing): nothing after it may be applied before it. Returns how many were dropped; the
+        agent resends them from its memory, or resyncs the disk against the replica."""
+        with self.lock:
+            if seq > self.last_seq or seq <= self.acked_seq:
+                return 0
+            dropped = self.last_seq - seq + 1
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            keep: list[_Segment] = []
+            for seg in self._segments:
+                if seg.first_seq >= seq:
+                    os.unlink(seg.path)
+                    continue
+                if seg.last_seq >= seq:  # the segment holding `seq` ends just before it now
+                    cut = seg.offsets[seq - seg.first_seq]
+                    os.truncate(seg.path, cut)
+                    seg.offsets = seg.offsets[:seq - seg.first_seq]
+                    seg.size = cut
+                    seg.holes = {h for h in seg.holes if h < seq}
+                keep.append(seg)
+            self._segments = keep
+            tail = self._tail()
+            if tail is not None:
+                self._fd = os.open(tail.path, os.O_WRONLY | os.O_APPEND)
+                os.fsync(self._fd)
+            fsync_dir(self.dir)
+            self.last_seq = self.durable_seq = seq - 1
+            if self.resync_from is None or seq < self.resync_from:
+                self.resync_from = seq
+                write_atomic(self.dir / "resync", str(seq).encode())
+            self.changed.notify_all()
+            return dropped
+
+    def resynced(self) -> None:
+        """The agent resent or resynced what `drop_from` dropped: forget the mark."""
+        with self.lock:
+            if self.resync_from is not None:
+                (self.dir / "resync").unlink(missing_ok=True)
+                fsync_dir(self.dir)
+                self.resync_from = None
+
     # -- reading ------------------------------------------------------------------------------
     def read_from(self, seq: int, max_bytes: int) -> list[Record]:
         """Durable records from `seq` on, at most about `max_bytes`, up to the first bad one.
@@ -304,7 +354,7 @@ class DiskCache:
             if last < seq or seq > durable:
                 continue
             if seq < first:
-                raise CorruptData(f"disk {self.disk}: record seq {seq} is missing from the cache")
+                raise CorruptRecord(f"disk {self.disk}: record seq {seq} is missing from the cache", seq)
             i = seq - first
             n_last = min(last, durable) - first  # index of the last durable record here
             # read whole records: up to the first record boundary past max_bytes - total
@@ -324,7 +374,7 @@ class DiskCache:
                 if seq in holes:
                     if served:
                         return out
-                    raise CorruptData(f"disk {self.disk}: cache record seq {seq} failed its checksum")
+                    raise CorruptRecord(f"disk {self.disk}: cache record seq {seq} failed its checksum", seq)
                 try:
                     got, end = verify_record(data, pos)
                 except EOFError:
@@ -332,11 +382,11 @@ class DiskCache:
                 except CorruptData as err:
                     if served:
                         return out
-                    raise CorruptData(f"disk {self.disk}: cache record seq {seq}: {err}") from None
+                    raise CorruptRecord(f"disk {self.disk}: cache record seq {seq}: {err}", seq) from None
                 if got != seq:
                     if served:
                         return out
-                    raise CorruptData(f"disk {self.disk}: cache holds seq {got} where {seq} belongs")
+                    raise CorruptRecord(f"disk {self.disk}: cache holds seq {got} where {seq} belongs", seq)
                 spans.append((seq, pos, end))
                 total += end - pos
                 pos = end

@@ -197,7 +197,7 @@ def run_agent(path: Path) -> int:
             now = time.monotonic()
             for sp, sink, backing in splitters:
                 if sp.mode == "bitmap" and sink.fallback is not None:
-                    _leave_bitmap(sp, sink, backing)
+                    _leave_bitmap(sp, sink, backing, servers, ident, c.get("process_server_hostname"))
             live = [sp for sp, _, _ in splitters if sp.mode == "data"]
             try:
                 if now >= next_app:
@@ -219,10 +219,21 @@ def run_agent(path: Path) -> int:
 RETRY_FALLBACK_S = 30.0
 
 
-def _leave_bitmap(sp: Any, sink: Any, backing: Path) -> None:
-    """Resend what the process server refused (read from the disk), then the splitter's own bitmap."""
+def _leave_bitmap(sp: Any, sink: Any, backing: Path, servers: list[tuple[str, int]], ident: Identity,
+                  hostname: str | None) -> None:
+    """Resend what the process server refused (read from the disk), or resync the whole disk against
+    the replica when the process server lost records this agent no longer holds; then the
+    splitter's own bitmap."""
+    from dr_agent.heal import resync_after_fallback
+
     log = logging.getLogger("dr_agent.agent")
     try:
+        if sink.fallback.resync:
+            resync_after_fallback(sink, backing, servers=servers, identity=ident, server_hostname=hostname,
+                                  exclusive=sp.exclusive)
+            sent = sp.resume_data_mode()
+            log.warning("disk %s: back in data mode after a resync and %d bytes of the bitmap", sink.disk, sent)
+            return
         with sp.exclusive(), open(backing, "rb") as f:
             dirty = sink.resume()
             for i, (off, n) in enumerate(dirty):

@@ -2,6 +2,7 @@
 
     AgentError                  root of every error of the data path
     ├── CorruptData             bytes failed their checksum or framing (cache segment, wire frame); never applied
+    │   └── CorruptRecord       the cached record of a known sequence number is bad or missing
     ├── ProtocolError           the peer broke the wire protocol (unexpected frame, sequence gap)
     ├── TransportError          a connection could not be made or was lost (retried by callers)
     ├── AuthError               a certificate or registration passphrase was refused
@@ -20,6 +21,14 @@ class AgentError(Exception):
 
 class CorruptData(AgentError):
     """A record, segment or frame failed its magic, version, length or checksum check."""
+
+
+class CorruptRecord(CorruptData):
+    """The cache cannot serve the record `seq` of a disk's stream (it failed its checks, or is gone)."""
+
+    def __init__(self, message: str, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 class ProtocolError(AgentError):

@@ -9,6 +9,12 @@ at most `throttle_mbps`, and drops cache segments once the master target reports
 When the master target is unreachable the cache keeps filling; alerts fire as free space falls
 below 30 % (warning) and 25 % (critical), ASR's thresholds; when a frame would not fit, the agent
 is told to FALL BACK to bitmap tracking from that sequence instead of anything being dropped.
+
+A cached record that fails its checksum is never forwarded, and nothing after it: the cache drops
+the records from it on and remembers where (`resync`), and the agent's connection is closed. The
+agent resends them from its memory when it still holds them; otherwise its WELCOME says
+`resync_from` and the agent resyncs the disk against the replica (block hashes), then says
+RESYNCED. Either way the disk heals without an operator.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Generic, Literal, TypeVar
 from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES, DiskCache
 from dr_agent.compress import CODEC_RAW, Compressor
-from dr_agent.errors import AgentError, CorruptData, ProtocolError
+from dr_agent.errors import AgentError, CorruptData, CorruptRecord, ProtocolError
 from dr_agent.master_target import DISK_NAME
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
@@ -127,6 +133,7 @@ class ProcessServer:
         self._stop = threading.Event()
         self._caches: dict[str, DiskCache] = {}
         self._forwarders: dict[str, threading.Thread] = {}
+        self._agents: dict[str, Connection] = {}  # disk -> the agent's stream connection now
         self._times: dict[str, collections.deque[tuple[int, float]]] = {}
         self.level: Literal["ok", "warning", "critical"] = "ok"
         self._fill_lock = threading.Lock()
@@ -226,8 +233,19 @@ class ProcessServer:
         if hello.get("purpose") == "hashes":
             self._relay_hashes(conn, disk, cache)
             return
-        conn.send_json(FrameType.WELCOME, {"durable": cache.durable_seq, "applied": cache.acked_seq,
-                                           "level": self.level})
+        welcome: dict[str, object] = {"durable": cache.durable_seq, "applied": cache.acked_seq,
+                                      "level": self.level}
+        if cache.resync_from is not None and not hello.get("resyncing"):
+            first = hello.get("first_retained")
+            if first is not None and int(first) <= cache.resync_from:
+                cache.resynced()  # the agent still holds the dropped records: its replay resends them
+                self.alerts.raise_("info", "resent", f"disk {disk}: the agent resends the dropped records "
+                                   f"from its memory", disk=disk)
+            else:
+                welcome["resync_from"] = cache.resync_from
+        conn.send_json(FrameType.WELCOME, welcome)
+        with self._lock:
+            self._agents[disk] = conn
         # Two stages per connection: this thread reads and verifies frames and hands each to the
         # compression pool at once; a committer appends what has arrived (group commit, up to
         # GATHER_BYTES) with one fsync, then ACKs. Reading goes on while the cache fsyncs.
@@ -245,6 +263,11 @@ class ProcessServer:
                                            len(payload)))
                     elif ftype == FrameType.PING:
                         inbox.put(None)
+                    elif ftype == FrameType.RESYNCED:  # sent after a flush: the resync is durable here
+                        if cache.resync_from is not None:
+                            cache.resynced()
+                            self.alerts.raise_("info", "resynced", f"disk {disk}: resynced against the "
+                                               "replica after dropped records", disk=disk)
                     else:
                         conn.send_json(FrameType.ERROR, {"error": f"expected RECORDS, got {ftype.name}"})
                         return
@@ -257,6 +280,9 @@ class ProcessServer:
                         return
                     raise
         finally:
+            with self._lock:
+                if self._agents.get(disk) is conn:
+                    del self._agents[disk]
             inbox.close()
             committer.join()
 
@@ -376,6 +402,8 @@ class ProcessServer:
             try:
                 self._forward(disk)
                 backoff = 0.2
+            except CorruptRecord as err:
+                self._drop(disk, err)
             except CorruptData as err:
                 self.stalled[disk] = str(err)
                 self._corrupt(disk, str(err))
@@ -384,6 +412,19 @@ class ProcessServer:
                 log.info("forwarding %s: %s; retrying in %.1f s", disk, err, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    def _drop(self, disk: str, err: CorruptRecord) -> None:
+        """The cached record `err.seq` cannot be forwarded: drop it and what follows, and have the
+        agent resend them (from memory) or resync the disk."""
+        self._corrupt(disk, str(err))
+        dropped = self._cache(disk).drop_from(err.seq)
+        self.alerts.raise_("warning", "dropped", f"disk {disk}: dropped {dropped} cached records from seq "
+                           f"{err.seq} (none may be applied before it); the agent resends them or resyncs "
+                           "the disk against the replica", disk=disk, from_seq=err.seq)
+        with self._lock:
+            agent = self._agents.get(disk)
+        if agent is not None:
+            agent.close()  # it reconnects: its WELCOME says what to resend
 
     def _forward(self, disk: str) -> None:
         cache = self._cache(disk)

@@ -39,10 +39,13 @@ RETAIN_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Fallback:
-    """The process server asked for bitmap tracking (its cache is full) or the stream has a gap."""
+    """The process server asked for bitmap tracking (its cache is full) or the stream has a gap;
+    `resync`: it dropped records this agent no longer holds, from `from_seq` on, so the whole disk
+    is compared with the replica (`resume(resync=True)`, a hash resync, then `resynced()`)."""
 
     from_seq: int
     reason: str
+    resync: bool = False
 
 
 class RemoteHashes:
@@ -122,6 +125,7 @@ class ProcessServerSink:
         self.fallback: Fallback | None = None
         self.dirty: list[tuple[int, int]] = []   # (offset, length) changed while tracking
         self.sent_bytes = 0                      # payload bytes of WRITE records shipped (resync checks)
+        self._resyncing = False                  # told the process server a resync is under way
         self.reconnects = 0
         self._last_send = time.monotonic()
         self._keepalive = threading.Thread(target=self._keepalive_loop, name=f"sink-ping-{disk}", daemon=True)
@@ -172,9 +176,13 @@ class ProcessServerSink:
         raise CacheFull(f"disk {self.disk}: {fb.reason} (from seq {fb.from_seq}); tracking changes in a "
                         "bitmap until resume() and a resync")
 
-    def resume(self) -> list[tuple[int, int]]:
-        """Leave fallback: returns the dirty ranges to resend (read them from the disk) and re-arms."""
+    def resume(self, *, resync: bool = False) -> list[tuple[int, int]]:
+        """Leave fallback: returns the dirty ranges to resend (read them from the disk) and re-arms.
+
+        With `resync` the caller compares the whole disk with the replica next and then calls
+        `resynced(fallback.from_seq)`; until then every HELLO says a resync is under way."""
         with self._cv:
+            self._resyncing = resync
             dirty, self.dirty = self.dirty, []
             self.fallback = None
             conn, self._conn, self._broken = self._conn, None, True
@@ -189,6 +197,21 @@ class ProcessServerSink:
         if conn is not None:
             conn.close()
         return dirty
+
+    def fall_back(self, fb: Fallback) -> None:
+        """Enter fallback again (a resync that failed is retried later)."""
+        with self._cv:
+            self._fall_back(fb)
+
+    def resynced(self, from_seq: int) -> None:
+        """The resync after a `Fallback(resync=True)` is complete and flushed: tell the process server."""
+        self.flush()
+        with self._cv:
+            conn = self._conn if not self._broken else None
+        if conn is None:
+            raise TransportError(f"disk {self.disk}: not connected to tell the process server the resync is done")
+        conn.send_json(FrameType.RESYNCED, {"from": from_seq})
+        self._resyncing = False
 
     # -- extras -------------------------------------------------------------------------------
     def wait_applied(self, timeout: float = 120.0) -> None:
@@ -218,6 +241,10 @@ class ProcessServerSink:
         if not self._numbered:
             # A (re)started agent continues the stream's numbering: learn it before the first change.
             self._wait(lambda: self._numbered, "connect")
+            if self.fallback is not None:  # the process server's WELCOME refused the stream: keep the range
+                if rec.kind in (Kind.WRITE, Kind.DISCARD):
+                    self.dirty.append((rec.offset, rec.length))
+                self._refuse()
             rec = Record(rec.kind, self.seq + 1, rec.offset, rec.length, rec.codec, rec.payload)
         self.seq = rec.seq
         self._pending.append(rec)
@@ -279,7 +306,8 @@ class ProcessServerSink:
                 conn = dial(host, port, self._ctx, timeout=5, server_hostname=self._hostname)
                 with self._cv:
                     first = self._retained[0].seq if self._retained else None
-                conn.send_json(FrameType.HELLO, {"disk": self.disk, "size": self.size, "first_retained": first})
+                conn.send_json(FrameType.HELLO, {"disk": self.disk, "size": self.size, "first_retained": first,
+                                                 "resyncing": self._resyncing})
                 welcome = conn.recv_json(FrameType.WELCOME)
             except AgentError as err:
                 log.info("sink %s: process server %s:%d unavailable: %s", self.disk, host, port, err)
@@ -287,10 +315,12 @@ class ProcessServerSink:
                 if attempt == len(self.servers) - 1:
                     time.sleep(0.5)
                 continue
-            self._resume(conn, int(welcome["durable"]), int(welcome.get("applied", 0)))
+            resync_from = welcome.get("resync_from")
+            self._resume(conn, int(welcome["durable"]), int(welcome.get("applied", 0)),
+                         int(resync_from) if resync_from is not None else None)
             return
 
-    def _resume(self, conn: Connection, durable: int, applied: int) -> None:
+    def _resume(self, conn: Connection, durable: int, applied: int, resync_from: int | None = None) -> None:
         with self._cv:
             self.reconnects += 1
             if not self._numbered:
@@ -300,9 +330,15 @@ class ProcessServerSink:
             self._on_ack(durable, applied)
             replay = [r for r in self._retained if r.seq > durable]
             gap = bool(replay) and replay[0].seq != durable + 1
-            if gap:
+            if resync_from is not None:
+                gap = True
+                fb = Fallback(resync_from, f"the process server dropped cached records from seq {resync_from} "
+                                           "(a corrupt record) that this agent no longer holds: resync needed",
+                              resync=True)
+                self._fall_back(fb)
+            elif gap:
                 fb = Fallback(durable + 1, f"the process server has up to seq {durable}; this agent "
-                                           f"retains from {replay[0].seq}: resync needed")
+                                           f"retains from {replay[0].seq}: resync needed", resync=True)
                 self._fall_back(fb)
             if not gap:
                 self._conn, self._broken = conn, False

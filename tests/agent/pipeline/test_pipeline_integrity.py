@@ -71,6 +71,28 @@ def test_cache_truncates_a_torn_tail_and_reports_a_flipped_byte(tmp_path: Path) 
     scanned.close()
 
 
+def test_cache_drops_from_a_bad_record_and_remembers_it_across_a_restart(tmp_path: Path) -> None:
+    def rec(s: int) -> Record:
+        return Record(Kind.WRITE, s, s * 4096, 4096, CODEC_RAW, bytes([s % 256]) * 4096)
+
+    cache = DiskCache(tmp_path, "d0", segment_bytes=64 * 1024)  # 15 records a segment: 4 segments
+    cache.append([rec(s) for s in range(1, 61)])
+    assert len(list((tmp_path / "d0").glob("*.seg"))) == 4
+    assert cache.drop_from(23) == 38
+    assert cache.last_seq == cache.durable_seq == 22 and cache.resync_from == 23
+    assert len(list((tmp_path / "d0").glob("*.seg"))) == 2  # the segment holding 23 ends before it
+    assert [r.seq for r in cache.read_from(1, 1 << 30)] == list(range(1, 23))
+    cache.close()
+
+    again = DiskCache(tmp_path, "d0", segment_bytes=64 * 1024)
+    assert again.last_seq == 22 and again.resync_from == 23 and not again.corruptions
+    again.append([rec(s) for s in range(23, 31)])  # the stream goes on from the dropped record
+    assert [r.seq for r in again.read_from(20, 1 << 30)] == list(range(20, 31))
+    again.resynced()
+    again.close()
+    assert DiskCache(tmp_path, "d0").resync_from is None
+
+
 def test_forwarded_cache_bytes_are_the_verified_records_and_stop_before_a_bad_one(tmp_path: Path) -> None:
     """The process server forwards cached bytes without decoding them: what it reads must be the
     records exactly as encoded, each verified, and a byte flipped on disk after the scan (so no
@@ -93,7 +115,15 @@ def test_forwarded_cache_bytes_are_the_verified_records_and_stop_before_a_bad_on
     cache.close()
 
 
-def test_flipped_byte_in_a_cache_segment_is_never_forwarded(make_pipeline: Any, tmp_path: Path) -> None:
+def _corrupt_last_write(cache_dir: Path) -> None:
+    seg = sorted(cache_dir.glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[-5000] ^= 0x01  # in the last write's payload
+    seg.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resends(
+        make_pipeline: Any, tmp_path: Path) -> None:
     proxies: list[TcpProxy] = []
 
     def via_proxy(port: int) -> int:
@@ -110,23 +140,78 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded(make_pipeline: Any, 
     for i in range(6):
         shadow.write(sink, i * 65536, rng.randbytes(65536))
     sink.flush()
-    cache_dir = tmp_path / "ps/c01-disk0"
-    seg = sorted(cache_dir.glob("*.seg"))[0]
-    data = bytearray(seg.read_bytes())
-    data[-5000] ^= 0x01  # in the last write's payload
-    seg.write_bytes(bytes(data))
+    corrupt_seq = sink.seq - 1  # the last write; the flush after it is the last record
+    _corrupt_last_write(tmp_path / "ps/c01-disk0")
     proxy.restore()
-    deadline = time.monotonic() + 20
-    while not p.ps.stalled and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "c01-disk0" in p.ps.stalled
-    alerts = [a for a in p.ps.alerts.read() if a["code"] == "corrupt"]
-    assert alerts and "checksum" in alerts[0]["message"]
-    applied = p.mt._targets["c01-disk0"].applied_seq() if "c01-disk0" in p.mt._targets else 0
-    assert applied < sink.seq - 1  # the corrupt write and everything after it stayed out
-    replica = (tmp_path / "mt/disks/c01-disk0.img")
-    if replica.exists():
-        assert replica.read_bytes()[5 * 65536:6 * 65536] != shadow.data[5 * 65536:6 * 65536]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [a for a in p.ps.alerts.read() if a["code"] == "dropped"]:
+        time.sleep(0.02)
+    alerts = p.ps.alerts.read()
+    corrupt = [a for a in alerts if a["code"] == "corrupt"]
+    assert corrupt and "checksum" in corrupt[0]["message"] and f"seq {corrupt_seq}" in corrupt[0]["message"]
+    assert [a["from_seq"] for a in alerts if a["code"] == "dropped"] == [corrupt_seq]
+    # The agent still holds the records (the master target never applied them): it resends them.
+    sink.wait_applied(30)
+    assert (tmp_path / "mt/disks/c01-disk0.img").read_bytes() == bytes(shadow.data)
+    assert p.ps._cache("c01-disk0").resync_from is None
+    assert any(a["code"] == "resent" for a in p.ps.alerts.read())
+    assert sink.fallback is None
+    proxy.close()
+
+
+def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
+        make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
+    from dr_agent.heal import resync_after_fallback
+
+    proxies: list[TcpProxy] = []
+
+    def via_proxy(port: int) -> int:
+        proxies.append(TcpProxy(port))
+        return proxies[0].port
+
+    p = make_pipeline(mt_port=via_proxy)
+    proxy = proxies[0]
+    size = 8 * MIB
+    disk = tmp_path / "c02.img"
+    disk.write_bytes(bytes(size))
+    sink = p.sink("c02-disk0", size)
+    rng = random.Random(10)
+    with open(disk, "r+b") as f:
+        for i in range(8):  # the initial copy reaches the replica
+            data = rng.randbytes(MIB)
+            f.seek(i * MIB)
+            f.write(data)
+            sink.write(i * MIB, data)
+        sink.flush()
+        sink.wait_applied(30)
+        proxy.cut()
+        for i in range(6):  # cached, not applied: the link to the master target is cut
+            data = rng.randbytes(65536)
+            f.seek(i * 65536)
+            f.write(data)
+            sink.write(i * 65536, data)
+        sink.flush()
+    sink.close()  # the agent restarts: it holds nothing of the stream any more
+    dropped_seq = sink.seq - 1
+    _corrupt_last_write(tmp_path / "ps/c02-disk0")
+    proxy.restore()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [a for a in p.ps.alerts.read() if a["code"] == "dropped"]:
+        time.sleep(0.02)
+    assert [a["from_seq"] for a in p.ps.alerts.read() if a["code"] == "dropped"] == [dropped_seq]
+
+    again = p.sink("c02-disk0", size)
+    with pytest.raises(AgentError):  # the WELCOME says resync: the sink refuses changes until then
+        again.write(0, bytes(4096))
+    assert again.fallback is not None and again.fallback.resync and again.fallback.from_seq == dropped_seq
+    assert again.dirty == [(0, 4096)]  # kept as a dirty range, never shipped
+    result = resync_after_fallback(again, disk, servers=[("127.0.0.1", p.ps.port)], identity=pki.agent)
+    again.wait_applied(30)
+    assert result.blocks_differing == 16 and result.bytes_sent == 65536  # only the lost write's blocks
+    assert (tmp_path / "mt/disks/c02-disk0.img").read_bytes() == disk.read_bytes()
+    assert p.ps._cache("c02-disk0").resync_from is None
+    assert any(a["code"] == "resynced" for a in p.ps.alerts.read())
+    again.close()
     proxy.close()
 
 
