@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--dir", default="/var/tmp")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dr-sync-bench-", dir=args.dir))
-    size = args.mib * MiB
+    size: int = args.mib * MiB
     try:
         image, replica = work / "disk.img", work / "replica.img"
         rng = random.Random(1)
@@ -84,7 +84,10 @@ def main() -> int:
             assert target.received.bytes_written == 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rate = lambda t: size / t / 1e6  # noqa: E731  (MB/s of disk covered)
+
+    def rate(t: float) -> float:
+        return size / t / 1e6  # MB/s of disk covered
+
     print(f"capture sync rates: {args.mib} MiB image (1/4 data, 1/4 zeros, 1/2 holes) on {args.dir}, "
           f"{os.cpu_count()} CPUs, caches dropped: {os.geteuid() == 0}")
     print(f"  read image          {rate(t_read):8.0f} MB/s of disk")

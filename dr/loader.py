@@ -173,7 +173,8 @@ def _read_yaml(path: Path, stack: tuple[Path, ...]) -> Document:
     if node is None:
         raise SpecUnreadable(f"{file}: the file is empty; a spec starts with `estate: NAME`")
     if not isinstance(node, CommentedMap):
-        raise SpecUnreadable(f"{file}:1:1: expected a mapping of keys (estate:, azure:, ...), found a {type(node).__name__}")
+        raise SpecUnreadable(f"{file}:1:1: expected a mapping of keys (estate:, azure:, ...), "
+                             f"found a {type(node).__name__}")
     data = _plain(node, (), source, file)
     return _merge_includes(Document(data, source, file), path, stack)
 
@@ -194,7 +195,8 @@ def _merge_includes(doc: Document, path: Path, stack: tuple[Path, ...]) -> Docum
         if target in stack:
             raise SpecUnreadable(f"{where}: include cycle: {name} includes this file again; remove one include")
         if not target.exists():
-            raise SpecUnreadable(f"{where}: included file {name!r} not found (looked at {_display(target)}); fix the path")
+            raise SpecUnreadable(f"{where}: included file {name!r} not found (looked at {_display(target)}); "
+                                 "fix the path")
         included = _read_yaml(target, (*stack, target))
         for key, value in included.data.items():
             if key == "include":

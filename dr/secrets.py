@@ -28,9 +28,11 @@ def resolve(ref: EnvRef | FileRef | str, *, what: str = "a credential") -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SecretUnavailable(f"{what} is read from {path}, which does not exist; create it or fix the path") from None
+        raise SecretUnavailable(f"{what} is read from {path}, which does not exist; "
+                                "create it or fix the path") from None
     except PermissionError:
-        raise SecretUnavailable(f"{what} is read from {path}, which this user cannot read; fix its permissions") from None
+        raise SecretUnavailable(f"{what} is read from {path}, which this user cannot read; "
+                                "fix its permissions") from None
     except (OSError, UnicodeDecodeError) as err:
         raise SecretUnavailable(f"{what} is read from {path}, which cannot be read ({type(err).__name__})") from None
     value = text.splitlines()[0].strip() if text.strip() else ""

@@ -96,7 +96,8 @@ def to_markdown(data: dict[str, Any]) -> str:
                    f"retention {g['retention']}, app-consistent every {g['app_consistent_every'] or 'never'}{mvc})")
     out += ["", "### Recovery plans", ""]
     for p in data["recovery_plans"]:
-        out.append(f"- **{p['name']}**" + (f" (Traffic Manager `{p['traffic_manager']}`)" if p["traffic_manager"] else ""))
+        tm = f" (Traffic Manager `{p['traffic_manager']}`)" if p["traffic_manager"] else ""
+        out.append(f"- **{p['name']}**{tm}")
         for i, g in enumerate(p["groups"], 1):
             actions = "; ".join([*(f"before {a}" for a in g["before"]), *(f"after {a}" for a in g["after"])])
             out.append(f"  {i}. {g['name']}: {', '.join(g['machines'])}" + (f" ({actions})" if actions else ""))

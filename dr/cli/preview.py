@@ -31,7 +31,7 @@ FAILOVERS = ("none", "test", "planned", "unplanned")
     default=None,
     help="use this `dr plan --format json` output instead of planning again",
 )
-@format_option("text", "markdown", "json")  # type: ignore[untyped-decorator]
+@format_option("text", "markdown", "json")
 def preview_command(file: Path, failover: str, plan_name: str | None, plan_json: Path | None, fmt: str) -> None:
     """Show every Azure resource the Pulumi stack would declare for FILE, without Pulumi or Azure.
 

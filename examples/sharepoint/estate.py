@@ -4,8 +4,23 @@ The same models the YAML loads into; a script or a Pulumi program can build esta
 """
 
 from dr import (
-    Action, Azure, Disk, EnvRef, Estate, Machine, Network, Notifications, PlanGroup, Policy,
-    ProcessServer, ProtectionGroup, Quota, RecoveryPlan, Site, TrafficManager, VCenter,
+    Action,
+    Azure,
+    Disk,
+    EnvRef,
+    Estate,
+    Machine,
+    Network,
+    Notifications,
+    PlanGroup,
+    Policy,
+    ProcessServer,
+    ProtectionGroup,
+    Quota,
+    RecoveryPlan,
+    Site,
+    TrafficManager,
+    VCenter,
 )
 
 

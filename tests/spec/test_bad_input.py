@@ -26,7 +26,9 @@ def one_line_error(result: object, code: int) -> str:
 
 
 CASES = {
-    "malformed YAML": ("estate: x\nazure: [unclosed\n", ":3:1", "not valid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts at line 2)"),
+    "malformed YAML": ("estate: x\nazure: [unclosed\n", ":3:1",
+                       "not valid YAML: expected ',' or ']', but got '<stream end>' "
+                       "(while parsing a flow sequence that starts at line 2)"),
     "bad indentation": ("estate: x\nazure:\n  region: a\n region: b\n", ":4:", "not valid YAML"),
     "duplicate key": ("estate: a\nestate: b\n", ":2:1", "duplicate key 'estate' (first at line 1)"),
     "empty file": ("", "", "the file is empty"),

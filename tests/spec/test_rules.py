@@ -130,7 +130,8 @@ CASES: list[tuple[str, Any, list[Edit], str, str, str]] = [
     ("one protection group per machine", SHAREPOINT, [(("protection_groups",), [
         {"name": "a", "members": ["dc01", "sql01", "app01", "web01", "web02"]}, {"name": "b", "members": ["web02"]}])],
      "protection_groups.1.members.0", "error", "already in protection group 'a'"),
-    ("plan holds only protected machines", SHAREPOINT, [(("protection_groups", 0, "members"), ["dc01", "sql01", "app01", "web01"])],
+    ("plan holds only protected machines", SHAREPOINT,
+     [(("protection_groups", 0, "members"), ["dc01", "sql01", "app01", "web01"])],
      "recovery_plans.0.groups.3.machines.1", "error", "'web02' is in no protection group"),
     ("plan machine exists", SHAREPOINT, [(("recovery_plans", 0, "groups", 0, "machines"), ["dc02"])],
      "recovery_plans.0.groups.0.machines.0", "error", "unknown machine 'dc02'"),
@@ -159,7 +160,7 @@ CASES: list[tuple[str, Any, list[Edit], str, str, str]] = [
 def _inventory_case() -> list[Edit]:
     extra = {"name": "old01", "site": "hq", "kind": "vmware", "os": "Windows Server 2003", "vcpus": 1,
              "memory_gb": 2, "disks": [{"name": "c", "size_gb": 20}]}
-    machines = copy.deepcopy(SHAREPOINT.data["machines"]) + [extra]
+    machines = [*copy.deepcopy(SHAREPOINT.data["machines"]), extra]
     return [(("machines",), machines)]
 
 
