@@ -26,6 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from dr_agent.cache import write_atomic
 from dr_agent.errors import AgentError, ConfigError
 from dr_agent.pki import ROLES, Identity, create_ca, register
 
@@ -161,7 +162,7 @@ def run_agent(path: Path) -> int:
 
     from dr_agent.capture.consistency import app_consistent
     from dr_agent.capture.splitter import Splitter, attach_loop
-    from dr_agent.sink import ProcessServerSink
+    from dr_agent.sink import Fallback, ProcessServerSink
 
     t = "agent"
     c = _section(path, t)
@@ -171,6 +172,9 @@ def run_agent(path: Path) -> int:
     app_every = float(c["app_consistent_every_s"]) if c.get("app_consistent_every_s") else None
     group = c.get("multi_vm_group")
     disks = list(_need(c, "disks", path, t))
+    state = Path(str(c.get("state_dir", "/var/lib/dr-agent")))
+    state.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("dr_agent.agent")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -183,6 +187,18 @@ def run_agent(path: Path) -> int:
             sink = ProcessServerSink(disk=str(d["name"]), size=size, servers=servers, identity=ident,
                                      server_hostname=c.get("process_server_hostname"))
             stack.callback(sink.close)
+            # `<disk>.running` exists while the agent runs and is removed only once everything the
+            # disk got was durable at the process server. Found at start, it means the last run did
+            # not stop so (a crash between a write reaching the disk and the stream): the disk is
+            # compared with the replica before anything else.
+            marker = state / f"{d['name']}.running"
+            if marker.exists():
+                log.warning("disk %s: the agent did not stop cleanly; comparing it with the replica", d["name"])
+                sink.fall_back(Fallback(0, "the agent did not stop cleanly: the disk may hold changes the "
+                                           "stream lacks", resync=True))
+            else:
+                write_atomic(marker, b"")
+            stack.callback(_stop_cleanly, sink, marker)
             mnt = Path(str(d.get("mountpoint", f"/run/dr-agent/{d['name']}")))
             mnt.mkdir(parents=True, exist_ok=True)
             sp = stack.enter_context(Splitter(backing, mnt, sink, name=str(d["name"])))
@@ -193,11 +209,17 @@ def run_agent(path: Path) -> int:
         next_crash = time.monotonic() + crash_every
         next_app = time.monotonic() + app_every if app_every else float("inf")
         wake = min(RETRY_FALLBACK_S, crash_every)
+
+        def heal() -> None:
+            for sp, sink, backing in splitters:
+                fb = sink.fallback
+                if fb is not None and (sp.mode == "bitmap" or fb.resync):
+                    _leave_bitmap(sp, sink, backing, servers, ident, c.get("process_server_hostname"))
+
+        heal()
         while not stop.wait(max(0.0, min(next_crash, next_app, time.monotonic() + wake) - time.monotonic())):
             now = time.monotonic()
-            for sp, sink, backing in splitters:
-                if sp.mode == "bitmap" and sink.fallback is not None:
-                    _leave_bitmap(sp, sink, backing, servers, ident, c.get("process_server_hostname"))
+            heal()
             live = [sp for sp, _, _ in splitters if sp.mode == "data"]
             try:
                 if now >= next_app:
@@ -211,12 +233,30 @@ def run_agent(path: Path) -> int:
                         sp.bookmark("crash", group_id=group)
                     next_crash = now + crash_every
             except Exception as err:  # a point that fails is logged; the next one is tried on schedule
-                logging.getLogger("dr_agent.agent").warning("consistency point failed: %s", err)
+                log.warning("consistency point failed: %s", err)
     return 0
 
 
 # Seconds between attempts to leave bitmap mode after the process server's cache filled.
 RETRY_FALLBACK_S = 30.0
+# Seconds a stopping agent waits for the process server to make the last changes durable.
+STOP_PATIENCE_S = 10.0
+
+
+def _stop_cleanly(sink: Any, marker: Path) -> None:
+    """After the disk is unmounted: once every change is durable at the process server, the next
+    start needs no comparison with the replica; otherwise the marker stays."""
+    log = logging.getLogger("dr_agent.agent")
+    try:
+        if sink.fallback is None:
+            sink.patience_s = STOP_PATIENCE_S
+            sink.flush()
+            marker.unlink(missing_ok=True)
+            return
+        reason = sink.fallback.reason
+    except AgentError as err:
+        reason = str(err)
+    log.warning("disk %s: not stopped cleanly (%s); the next start compares it with the replica", sink.disk, reason)
 
 
 def _leave_bitmap(sp: Any, sink: Any, backing: Path, servers: list[tuple[str, int]], ident: Identity,
