@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import json
 import logging
 import os
@@ -86,12 +87,29 @@ def _tune_malloc() -> None:
     mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per log line: time (UTC, ISO 8601), level, logger, thread, message, and the
+    traceback when there is one, so a log shipper needs no parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "thread": record.threadName,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def _serve(service: Any, name: str) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}), flush=True)
+    logging.getLogger(f"dr_agent.{name}").info("%s listening on port %d", name, service.port)
     stop.wait()
+    logging.getLogger(f"dr_agent.{name}").info("%s stopping", name)
     service.close()
     return 0
 
@@ -298,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dr-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--log-format", choices=["json", "text"], default=None,
+                        help="log lines as JSON objects (the default when stderr is not a terminal: "
+                             "journald, a log shipper) or as text (the default on a terminal)")
     sub = parser.add_subparsers(dest="command", required=True)
     ca = sub.add_parser("ca", help="create the deployment's certificate authority")
     ca.add_argument("action", choices=["init"])
@@ -314,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"run the {name.replace('-', ' ')}")
         p.add_argument("--config", required=True, type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
+    handler.setFormatter(JsonLines() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         if args.command == "ca":
             create_ca(args.dir, _passphrase(args.passphrase_env))

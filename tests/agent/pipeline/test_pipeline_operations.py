@@ -17,7 +17,7 @@ from dr_agent.process_server import ProcessServer, ProcessServerConfig, Throttle
 from dr_agent.retention import RetentionPolicy, prune
 from dr_agent.sink import ProcessServerSink
 from dr_agent.target import FileTarget
-from pipeline_harness import MIB, Shadow, workload
+from pipeline_harness import MIB, Shadow, service_pair, workload
 
 from dr.cli import cli
 
@@ -124,3 +124,22 @@ def test_dr_commands_list_points_and_export(make_pipeline: Any, tmp_path: Path) 
     res = runner.invoke(cli, ["replica", "export", "cli01-disk0", "--to", str(tmp_path / "x.qcow2"),
                               "--catalog", catalog])
     assert res.exit_code == 2 and ".img" in res.output
+
+
+def test_services_log_json_lines(pki: Any, tmp_path: Path) -> None:
+    """Not on a terminal the services log one JSON object per line (journald, log shippers)."""
+    mt, ps, ps_port = service_pair(tmp_path, pki)
+    mt.start()
+    ps.start()
+    sink = ProcessServerSink(disk="log01-disk0", size=MIB, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
+    sink.write(0, b"x" * 4096)
+    sink.flush()
+    sink.wait_applied(30)
+    sink.close()
+    ps.stop()
+    mt.stop()
+    for log, name in ((tmp_path / "ps.log", "process-server"), (tmp_path / "mt.log", "master-target")):
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        assert entries and all({"time", "level", "logger", "thread", "message"} <= set(e) for e in entries)
+        messages = [e["message"] for e in entries]
+        assert messages[0].startswith(f"{name} listening on port") and f"{name} stopping" in messages
