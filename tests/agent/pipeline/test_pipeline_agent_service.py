@@ -27,6 +27,13 @@ def _start_agent(tmp_path: Path, pki: Any, ps_port: int, name: str, backing: Pat
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
+def _empty_disk(tmp_path: Path, size: int) -> Path:
+    backing = tmp_path / "sdb.img"
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    return backing
+
+
 def _wait_equal(replica: Path, backing: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -39,10 +46,7 @@ def _wait_equal(replica: Path, backing: Path, timeout: float) -> bool:
 def test_agent_service_replicates_and_marks_points(make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
     need_root()
     p = make_pipeline()
-    size = 32 * MIB
-    backing = tmp_path / "sdb.img"
-    with open(backing, "wb") as f:
-        f.truncate(size)
+    backing = _empty_disk(tmp_path, 32 * MIB)
     agent = _start_agent(tmp_path, pki, p.ps.port, "svc01", backing)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -79,10 +83,7 @@ def test_an_agent_that_died_compares_the_disk_with_the_replica_at_start(
         make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
     need_root()
     p = make_pipeline()
-    size = 16 * MIB
-    backing = tmp_path / "sdb.img"
-    with open(backing, "wb") as f:
-        f.truncate(size)
+    backing = _empty_disk(tmp_path, 16 * MIB)
     agent = _start_agent(tmp_path, pki, p.ps.port, "svc02", backing)
     replica = tmp_path / "mt/disks/svc02-sdb.img"
     try:

@@ -115,6 +115,17 @@ def test_forwarded_cache_bytes_are_the_verified_records_and_stop_before_a_bad_on
     cache.close()
 
 
+def _behind_a_proxy(make_pipeline: Any) -> tuple[Any, TcpProxy]:
+    """A pipeline whose process server reaches the master target through a proxy that can be cut."""
+    proxies: list[TcpProxy] = []
+
+    def via_proxy(port: int) -> int:
+        proxies.append(TcpProxy(port))
+        return proxies[0].port
+
+    return make_pipeline(mt_port=via_proxy), proxies[0]
+
+
 def _corrupt_last_write(cache_dir: Path) -> None:
     seg = sorted(cache_dir.glob("*.seg"))[0]
     data = bytearray(seg.read_bytes())
@@ -124,14 +135,7 @@ def _corrupt_last_write(cache_dir: Path) -> None:
 
 def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resends(
         make_pipeline: Any, tmp_path: Path) -> None:
-    proxies: list[TcpProxy] = []
-
-    def via_proxy(port: int) -> int:
-        proxies.append(TcpProxy(port))
-        return proxies[0].port
-
-    p = make_pipeline(mt_port=via_proxy)
-    proxy = proxies[0]
+    p, proxy = _behind_a_proxy(make_pipeline)
     proxy.cut()
     size = 8 * MIB
     shadow = Shadow(size)
@@ -163,14 +167,7 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
         make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
     from dr_agent.heal import resync_after_fallback
 
-    proxies: list[TcpProxy] = []
-
-    def via_proxy(port: int) -> int:
-        proxies.append(TcpProxy(port))
-        return proxies[0].port
-
-    p = make_pipeline(mt_port=via_proxy)
-    proxy = proxies[0]
+    p, proxy = _behind_a_proxy(make_pipeline)
     size = 8 * MIB
     disk = tmp_path / "c02.img"
     disk.write_bytes(bytes(size))
