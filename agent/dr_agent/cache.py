@@ -97,6 +97,7 @@ class DiskCache:
         # The first sequence the process server had to drop (see drop_from) until the agent
         # resent it from memory or resynced the disk; kept across restarts in the file `resync`.
         self.resync_from: int | None = None
+        self.resync_mark = 0  # counts the drops: a resync heals only the drops it knew of
         self._recover()
 
     # -- recovery -----------------------------------------------------------------------------
@@ -106,7 +107,8 @@ class DiskCache:
             self.disk_size = int(json.loads(meta.read_text())["size"])
         resync = self.dir / "resync"
         if resync.exists():
-            self.resync_from = int(resync.read_text().strip())
+            first, _, mark = resync.read_text().strip().partition(" ")
+            self.resync_from, self.resync_mark = int(first), int(mark or 1)
         acked = self.dir / "acked"
         if acked.exists():
             self.acked_seq = int(acked.read_text().strip() or 0)
@@ -307,19 +309,22 @@ class DiskCache:
                 os.fsync(self._fd)
             fsync_dir(self.dir)
             self.last_seq = self.durable_seq = seq - 1
-            if self.resync_from is None or seq < self.resync_from:
-                self.resync_from = seq
-                write_atomic(self.dir / "resync", str(seq).encode())
+            self.resync_from = seq if self.resync_from is None else min(seq, self.resync_from)
+            self.resync_mark += 1
+            write_atomic(self.dir / "resync", f"{self.resync_from} {self.resync_mark}".encode())
             self.changed.notify_all()
             return dropped
 
-    def resynced(self) -> None:
-        """The agent resent or resynced what `drop_from` dropped: forget the mark."""
+    def resynced(self, mark: int) -> bool:
+        """The agent resent or resynced what `drop_from` dropped up to drop number `mark`: forget
+        the place, unless a later drop happened meanwhile. Returns whether it was forgotten."""
         with self.lock:
-            if self.resync_from is not None:
+            if self.resync_from is not None and mark == self.resync_mark:
                 (self.dir / "resync").unlink(missing_ok=True)
                 fsync_dir(self.dir)
                 self.resync_from = None
+                return True
+            return False
 
     # -- reading ------------------------------------------------------------------------------
     def read_from(self, seq: int, max_bytes: int) -> list[Record]:

@@ -20,6 +20,7 @@ RESYNCED. Either way the disk heals without an operator.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import threading
@@ -235,10 +236,12 @@ class ProcessServer:
             return
         welcome: dict[str, object] = {"durable": cache.durable_seq, "applied": cache.acked_seq,
                                       "level": self.level}
-        if cache.resync_from is not None and not hello.get("resyncing"):
+        if cache.resync_from is not None:
             first = hello.get("first_retained")
-            if first is not None and int(first) <= cache.resync_from:
-                cache.resynced()  # the agent still holds the dropped records: its replay resends them
+            if hello.get("resyncing"):
+                welcome["resync_mark"] = cache.resync_mark  # its RESYNCED names the drops it covers
+            elif first is not None and int(first) <= cache.resync_from:
+                cache.resynced(cache.resync_mark)  # the agent still holds the dropped records: it replays them
                 self.alerts.raise_("info", "resent", f"disk {disk}: the agent resends the dropped records "
                                    f"from its memory", disk=disk)
             else:
@@ -264,8 +267,7 @@ class ProcessServer:
                     elif ftype == FrameType.PING:
                         inbox.put(None)
                     elif ftype == FrameType.RESYNCED:  # sent after a flush: the resync is durable here
-                        if cache.resync_from is not None:
-                            cache.resynced()
+                        if cache.resynced(int(json.loads(payload).get("mark") or 0)):
                             self.alerts.raise_("info", "resynced", f"disk {disk}: resynced against the "
                                                "replica after dropped records", disk=disk)
                     else:

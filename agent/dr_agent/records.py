@@ -73,7 +73,7 @@ class FrameType(enum.IntEnum):
     ERROR = 6      # JSON: {"error": "..."}; the connection closes after it
     PING = 7       # JSON: keepalive / ask for an ACK
     HASHES = 8     # JSON request {"first_block", "count", "block_size"}; reply: 16-byte xxh3-128 digests
-    RESYNCED = 9   # JSON {"from": seq}: the agent resynced the disk after the process server dropped records
+    RESYNCED = 9   # JSON {"from": seq, "mark": n}: the agent resynced the disk after drops up to number n
 
 
 def _checksum(header_without_sum: bytes | memoryview, payload: bytes | memoryview) -> int:

@@ -41,7 +41,7 @@ RETAIN_BYTES = 256 * 1024 * 1024
 class Fallback:
     """The process server asked for bitmap tracking (its cache is full) or the stream has a gap;
     `resync`: it dropped records this agent no longer holds, from `from_seq` on, so the whole disk
-    is compared with the replica (`resume(resync=True)`, a hash resync, then `resynced()`)."""
+    is compared with the replica (`resume(resync=True)`, a hash resync, then `resynced(from_seq)`)."""
 
     from_seq: int
     reason: str
@@ -126,6 +126,7 @@ class ProcessServerSink:
         self.dirty: list[tuple[int, int]] = []   # (offset, length) changed while tracking
         self.sent_bytes = 0                      # payload bytes of WRITE records shipped (resync checks)
         self._resyncing = False                  # told the process server a resync is under way
+        self._resync_mark = 0                    # the process server's count of drops, as last told
         self.reconnects = 0
         self._last_send = time.monotonic()
         self._keepalive = threading.Thread(target=self._keepalive_loop, name=f"sink-ping-{disk}", daemon=True)
@@ -210,7 +211,7 @@ class ProcessServerSink:
             conn = self._conn if not self._broken else None
         if conn is None:
             raise TransportError(f"disk {self.disk}: not connected to tell the process server the resync is done")
-        conn.send_json(FrameType.RESYNCED, {"from": from_seq})
+        conn.send_json(FrameType.RESYNCED, {"from": from_seq, "mark": self._resync_mark})
         self._resyncing = False
 
     # -- extras -------------------------------------------------------------------------------
@@ -316,6 +317,7 @@ class ProcessServerSink:
                     time.sleep(0.5)
                 continue
             resync_from = welcome.get("resync_from")
+            self._resync_mark = int(welcome.get("resync_mark") or 0)
             self._resume(conn, int(welcome["durable"]), int(welcome.get("applied", 0)),
                          int(resync_from) if resync_from is not None else None)
             return

@@ -85,10 +85,12 @@ def test_cache_drops_from_a_bad_record_and_remembers_it_across_a_restart(tmp_pat
     cache.close()
 
     again = DiskCache(tmp_path, "d0", segment_bytes=64 * 1024)
-    assert again.last_seq == 22 and again.resync_from == 23 and not again.corruptions
+    assert again.last_seq == 22 and again.resync_from == 23 and again.resync_mark == 1 and not again.corruptions
     again.append([rec(s) for s in range(23, 31)])  # the stream goes on from the dropped record
     assert [r.seq for r in again.read_from(20, 1 << 30)] == list(range(20, 31))
-    again.resynced()
+    assert again.drop_from(28) == 3 and again.resync_from == 23 and again.resync_mark == 2
+    assert not again.resynced(1)  # a resync that began before the second drop does not cover it
+    assert again.resynced(2)
     again.close()
     assert DiskCache(tmp_path, "d0").resync_from is None
 
