@@ -216,10 +216,12 @@ def run_agent(path: Path) -> int:
                                            "stream lacks", resync=True))
             else:
                 write_atomic(marker, b"")
-            stack.callback(_stop_cleanly, sink, marker)
+            presented: list[Any] = []  # the splitter, once there: its bitmap is lost when the agent stops
+            stack.callback(_stop_cleanly, sink, marker, presented)
             mnt = Path(str(d.get("mountpoint", f"/run/dr-agent/{d['name']}")))
             mnt.mkdir(parents=True, exist_ok=True)
             sp = stack.enter_context(Splitter(backing, mnt, sink, name=str(d["name"])))
+            presented.append(sp)
             dev = attach_loop(sp.path)
             print(json.dumps({"disk": d["name"], "device": dev}), flush=True)
             splitters.append((sp, sink, backing))
@@ -261,19 +263,23 @@ RETRY_FALLBACK_S = 30.0
 STOP_PATIENCE_S = 10.0
 
 
-def _stop_cleanly(sink: Any, marker: Path) -> None:
+def _stop_cleanly(sink: Any, marker: Path, presented: list[Any]) -> None:
     """After the disk is unmounted: once every change is durable at the process server, the next
-    start needs no comparison with the replica; otherwise the marker stays."""
+    start needs no comparison with the replica; otherwise (changes only in the splitter's bitmap,
+    or not durable) the marker stays."""
     log = logging.getLogger("dr_agent.agent")
-    try:
-        if sink.fallback is None:
+    if presented and presented[0].mode == "bitmap":
+        reason = "changes were tracked in the splitter's bitmap, which does not outlive the agent"
+    elif sink.fallback is not None:
+        reason = sink.fallback.reason
+    else:
+        try:
             sink.patience_s = STOP_PATIENCE_S
             sink.flush()
             marker.unlink(missing_ok=True)
             return
-        reason = sink.fallback.reason
-    except AgentError as err:
-        reason = str(err)
+        except AgentError as err:
+            reason = str(err)
     log.warning("disk %s: not stopped cleanly (%s); the next start compares it with the replica", sink.disk, reason)
 
 
