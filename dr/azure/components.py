@@ -498,39 +498,10 @@ class ConfigurationServer(pulumi.ComponentResource):
     ) -> None:
         super().__init__("dr:azure:ConfigurationServer", name, None, opts)
         nic, public = _server_nic(self, name, target, net, "configuration-server")
-        self.vm = compute.VirtualMachine(
-            f"{name}-vm",
-            vm_name=name,
-            resource_group_name=target.resource_group_name,
-            location=target.region,
-            hardware_profile=compute.HardwareProfileArgs(vm_size=server.size),
-            identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
-            storage_profile=compute.StorageProfileArgs(
-                image_reference=_image(windows=False),
-                os_disk=compute.OSDiskArgs(
-                    name=f"{name}-os",
-                    create_option="FromImage",
-                    caching=compute.CachingTypes.READ_WRITE,
-                    managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=SERVER_OS_DISK_SKU),
-                ),
-            ),
-            os_profile=_os_profile(
-                name,
-                target,
-                windows=False,
-                admin_user=admin_user,
-                ssh_public_key=ssh_public_key,
-                admin_password=None,
-                custom_data=custom_data,
-            ),
-            network_profile=compute.NetworkProfileArgs(
-                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
-            ),
-            diagnostics_profile=compute.DiagnosticsProfileArgs(
-                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
-            ),
+        self.vm = _server_vm(
+            self, name, target, size=server.size, windows=False, nic=nic, admin_user=admin_user,
+            ssh_public_key=ssh_public_key, admin_password=None, custom_data=custom_data,
             tags=target.tagged(dr_role="configuration-server", dr_bootstrap=bootstrap_digest(custom_data)),
-            opts=_child(self, ignore_changes=["osProfile.customData"]),
         )
         principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
         _grant(
@@ -544,6 +515,59 @@ class ConfigurationServer(pulumi.ComponentResource):
         self.private_ip = net.private_ip
         self.public_ip = public.ip_address if public is not None else None
         self.register_outputs({"vm_id": self.vm.id, "private_ip": self.private_ip, "public_ip": self.public_ip})
+
+
+def _server_vm(
+    parent: pulumi.Resource,
+    name: str,
+    target: Target,
+    *,
+    size: str,
+    windows: bool,
+    nic: network.NetworkInterface,
+    admin_user: str,
+    ssh_public_key: str,
+    admin_password: pulumi.Input[str] | None,
+    custom_data: str,
+    tags: pulumi.Input[Mapping[str, pulumi.Input[str]]],
+    data_disks: Sequence[compute.DataDiskArgs] = (),
+) -> compute.VirtualMachine:
+    """A DR server VM (configuration server or master target): managed identity, the OS image of
+    its kind, a premium OS disk, boot diagnostics; custom data bootstraps it once (later edits
+    to it are not a reason to replace the VM)."""
+    return compute.VirtualMachine(
+        f"{name}-vm",
+        vm_name=name,
+        resource_group_name=target.resource_group_name,
+        location=target.region,
+        hardware_profile=compute.HardwareProfileArgs(vm_size=size),
+        identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
+        storage_profile=compute.StorageProfileArgs(
+            image_reference=_image(windows),
+            os_disk=compute.OSDiskArgs(
+                name=f"{name}-os",
+                create_option="FromImage",
+                caching=compute.CachingTypes.READ_WRITE,
+                managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=SERVER_OS_DISK_SKU),
+            ),
+            data_disks=list(data_disks) or None,
+        ),
+        os_profile=_os_profile(
+            name,
+            target,
+            windows=windows,
+            admin_user=admin_user,
+            ssh_public_key=ssh_public_key,
+            admin_password=admin_password,
+            custom_data=custom_data,
+        ),
+        network_profile=compute.NetworkProfileArgs(
+            network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
+        ),
+        diagnostics_profile=compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
+        tags=tags,
+        opts=_child(parent, ignore_changes=["osProfile.customData"]),
+    )
 
 
 class MasterTargetServer(pulumi.ComponentResource):
@@ -582,49 +606,20 @@ class MasterTargetServer(pulumi.ComponentResource):
             tags=target.tagged(dr_role="retention-disk", dr_protection_group=groups),
             opts=_child(self),
         )
-        self.vm = compute.VirtualMachine(
-            f"{name}-vm",
-            vm_name=name,
-            resource_group_name=target.resource_group_name,
-            location=target.region,
-            hardware_profile=compute.HardwareProfileArgs(vm_size=mts.size),
-            identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
-            storage_profile=compute.StorageProfileArgs(
-                image_reference=_image(windows),
-                os_disk=compute.OSDiskArgs(
-                    name=f"{name}-os",
-                    create_option="FromImage",
-                    caching=compute.CachingTypes.READ_WRITE,
-                    managed_disk=compute.ManagedDiskParametersArgs(storage_account_type=SERVER_OS_DISK_SKU),
-                ),
-                data_disks=[
-                    compute.DataDiskArgs(
-                        lun=RETENTION_LUN,
-                        create_option="Attach",
-                        caching=compute.CachingTypes.NONE,
-                        managed_disk=compute.ManagedDiskParametersArgs(id=retention.id),
-                    )
-                ],
-            ),
-            os_profile=_os_profile(
-                name,
-                target,
-                windows=windows,
-                admin_user=admin_user,
-                ssh_public_key=ssh_public_key,
-                admin_password=admin_password,
-                custom_data=custom_data,
-            ),
-            network_profile=compute.NetworkProfileArgs(
-                network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
-            ),
-            diagnostics_profile=compute.DiagnosticsProfileArgs(
-                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
-            ),
+        self.vm = _server_vm(
+            self, name, target, size=mts.size, windows=windows, nic=nic, admin_user=admin_user,
+            ssh_public_key=ssh_public_key, admin_password=admin_password, custom_data=custom_data,
             tags=target.tagged(
                 dr_role="master-target", dr_protection_group=groups, dr_bootstrap=bootstrap_digest(custom_data)
             ),
-            opts=_child(self, ignore_changes=["osProfile.customData"]),
+            data_disks=[
+                compute.DataDiskArgs(
+                    lun=RETENTION_LUN,
+                    create_option="Attach",
+                    caching=compute.CachingTypes.NONE,
+                    managed_disk=compute.ManagedDiskParametersArgs(id=retention.id),
+                )
+            ],
         )
         if windows:
             # Windows does not run custom data by itself: the Custom Script Extension runs it once.
