@@ -26,9 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dr_agent.pageblob import MAX_PUT_PAGE, PARALLEL_PUTS
-from dr_agent.sink import ProcessServerSink
 from pipeline_ceiling import Meter, cores, measure_ceiling
-from pipeline_common import MIB, Azurite, bench_args, drive, make_pki, mixed_data, services
+from pipeline_common import MIB, Azurite, bench_args, make_pki, measured_pipeline, mixed_data
 
 
 def main() -> None:
@@ -63,25 +62,13 @@ def main() -> None:
             pki = make_pki(root)
             ceiling = measure_ceiling(chunks, root, agent=pki.agent, ps=pki.ps, mt=pki.mt, replica_file=False)
             os.environ["BENCH_AZURE"] = az.conn_str
-            mt, ps, ps_port = services(root, pki, storage="azure", conn_env="BENCH_AZURE")
-            mt.start()
-            ps.start()
-            try:
-                assert mt.proc is not None and ps.proc is not None
-                meter = Meter({"process_server": ps.proc.pid, "master_target": mt.proc.pid,
-                               "azurite": az.proc.pid})
-                sink = ProcessServerSink(disk="bench-disk1", size=total, servers=[("127.0.0.1", ps_port)],
-                                         identity=pki.agent)
-                with meter.measure():
-                    pipe_s = drive(sink, chunks, total)
-                sink.close()
-            finally:
-                ps.stop()
-                mt.stop()
+            pipe_s, pipe = measured_pipeline(root, pki, chunks, total, Meter, disk="bench-disk1",
+                                             also={"azurite": az.proc.pid}, storage="azure",
+                                             conn_env="BENCH_AZURE")
         finally:
             az.stop()
-    serial, raw, pipe = serial_meter.usage, raw_meter.usage, meter.usage
-    assert serial is not None and raw is not None and pipe is not None
+    serial, raw = serial_meter.usage, raw_meter.usage
+    assert serial is not None and raw is not None
     raw_mbs, serial_mbs, pipe_mbs = total / 1e6 / raw.wall_s, total / 1e6 / serial.wall_s, total / 1e6 / pipe_s
     ceiling_s = ceiling.azurite_wall_s(raw)
     ceiling_mbs = total / 1e6 / ceiling_s

@@ -148,3 +148,27 @@ def drive(sink: Any, chunks: list[bytes], disk_size: int, *, flush_every: int = 
     sink.flush()
     sink.wait_applied(600)
     return time.perf_counter() - start
+
+
+def measured_pipeline(root: Path, pki: Pki, chunks: list[bytes], disk_size: int, meter_factory: Any, *,
+                      disk: str, also: dict[str, int] | None = None, **service_kw: Any) -> tuple[float, Any]:
+    """Start the master target and the process server, drive `chunks` through an agent sink in this
+    process while `meter_factory(pids)` (pipeline_ceiling.Meter) samples the CPU of this process,
+    both services and `also`; stop the services. Returns (seconds to applied, the phase's usage)."""
+    mt, ps, ps_port = services(root, pki, **service_kw)
+    mt.start()
+    ps.start()
+    try:
+        assert mt.proc is not None and ps.proc is not None
+        meter = meter_factory({"process_server": ps.proc.pid, "master_target": mt.proc.pid, **(also or {})})
+        from dr_agent.sink import ProcessServerSink
+
+        sink = ProcessServerSink(disk=disk, size=disk_size, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
+        with meter.measure():
+            seconds = drive(sink, chunks, disk_size)
+        sink.close()
+    finally:
+        ps.stop()
+        mt.stop()
+    assert meter.usage is not None
+    return seconds, meter.usage

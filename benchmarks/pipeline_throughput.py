@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import zstandard
-from dr_agent.sink import ProcessServerSink
 from pipeline_ceiling import Meter, cores, measure_ceiling
-from pipeline_common import MIB, bench_args, drive, make_pki, mixed_data, services
+from pipeline_common import MIB, bench_args, make_pki, measured_pipeline, mixed_data
 
 
 def main() -> None:
@@ -41,23 +40,7 @@ def main() -> None:
         root = Path(tmp)
         pki = make_pki(root)
         ceiling = measure_ceiling(chunks, root, agent=pki.agent, ps=pki.ps, mt=pki.mt)
-        mt, ps, ps_port = services(root, pki)
-        mt.start()
-        ps.start()
-        try:
-            assert mt.proc is not None and ps.proc is not None
-            meter = Meter({"process_server": ps.proc.pid, "master_target": mt.proc.pid})
-            disk = 1024 * MIB
-            sink = ProcessServerSink(disk="bench-disk0", size=disk, servers=[("127.0.0.1", ps_port)],
-                                     identity=pki.agent)
-            with meter.measure():
-                pipe_s = drive(sink, chunks, disk)
-            sink.close()
-        finally:
-            ps.stop()
-            mt.stop()
-    usage = meter.usage
-    assert usage is not None
+        pipe_s, usage = measured_pipeline(root, pki, chunks, 1024 * MIB, Meter, disk="bench-disk0")
     zstd_mbs = total / 1e6 / zstd_s
     pipe_mbs = total / 1e6 / pipe_s
     cpu_mbs = total / 1e6 / ceiling.cpu_bound_s()

@@ -60,6 +60,13 @@ def _need(cfg: dict[str, Any], key: str, path: Path, table: str) -> Any:
     return cfg[key]
 
 
+def _endpoints(c: dict[str, Any]) -> tuple[str, int, int | None]:
+    """A service's listen host and port, and its metrics port (None: no metrics endpoint)."""
+    host, port = _addr(str(c.get("listen", "127.0.0.1:0")), "listen")
+    metrics = _addr(str(c["metrics"]), "metrics")[1] if "metrics" in c else None
+    return host, port, metrics
+
+
 def _passphrase(env: str) -> str:
     value = os.environ.get(env)
     if not value:
@@ -103,6 +110,7 @@ class JsonLines(logging.Formatter):
 
 
 def _serve(service: Any, name: str) -> int:
+    _tune_malloc()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -117,7 +125,6 @@ def _serve(service: Any, name: str) -> int:
 def run_process_server(path: Path) -> int:
     from dr_agent.process_server import ProcessServer
 
-    _tune_malloc()
     return _serve(ProcessServer(process_server_config(path)), "process-server")
 
 
@@ -127,8 +134,7 @@ def process_server_config(path: Path) -> Any:
 
     t = "process_server"
     c = _section(path, t)
-    host, port = _addr(str(c.get("listen", "127.0.0.1:0")), "listen")
-    metrics = _addr(str(c["metrics"]), "metrics")[1] if "metrics" in c else None
+    host, port, metrics = _endpoints(c)
     config = ProcessServerConfig(
         name=str(c.get("name", "ps")), identity=Identity(Path(_need(c, "identity", path, t))),
         cache_dir=Path(_need(c, "cache_dir", path, t)),
@@ -142,7 +148,6 @@ def process_server_config(path: Path) -> Any:
 def run_master_target(path: Path) -> int:
     from dr_agent.master_target import MasterTarget
 
-    _tune_malloc()
     return _serve(MasterTarget(master_target_config(path)), "master-target")
 
 
@@ -152,8 +157,7 @@ def master_target_config(path: Path) -> Any:
 
     t = "master_target"
     c = _section(path, t)
-    host, port = _addr(str(c.get("listen", "127.0.0.1:0")), "listen")
-    metrics = _addr(str(c["metrics"]), "metrics")[1] if "metrics" in c else None
+    host, port, metrics = _endpoints(c)
     conn_env = c.get("connection_string_env")
     conn = os.environ.get(conn_env) if conn_env else None
     if conn_env and not conn:

@@ -41,6 +41,17 @@ DISK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 GATHER_BYTES = 32 * 1024 * 1024
 
 
+def receive_hello(conn: Connection) -> tuple[dict[str, Any], str, int] | None:
+    """A stream's HELLO: (the whole of it, disk, size); None, after an ERROR to the peer, when the
+    disk's name or size cannot be a disk's."""
+    hello = conn.recv_json(FrameType.HELLO)
+    disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
+    if not DISK_NAME.match(disk) or size <= 0 or size % 512:
+        conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+        return None
+    return hello, disk, size
+
+
 @dataclass(frozen=True)
 class MasterTargetConfig:
     identity: Identity
@@ -128,11 +139,10 @@ class MasterTarget:
             return t
 
     def _handle(self, conn: Connection) -> None:
-        hello = conn.recv_json(FrameType.HELLO)
-        disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
-        if not DISK_NAME.match(disk) or size <= 0 or size % 512:
-            conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+        got = receive_hello(conn)
+        if got is None:
             return
+        hello, disk, size = got
         if hello.get("purpose") == "hashes":  # reads only: the disk's stream may go on meanwhile
             self._serve_hashes(conn, self._target(disk, size))
             return

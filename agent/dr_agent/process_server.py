@@ -35,7 +35,7 @@ from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES, DiskCache
 from dr_agent.compress import CODEC_RAW, Compressor
 from dr_agent.errors import AgentError, CorruptData, CorruptRecord, ProtocolError
-from dr_agent.master_target import DISK_NAME
+from dr_agent.master_target import DISK_NAME, receive_hello
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
 from dr_agent.records import FrameType, Kind, Record, decode_records
@@ -215,11 +215,10 @@ class ProcessServer:
 
     # -- agents -------------------------------------------------------------------------------
     def _handle(self, conn: Connection) -> None:
-        hello = conn.recv_json(FrameType.HELLO)
-        disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
-        if not DISK_NAME.match(disk) or size <= 0 or size % 512:
-            conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
+        got = receive_hello(conn)
+        if got is None:
             return
+        hello, disk, size = got
         cache = self._cache(disk)
         if cache.last_seq == 0 and cache.used_bytes() == 0:
             # A disk new to this process server (first sync, or an agent that moved here): start
