@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import xxhash
 from dr_agent.alerts import AlertLog
 from dr_agent.catalog import Catalog, Point
 from dr_agent.compress import Compressor
+from dr_agent.contract import STREAM_NAME
 from dr_agent.errors import AgentError, ConfigError, CorruptData, ProtocolError
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, server_context
@@ -36,7 +36,7 @@ from dr_agent.target import Batch, Data, FileTarget, Target
 from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
 
 log = logging.getLogger(__name__)
-DISK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DISK_NAME = STREAM_NAME  # a disk stream's name: the contract's
 # Bytes of already-arrived frames applied under one commit (one fsync or one metadata write).
 GATHER_BYTES = 32 * 1024 * 1024
 

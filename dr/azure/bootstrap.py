@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dr_agent.contract import MT_PORT
+
 from dr.azure import naming
 from dr.azure.contract import MasterTarget, StackPlan
 from dr.blueprints import render
@@ -23,9 +25,8 @@ from dr.errors import DrError
 from dr.model import Estate
 
 CONTROL_PORT = 443  # configuration server API and registration (ASR: HTTPS 443 to the CS)
-# process server -> master target replication stream: the data path's master target port
-# (dr.cli.replica.MT_PORT; ASR used 9443, which the data path gives to the on-premises process server)
-DATA_PORT = 9444
+# process server -> master target replication stream: the master target's port (the data path's contract)
+DATA_PORT = MT_PORT
 PASSPHRASE_SECRET = "registration-passphrase"  # Key Vault secret name of the vault registration passphrase
 ADMIN_PASSWORD_SECRET = "admin-password"  # Key Vault secret name of the Windows administrator password
 PYTHON_WINDOWS_VERSION = "3.11.9"  # last CPython 3.11 release with a Windows installer (python.org)

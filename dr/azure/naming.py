@@ -3,12 +3,10 @@
 Pulumi-free on purpose: the master target (issue 6) and the failover runner (issue 7) compute the
 same blob addresses from the same functions.
 
-Replica layout (the data path's, `dr replica configs` / dr-agent's master target): every protected
-disk is one page blob `replicas/<stream>.vhd` (container `replicas`, a fixed VHD; the stream name is
-`<machine>-<disk>`, `/` and `_` turned into `-`) in the storage account the plan assigns to that
-disk; master targets keep their recovery-point journal in container `retention` of their retention
-account. A failover imports the managed disks from exactly those blobs. tests/stacks checks these
-names against the data path's own renderer.
+Replica layout: every protected disk is one page blob `replicas/<stream>.vhd` (a fixed VHD) in the
+storage account the plan assigns to that disk; master targets keep their recovery-point journal in
+container `retention` of their retention account. The stream name, the containers and the blob name
+are the data path's contract (`dr_agent.contract`), imported here, never spelt again.
 """
 
 from __future__ import annotations
@@ -16,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-REPLICA_CONTAINER = "replicas"  # dr-agent master target's container (blueprints/agent/master-target.toml.j2)
-RETENTION_CONTAINER = "retention"
+from dr_agent.contract import REPLICA_CONTAINER, RETENTION_CONTAINER, replica_blob, stream_name
+
+__all__ = ["REPLICA_CONTAINER", "RETENTION_CONTAINER", "replica_blob", "stream_name"]
 # Azure naming rules (learn.microsoft.com, "Naming rules and restrictions for Azure resources").
 STORAGE_NAME_MAX = 24  # storage accounts: 3-24 lower-case letters and digits, globally unique
 KEYVAULT_NAME_MAX = 24  # key vaults: 3-24 letters, digits and dashes, globally unique
@@ -49,16 +48,6 @@ def key_vault_name(estate: str, resource_group: str) -> str:
     """`<estate>-kv-<4 hex>` cut to 24: globally unique per estate and resource group."""
     suffix = "-kv-" + _digest(f"{estate}/{resource_group}", 4)
     return estate[: KEYVAULT_NAME_MAX - len(suffix)].rstrip("-") + suffix
-
-
-def stream_name(machine: str, disk: str) -> str:
-    """The data path's name of a disk's replication stream: `<machine>-<disk>` (dr.cli.replica)."""
-    return f"{machine}-{disk}".replace("/", "-").replace("_", "-")
-
-
-def replica_blob(machine: str, disk: str) -> str:
-    """Blob name of a disk's replica inside container `replicas`: `<stream>.vhd`."""
-    return f"{stream_name(machine, disk)}.vhd"
 
 
 def storage_env(account: str) -> str:

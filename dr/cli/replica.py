@@ -115,23 +115,11 @@ def export_cmd(disk: str, point: str, dest: Path, catalog_path: Path | None, con
     click.echo(f"wrote {dest} ({disk} at {chosen.kind} point {chosen.id}, {chosen.as_dict()['time']})")
 
 
-# Ports of the data path (TCP): agents dial process servers on PS_PORT, process servers dial master
-# targets on MT_PORT. Chosen for this project (ASR's process server uses 9443 for the same role).
-PS_PORT = 9443
-MT_PORT = 9444
-
-
-def stream_name(machine: str, disk: str) -> str:
-    """The replication stream (and replica blob) name of a machine's disk: `machine-disk`."""
-    return f"{machine}-{disk}".replace("/", "-").replace("_", "-")
-
-
-def _env_name(account: str) -> str:
-    return f"DR_STORAGE_{account.upper()}"
-
-
 def render_configs(estate: Any, plan: Any) -> dict[str, str]:
     """Every service's configuration and systemd unit, keyed by relative path (`<server>/<file>`)."""
+    from dr_agent.contract import MT_PORT, PS_PORT, stream_name
+
+    from dr.azure.naming import storage_env
     from dr.blueprints import render
 
     out: dict[str, str] = {}
@@ -152,7 +140,7 @@ def render_configs(estate: Any, plan: Any) -> dict[str, str]:
             throttle_mbps=throttle)
         out[f"{ps.name}/dr-process-server.service"] = render("agent/dr-process-server.service.j2", name=ps.name)
     for mt in plan.master_targets:
-        disk_envs = [(stream_name(*d.disk.split("/", 1)), _env_name(d.storage_account)) for d in mt.disks]
+        disk_envs = [(stream_name(*d.disk.split("/", 1)), storage_env(d.storage_account)) for d in mt.disks]
         hours = max((groups[m].policy.retention.total_seconds() / 3600 for m in mt.machines if m in groups),
                     default=24.0)
         out[f"{mt.name}/master-target.toml"] = render(

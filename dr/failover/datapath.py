@@ -4,7 +4,7 @@
                       catalog (per-disk RPO and points), as the master target reports it
     AgentExporter     the runner's Exporter: `dr_agent.export.export` of a disk at a point
 
-A spec disk (machine, disk) is the data path's stream `<machine>-<disk>` (`stream_name`): the name
+A spec disk (machine, disk) is the data path's stream `dr_agent.contract.stream_name`: the name
 the agent opens its sink with, the master target's replica and catalog key. `dr_agent` is imported
 inside the functions: it is the 'agent' extra.
 """
@@ -15,16 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dr_agent.contract import stream_name
+
 from dr.errors import MissingExtra
 from dr.failover.provider import FailoverError
 from dr.model import Estate
 from dr.server.schemas import CatalogReport, DiskCatalog, RecoveryPoint
 from dr.server.service import ConfigServer, Principal
-
-
-def stream_name(machine: str, disk: str) -> str:
-    """The data path's name of a spec disk (one replica, one catalog entry)."""
-    return f"{machine}-{disk}"
 
 
 def _agent_catalog(path: Path) -> Any:

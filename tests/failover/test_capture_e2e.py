@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dr_agent.contract import stream_name
 
-from dr.failover.datapath import AgentExporter, collect_catalog, stream_name
+from dr.failover.datapath import AgentExporter, collect_catalog
 from dr.failover.points import Choice
 from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog, container_name
 from dr.failover.runner import Runner

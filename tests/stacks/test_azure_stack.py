@@ -34,7 +34,7 @@ from dr.azure import bootstrap, naming
 from dr.azure.components import OPENED_PORTS, TEST_ISOLATION_RULE
 from dr.azure.contract import StackPlan
 from dr.azure.options import StackInvalid, check
-from dr.cli.replica import MT_PORT, render_configs, stream_name
+from dr.cli.replica import render_configs
 from dr.errors import DrError
 from dr.model import Estate
 from dr.plan import make_plan
@@ -498,16 +498,3 @@ def test_cloud_init_passes_cloud_inits_own_schema(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"  # the check can fail: a cloud-config cloud-init refuses
     broken.write_text("#cloud-config\npackages: 5\n")
     assert subprocess.run([tool, "schema", "--config-file", str(broken)], capture_output=True, timeout=60).returncode
-
-
-def test_names_and_ports_agree_with_the_data_path() -> None:
-    """The stack opens the master target's real port and imports the blobs the master target writes."""
-    assert bootstrap.DATA_PORT == MT_PORT
-    for machine, disk in [("sql01", "data"), ("web_01", "c"), ("db", "vol/1")]:
-        assert naming.replica_blob(machine, disk) == f"{stream_name(machine, disk)}.vhd"
-    estate, plan = estate_and_plan("sharepoint")
-    configs = render_configs(estate, make_plan(estate))
-    for mts in plan.master_targets:
-        agent = tomllib.loads(configs[f"{mts.name}/master-target.toml"])["master_target"]
-        assert agent["container"] == naming.REPLICA_CONTAINER
-        assert agent["listen"].endswith(f":{bootstrap.DATA_PORT}")

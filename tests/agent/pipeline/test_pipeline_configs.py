@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from dr_agent.cli import master_target_config, process_server_config
+from dr_agent.contract import stream_name
 from dr_agent.errors import ConfigError
 from pipeline_harness import REPO
 
@@ -23,12 +24,12 @@ def test_configs_are_derived_from_the_spec_and_plan(tmp_path: Path, monkeypatch:
     assert ps["master_target"].endswith(":9444")
     agent = tomllib.loads((tmp_path / "pg01/agent.toml").read_text())["agent"]
     assert agent["process_servers"] == ["192.168.10.5:9443"]
-    assert [d["name"] for d in agent["disks"]] == ["pg01-root", "pg01-pgdata", "pg01-pgwal"]
+    assert [d["name"] for d in agent["disks"]] == [stream_name("pg01", d) for d in ("root", "pgdata", "pgwal")]
     assert agent["disks"][1]["mount_points"] == ["/var/lib/pgsql"]
     mt_dir = next(p for p in tmp_path.iterdir() if (p / "master-target.toml").exists())
     mt = tomllib.loads((mt_dir / "master-target.toml").read_text())["master_target"]
     envs = mt["disk_connection_string_env"]
-    assert "pg02-pgwal" in envs and len(set(envs.values())) == 2  # two replica accounts in the plan
+    assert stream_name("pg02", "pgwal") in envs and len(set(envs.values())) == 2  # two replica accounts in the plan
     unit = (tmp_path / "pg01/dr-agent.service").read_text()
     assert "ExecStart=/usr/local/bin/dr-agent agent --config /etc/dr-agent/agent.toml" in unit
 
@@ -40,5 +41,5 @@ def test_configs_are_derived_from_the_spec_and_plan(tmp_path: Path, monkeypatch:
     for env in set(envs.values()):
         monkeypatch.setenv(env, f"UseDevelopmentStorage=true;{env}")
     mtc = master_target_config(mt_dir / "master-target.toml")
-    assert dict(mtc.disk_connection_strings)["pg02-pgwal"].endswith(envs["pg02-pgwal"])
+    assert dict(mtc.disk_connection_strings)[stream_name("pg02", "pgwal")].endswith(envs[stream_name("pg02", "pgwal")])
     assert mtc.retention_s == mt["retention_hours"] * 3600

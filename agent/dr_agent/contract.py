@@ -1,0 +1,302 @@
+"""The contract between the two halves of the product: what `dr` and the data path must agree on.
+
+Standard library only, imported by `dr` (the planner's renderers, the stack, failover, the
+configuration server), by the blueprints' renderer, and by the three services. A name, port, role,
+file layout or message shape that two parts share is defined here once; nothing else spells it.
+
+    ports         PS_PORT, MT_PORT, CS_PORT, the services' metrics ports
+    roles         Role (one spelling, everywhere: certificates, tokens, the state store, the API)
+    layout        Layout: where a deployed machine keeps its configuration, identity and state
+    names         stream_name / parse_stream (a spec disk <-> its stream, replica blob and catalog key),
+                  REPLICA_CONTAINER, RETENTION_CONTAINER, replica_blob
+    wire messages Hello, Welcome, Ack, Fallback, Error, HashesRequest, Resynced: typed JSON bodies of
+                  the data path's control frames; `parse(cls, body)` refuses anything else with
+                  ProtocolError
+
+Every wire and control body is a frozen dataclass with `to_json()` and a classmethod
+`from_json(body)`; unknown keys are ignored (a newer peer may add some), missing or mistyped
+required keys raise ProtocolError naming the message and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, ClassVar, TypeVar
+
+from dr_agent.errors import ProtocolError
+
+# -- ports (TCP) ---------------------------------------------------------------------------------
+# Chosen for this project; ASR's process server used 9443 for the agents' data, as ours does.
+PS_PORT = 9443            # agents dial the process server (data streams, hashes, the multi-VM coordinator)
+MT_PORT = 9444            # process servers dial the master target
+CS_PORT = 8443            # everyone dials the configuration server (HTTPS API, dashboard)
+PS_METRICS_PORT = 9101    # Prometheus metrics, bound to loopback by default
+MT_METRICS_PORT = 9102
+AGENT_METRICS_PORT = 9103
+
+
+# -- roles ---------------------------------------------------------------------------------------
+class Role(enum.StrEnum):
+    """Who a component is: in its certificate (subject OU), its token, the state store and the API."""
+
+    AGENT = "agent"
+    PROCESS_SERVER = "process_server"
+    MASTER_TARGET = "master_target"
+    CONFIG_SERVER = "config_server"
+    OPERATOR = "operator"
+
+
+# Roles a data-path component registers as (operators and the configuration server do not stream).
+SERVICE_ROLES: tuple[Role, ...] = (Role.AGENT, Role.PROCESS_SERVER, Role.MASTER_TARGET)
+# Which roles may dial which listener. Nothing listens on a source machine.
+MAY_DIAL: dict[Role, tuple[Role, ...]] = {
+    Role.PROCESS_SERVER: (Role.AGENT,),
+    Role.MASTER_TARGET: (Role.PROCESS_SERVER,),
+}
+
+
+def parse_role(text: str) -> Role:
+    """A role from its spelling here, or from the command-line spelling (`process-server`)."""
+    try:
+        return Role(text.replace("-", "_"))
+    except ValueError:
+        known = ", ".join(r.value for r in Role)
+        raise ProtocolError(f"unknown role {text!r}: expected one of {known}") from None
+
+
+# -- layout of a deployed machine ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Where a machine keeps the product's files. `root` is "/" on a real machine; the lab and tests
+    give each simulated machine its own root, and everything below moves with it."""
+
+    root: str = "/"
+
+    @property
+    def base(self) -> PurePosixPath:
+        return PurePosixPath(self.root)
+
+    @property
+    def config_dir(self) -> PurePosixPath:
+        return self.base / "etc/dr-agent"
+
+    @property
+    def identity_dir(self) -> PurePosixPath:
+        """cert.pem, key.pem (0600) and ca.pem: see IDENTITY_FILES."""
+        return self.config_dir / "identity"
+
+    @property
+    def env_file(self) -> PurePosixPath:
+        """Secrets as environment variables (connection strings, the registration passphrase), 0600."""
+        return self.config_dir / "env"
+
+    @property
+    def state_dir(self) -> PurePosixPath:
+        return self.base / "var/lib/dr-agent"
+
+    @property
+    def venv(self) -> PurePosixPath:
+        """The agent package's own virtual environment (push installation)."""
+        return self.base / "opt/dr-agent"
+
+    def config(self, service: str) -> PurePosixPath:
+        """`agent.toml`, `process-server.toml`, `master-target.toml`."""
+        return self.config_dir / f"{service}.toml"
+
+
+IDENTITY_FILES = {"cert": "cert.pem", "key": "key.pem", "ca": "ca.pem"}
+# The configuration server's registration token, beside the identity (one line, 0600).
+TOKEN_FILE = "token"
+LAYOUT = Layout()
+
+
+# -- names ---------------------------------------------------------------------------------------
+REPLICA_CONTAINER = "replicas"    # page blobs, one per protected disk: <stream>.vhd
+RETENTION_CONTAINER = "retention"  # master targets' recovery-point journals
+# A stream name: what HELLO names, the process server's cache directory, the replica blob's stem
+# and the master target's catalog key. Safe as a file name and a blob name.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,199}$")
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_SEPARATOR = "."
+
+
+def _escape(part: str) -> str:
+    return "".join(c if _SAFE.fullmatch(c) else "".join(f"~{b:02X}" for b in c.encode()) for c in part)
+
+
+def _unescape(part: str) -> str:
+    out = bytearray()
+    i = 0
+    while i < len(part):
+        if part[i] == "~":
+            out.append(int(part[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += part[i].encode()
+            i += 1
+    return out.decode()
+
+
+def stream_name(machine: str, disk: str) -> str:
+    """The data path's name of a spec disk: `<machine>.<disk>`, any character other than letters,
+    digits, `_` and `-` written `~XX` (its UTF-8 bytes in hex). One-to-one: `parse_stream` inverts it,
+    so `sql_01`/`data_1` and `sql-01`/`data-1` never share a replica."""
+    if not machine or not disk:
+        raise ProtocolError(f"a stream needs a machine and a disk name, got {machine!r} and {disk!r}")
+    name = f"{_escape(machine)}{_SEPARATOR}{_escape(disk)}"
+    if not STREAM_NAME.match(name):
+        raise ProtocolError(f"machine {machine!r} disk {disk!r}: the stream name {name!r} is too long "
+                            "(at most 200 characters): shorten the machine or disk name")
+    return name
+
+
+def parse_stream(name: str) -> tuple[str, str]:
+    """(machine, disk) of a stream name; ProtocolError when it is not one `stream_name` makes."""
+    machine, sep, disk = name.partition(_SEPARATOR)
+    try:
+        if not sep or not machine or not disk or _SEPARATOR in disk or not STREAM_NAME.match(name):
+            raise ValueError(name)
+        return _unescape(machine), _unescape(disk)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"{name!r} is not a stream name: expected <machine>.<disk>") from None
+
+
+def replica_blob(machine: str, disk: str) -> str:
+    """The replica page blob of a spec disk in REPLICA_CONTAINER: `<stream>.vhd` (a fixed VHD)."""
+    return f"{stream_name(machine, disk)}.vhd"
+
+
+# -- typed wire messages -------------------------------------------------------------------------
+M = TypeVar("M", bound="Message")
+_KINDS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _check(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
+    """`value` as `annotation` says (int, float, str, bool, X | None, dict); else ProtocolError."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(cls_name, key, value, inner)
+    if annotation is dict or typing.get_origin(annotation) is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        ok = _KINDS.get(annotation, (annotation,))
+        # bool is an int in Python; a wire number is never a bool
+        if isinstance(value, ok) and not (isinstance(value, bool) and annotation is not bool):
+            return float(value) if annotation is float else value
+    raise ProtocolError(f"{cls_name}: {key} = {value!r} is not a {getattr(annotation, '__name__', annotation)}")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A JSON body of a control frame. Subclasses are frozen dataclasses of plain fields."""
+
+    NAME: ClassVar[str] = "message"
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls: type[M], body: Any) -> M:
+        if not isinstance(body, dict):
+            raise ProtocolError(f"{cls.NAME}: expected a JSON object, got {type(body).__name__}")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            wire = f.metadata.get("wire", f.name)
+            if wire not in body:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ProtocolError(f"{cls.NAME}: the required key {wire!r} is missing")
+                continue
+            values[f.name] = _check(cls.NAME, wire, body[wire], hints[f.name])
+        return cls(**values)
+
+
+def _wire(name: str) -> Any:
+    return dataclasses.field(metadata={"wire": name})
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """The dialler's first frame: which disk stream, how large, and what for."""
+
+    NAME: ClassVar[str] = "HELLO"
+    disk: str
+    size: int
+    purpose: str = "stream"                 # "stream" (records) or "hashes" (a resync's block digests)
+    first_retained: int | None = None       # an agent: the oldest record it still holds
+    resyncing: bool = False                 # an agent: a hash resync is under way
+    ps: str | None = None                   # a process server dialling a master target: its name
+
+    PURPOSES: ClassVar[tuple[str, ...]] = ("stream", "hashes")
+
+    def __post_init__(self) -> None:
+        if not STREAM_NAME.match(self.disk):
+            raise ProtocolError(f"HELLO: {self.disk!r} is not a stream name")
+        if self.size <= 0 or self.size % 512:
+            raise ProtocolError(f"HELLO: disk {self.disk} of {self.size} bytes: expected a positive multiple of 512")
+        if self.purpose not in self.PURPOSES:
+            raise ProtocolError(f"HELLO: purpose {self.purpose!r} is not one of {', '.join(self.PURPOSES)}")
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """The receiver's answer to HELLO: where the stream stands."""
+
+    NAME: ClassVar[str] = "WELCOME"
+    applied: int = 0                        # the master target's applied sequence
+    durable: int | None = None              # a process server: its last durable (cached) sequence
+    level: str | None = None                # a process server: its cache's alert level
+    resync_from: int | None = None          # dropped records the agent no longer holds: resync
+    resync_mark: int | None = None          # the count of drops a resync under way covers
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    NAME: ClassVar[str] = "ACK"
+    applied: int = 0
+    durable: int | None = None
+
+
+@dataclass(frozen=True)
+class Fallback(Message):
+    """The process server's cache is full: track changes in a bitmap from `from_seq` on."""
+
+    NAME: ClassVar[str] = "FALLBACK"
+    from_seq: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    NAME: ClassVar[str] = "ERROR"
+    error: str
+
+
+@dataclass(frozen=True)
+class HashesRequest(Message):
+    NAME: ClassVar[str] = "HASHES"
+    first_block: int
+    count: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class Resynced(Message):
+    """A hash resync after drops up to number `mark` is complete and flushed from sequence `from`."""
+
+    NAME: ClassVar[str] = "RESYNCED"
+    from_seq: int = _wire("from")
+    mark: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.from_seq, "mark": self.mark}
