@@ -1,4 +1,9 @@
-"""Shared test fixtures: the repository root and a runner for the `dr` command in a subprocess."""
+"""Shared test fixtures: the repository root and a runner for the `dr` command in a subprocess.
+
+Under CI (`CI=true`, as `.ci/run` runs) a skipped test fails: every skip here means a missing
+prerequisite (a peer not installed, not root, no loop devices), and CI must install them all, so a
+green run can never hide a test that did not run. Elsewhere a skip stays a skip, with its reason.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _pytest.reports import CollectReport, TestReport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,3 +34,31 @@ def run_dr(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
 @pytest.fixture
 def dr_cli():  # type: ignore[no-untyped-def]
     return run_dr
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _fail_skip(report: CollectReport | TestReport) -> None:
+    """Turn a skip into a failure that names what was missing (CI only; an xfail stays as it is)."""
+    if not in_ci() or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"CI=true: a prerequisite is missing, so this test fails instead of skipping: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    _fail_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    report = yield
+    _fail_skip(report)
+    return report

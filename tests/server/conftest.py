@@ -24,7 +24,10 @@ from dr.validate import load_valid
 REPO = Path(__file__).resolve().parents[2]
 SHAREPOINT = REPO / "examples" / "sharepoint" / "dr.yaml"
 PASSPHRASE = "correct horse battery staple"
-PG_BIN = Path("/usr/local/bin")
+# The server binaries: where `pg_ctl` really is (Debian keeps them, initdb too, in
+# /usr/lib/postgresql/<version>/bin; an image may link some of them into /usr/local/bin).
+_PG_CTL = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))), None)
+PG_BIN = Path(_PG_CTL).resolve().parent if _PG_CTL else Path("/usr/local/bin")
 # PostgreSQL needs a few seconds to initdb and start on 2 cores (measured here: about 2 s).
 PG_START_TIMEOUT_S = 60
 
