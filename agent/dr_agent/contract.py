@@ -12,6 +12,8 @@ file layout or message shape that two parts share is defined here once; nothing 
     wire messages Hello, Welcome, Ack, Fallback, Error, HashesRequest, Resynced: typed JSON bodies of
                   the data path's control frames; `parse(cls, body)` refuses anything else with
                   ProtocolError
+    control plane HEARTBEAT_INTERVAL_S, the API paths, Registration / RegistrationAnswer,
+                  MasterTargetHealth, CatalogReport (per stream: ReplicaLocation, CatalogPoint)
 
 Every wire and control body is a frozen dataclass with `to_json()` and a classmethod
 `from_json(body)`; unknown keys are ignored (a newer peer may add some), missing or mistyped
@@ -188,6 +190,13 @@ def _check(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
     if annotation is dict or typing.get_origin(annotation) is dict:
         if isinstance(value, dict):
             return value
+    elif typing.get_origin(annotation) in (list, tuple):
+        # a list of values (`list[X]`) or of nested messages; held as a tuple (frozen)
+        if isinstance(value, list):
+            (inner,) = typing.get_args(annotation)[:1]
+            return tuple(_check(cls_name, f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    elif isinstance(annotation, type) and issubclass(annotation, Message):
+        return annotation.from_json(value)
     else:
         ok = _KINDS.get(annotation, (annotation,))
         # bool is an int in Python; a wire number is never a bool
@@ -203,7 +212,7 @@ class Message:
     NAME: ClassVar[str] = "message"
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.metadata.get("wire", f.name): _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_json(cls: type[M], body: Any) -> M:
@@ -219,6 +228,15 @@ class Message:
                 continue
             values[f.name] = _check(cls.NAME, wire, body[wire], hints[f.name])
         return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """A field's JSON value: nested messages as objects, tuples as lists."""
+    if isinstance(value, Message):
+        return value.to_json()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _wire(name: str) -> Any:
@@ -300,3 +318,117 @@ class Resynced(Message):
 
     def to_json(self) -> dict[str, Any]:
         return {"from": self.from_seq, "mark": self.mark}
+
+
+# -- control plane: registration, heartbeats, the recovery-point catalog -------------------------
+# Every service tells the configuration server (HTTPS on CS_PORT) that it lives this often
+# (seconds; our choice). The server's heartbeat timeout (ASR's 15 minutes by default,
+# `dr config-server start --heartbeat-timeout`) is far above it, so a lost beat or two is no alarm.
+HEARTBEAT_INTERVAL_S = 30.0
+# While the configuration server is away, the services retry after 1, 2, 4 ... seconds up to this
+# (seconds; our choice: a returning server hears from everyone within a minute).
+CONTROL_BACKOFF_MAX_S = 60.0
+# A master target sends its catalog with a heartbeat when it changed, and at least this often
+# (seconds; our choice: a restarted server with an empty store is complete again within minutes).
+CATALOG_REFRESH_S = 300.0
+REGISTER_PATH = "/api/v1/register"
+CATALOG_PATH = "/api/v1/catalog"
+HEARTBEAT_PATHS: dict[Role, str] = {
+    Role.AGENT: "/api/v1/heartbeat/agent",
+    Role.PROCESS_SERVER: "/api/v1/heartbeat/process-server",
+    Role.MASTER_TARGET: "/api/v1/heartbeat/master-target",
+}
+# Replica kinds a catalog names (a master target's `storage`): a file on the master target, or an
+# Azure page blob (whose connection string a reader finds by its account name).
+REPLICA_KINDS = ("file", "pageblob")
+
+
+@dataclass(frozen=True)
+class Registration(Message):
+    """`POST REGISTER_PATH`: a component asks for its certificate and token against the vault
+    passphrase. With `csr_pem` its key never leaves the machine."""
+
+    NAME: ClassVar[str] = "REGISTER"
+    passphrase: str
+    name: str
+    role: str                               # a Role value
+    machine: str | None = None              # an agent: the spec machine it protects
+    site: str | None = None
+    address: str | None = None              # where it is reached (also in the certificate)
+    alt_names: tuple[str, ...] = ()         # more DNS names or IP addresses for the certificate
+    csr_pem: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_role(self.role)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v not in (None, [])}
+
+
+@dataclass(frozen=True)
+class RegistrationAnswer(Message):
+    NAME: ClassVar[str] = "REGISTERED"
+    name: str
+    role: str
+    token: str                              # `Authorization: Bearer <token>` on every other call
+    certificate_pem: str
+    ca_pem: str                             # the vault CA: verifies the server and every peer
+    private_key_pem: str | None = None      # only when no CSR was sent
+
+
+@dataclass(frozen=True)
+class MasterTargetHealth(Message):
+    """A master target's heartbeat body."""
+
+    NAME: ClassVar[str] = "MASTER_TARGET_HEALTH"
+    replicas: int = 0                       # disks it holds a replica of
+    receiving: int = 0                      # disk streams connected now
+    points: int = 0                         # recovery points it retains
+
+
+@dataclass(frozen=True)
+class ReplicaLocation(Message):
+    """Where a stream's replica is: enough for a reader elsewhere (failover) to open it."""
+
+    NAME: ClassVar[str] = "REPLICA_LOCATION"
+    kind: str                               # one of REPLICA_KINDS
+    path: str | None = None                 # file: the replica file on the master target
+    account: str | None = None              # pageblob: the storage account
+    container: str | None = None            # pageblob
+    blob: str | None = None                 # pageblob
+
+    def __post_init__(self) -> None:
+        if self.kind not in REPLICA_KINDS:
+            raise ProtocolError(f"{self.NAME}: kind {self.kind!r} is not one of {', '.join(REPLICA_KINDS)}")
+        if self.kind == "pageblob" and not (self.account and self.container and self.blob):
+            raise ProtocolError(f"{self.NAME}: a page blob replica needs account, container and blob")
+        if self.kind == "file" and not self.path:
+            raise ProtocolError(f"{self.NAME}: a file replica needs its path")
+
+
+@dataclass(frozen=True)
+class CatalogPoint(Message):
+    NAME: ClassVar[str] = "CATALOG_POINT"
+    point_id: str
+    time: float                             # the source's clock at the bookmark (epoch seconds)
+    kind: str                               # "crash" or "app"
+    snapshot: str                           # the replica's snapshot holding it (page blob snapshot id, file path)
+    group_id: str | None = None             # the multi-VM point id, when the group took it together
+
+
+@dataclass(frozen=True)
+class StreamCatalog(Message):
+    NAME: ClassVar[str] = "STREAM_CATALOG"
+    stream: str                             # stream_name(machine, disk)
+    size: int                               # bytes of the disk
+    location: ReplicaLocation
+    points: tuple[CatalogPoint, ...] = ()   # oldest first
+    rpo_seconds: float | None = None        # the newest point's age at the master target
+
+
+@dataclass(frozen=True)
+class CatalogReport(Message):
+    """`POST CATALOG_PATH`: everything a master target retains (replaces its previous report)."""
+
+    NAME: ClassVar[str] = "CATALOG"
+    streams: tuple[StreamCatalog, ...] = ()
