@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from dr import __version__
-from dr.errors import EXIT_UNREADABLE, DrError
+from dr.errors import EXIT_INTERRUPTED, EXIT_UNREADABLE, DrError
 from dr.output import echo_error
 
 
@@ -29,7 +29,7 @@ class _Root(click.Group):
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             echo_error("interrupted")
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
             ctx.exit(0)
 

@@ -1,14 +1,6 @@
 """The capture side's errors, under the data path's root `dr_agent.errors.AgentError`.
 
-    AgentError
-    └── CaptureError               root of capture's errors
-        ├── CaptureUnavailable     this machine lacks what a capture mode needs (root, /dev/fuse, tracefs, losetup)
-        ├── DeviceError            a loop device, mount or FUSE session could not be set up or torn down
-        ├── FreezeError            FIFREEZE/FITHAW failed on a mount point (every frozen one is still thawed)
-        ├── ScriptFailed           an application pre/post script exited non-zero or timed out
-        ├── TrackingLost           block tracking missed events (overrun, restart): a resync is needed
-        ├── CheckpointMismatch     a resume checkpoint belongs to another disk or another target
-        └── CoordinationAborted    a multi-VM consistency point was aborted (timeout, agent gone); no bookmark
+Their place in the data path's tree, with one line each, is drawn in dr_agent/errors.py (the registry).
 
 Every message is one line: what was expected, what was found, and how to fix it.
 """
