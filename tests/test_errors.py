@@ -12,11 +12,12 @@ import pkgutil
 import re
 from types import ModuleType
 
-import dr
-import dr.errors
 import dr_agent
 import dr_agent.errors
 import pytest
+
+import dr
+import dr.errors
 
 TREE_LINE = re.compile(r"^\s*[│├└─\s]*([A-Z][A-Za-z]+)\s+(?:exit (\d+))?")
 
