@@ -6,6 +6,7 @@
     dr-agent agent --config /etc/dr-agent/agent.toml        # on a source machine, as root
     dr-agent process-server --config /etc/dr-agent/process-server.toml
     dr-agent master-target --config /etc/dr-agent/master-target.toml
+    dr-agent supervise --unit /etc/dr-agent/dr-agent.service --detach   # where there is no systemd
 
 Service configuration files are TOML, rendered from the spec and the plan (blueprints/agent/).
 A service prints one JSON line when it listens ({"service", "port", "metrics_port"}) and runs
@@ -344,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("agent", "process-server", "master-target"):
         p = sub.add_parser(name, help=f"run the {name.replace('-', ' ')}")
         p.add_argument("--config", required=True, type=Path)
+    sup = sub.add_parser("supervise", help="run a rendered systemd unit where there is no systemd")
+    sup.add_argument("--unit", required=True, type=Path, help="the unit file, e.g. dr-agent.service")
+    sup.add_argument("--pidfile", type=Path, help="write the supervisor's pid here (refused if one runs)")
+    sup.add_argument("--log", type=Path, help="append the service's output and the supervisor's events here")
+    sup.add_argument("--detach", action="store_true", help="run in the background (double fork, setsid)")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
@@ -361,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                              out=args.out, addresses=(args.name, *addresses))
             print(f"issued {ident.cert}")
             return 0
+        if args.command == "supervise":
+            from dr_agent.supervise import supervise
+
+            return supervise(args.unit, pidfile=args.pidfile, log=args.log, detach=args.detach)
         if args.command == "process-server":
             return run_process_server(args.config)
         if args.command == "agent":
