@@ -1,8 +1,7 @@
 """`dr-agent`: the data path's services and their certificates.
 
-    dr-agent ca init --dir /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY
-    dr-agent register --ca /etc/dr-agent/ca --passphrase-env DR_VAULT_KEY --name ps01 \\
-        --role process-server --out /etc/dr-agent/identity --address 10.0.0.4
+    dr-agent register --server https://cs01:8443 --name ps01 --role process-server \\
+        --out /etc/dr-agent/identity --passphrase-env DR_VAULT_KEY --ca-file vault-ca.pem --address 10.0.0.4
     dr-agent agent --config /etc/dr-agent/agent.toml        # on a source machine, as root
     dr-agent process-server --config /etc/dr-agent/process-server.toml
     dr-agent master-target --config /etc/dr-agent/master-target.toml
@@ -10,7 +9,9 @@
 
 Service configuration files are TOML, rendered from the spec and the plan (blueprints/agent/).
 A service prints one JSON line when it listens ({"service", "port", "metrics_port"}) and runs
-until SIGTERM or SIGINT. Exit codes: 0 stopped cleanly, 2 bad configuration or usage, 1 failure.
+until SIGTERM or SIGINT. With a `[control]` table (`server = "https://cs01:8443"`) it reports its
+health (and a master target its recovery points) to the configuration server by itself.
+Exit codes: 0 stopped cleanly, 2 bad configuration or usage, 1 failure.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from dr_agent.cache import write_atomic
+from dr_agent.contract import SERVICE_ROLES, Role, parse_role
 from dr_agent.errors import AgentError, ConfigError
-from dr_agent.pki import ROLES, Identity, create_ca, register
+from dr_agent.pki import Identity
 
 GIB = 1024**3
 
@@ -110,15 +112,44 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry)
 
 
-def _serve(service: Any, name: str) -> int:
+def _control(service: Any, name: str, config: Path | None) -> Any:
+    """The service's ControlLoop when its configuration has a `[control]` table, else None."""
+    from dr_agent.control import ControlConfig, ControlLoop
+
+    if config is None:
+        return None
+    data = tomllib.loads(config.read_text())
+    table = data.get("control")
+    if table is None:
+        return None
+    role = parse_role(name)
+    own = data.get(role.value, {})
+    if not isinstance(table, dict) or not (table.get("identity") or own.get("identity")):
+        raise ConfigError(f"{config}: [control] needs the identity directory (its token and CA): "
+                          f"set identity in [control] or [{role.value}]")
+    cfg = ControlConfig.from_table(table, identity_dir=Path(str(own.get("identity", ""))), where=str(config))
+    catalog = getattr(service, "catalog_report", None) if role == Role.MASTER_TARGET else None
+    return ControlLoop(cfg, role=role, name=name, health=service.health, catalog=catalog).start()
+
+
+def _serve(service: Any, name: str, config: Path | None = None) -> int:
+    """Run a built service until SIGTERM/SIGINT; with `config`'s `[control]` table, report to the
+    configuration server meanwhile."""
     _tune_malloc()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        control = _control(service, name, config)
+    except BaseException:
+        service.close()
+        raise
     print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}), flush=True)
-    logging.getLogger(f"dr_agent.{name}").info("%s listening on port %d", name, service.port)
+    logging.getLogger(f"dr_agent.{name}").info("%s listening on port %s", name, service.port)
     stop.wait()
     logging.getLogger(f"dr_agent.{name}").info("%s stopping", name)
+    if control is not None:
+        control.close()
     service.close()
     return 0
 
@@ -126,7 +157,7 @@ def _serve(service: Any, name: str) -> int:
 def run_process_server(path: Path) -> int:
     from dr_agent.process_server import ProcessServer
 
-    return _serve(ProcessServer(process_server_config(path)), "process-server")
+    return _serve(ProcessServer(process_server_config(path)), "process-server", path)
 
 
 def process_server_config(path: Path) -> Any:
@@ -149,7 +180,7 @@ def process_server_config(path: Path) -> Any:
 def run_master_target(path: Path) -> int:
     from dr_agent.master_target import MasterTarget
 
-    return _serve(MasterTarget(master_target_config(path)), "master-target")
+    return _serve(MasterTarget(master_target_config(path)), "master-target", path)
 
 
 def master_target_config(path: Path) -> Any:
@@ -318,6 +349,21 @@ def _leave_bitmap(sp: Any, sink: Any, backing: Path, servers: list[tuple[str, in
         log.warning("disk %s: still in bitmap mode: %s", sink.disk, err)
 
 
+_UNITS_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def _duration(text: str, what: str) -> float:
+    """Seconds of `90s`, `30m`, `2h` or a bare number of seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS_S else (text, "s")
+    try:
+        value = float(number) * _UNITS_S[unit]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: expected a duration such as 90s, 30m or 2h") from None
+    if value <= 0:
+        raise ConfigError(f"{what} {text!r}: expected a positive duration")
+    return value
+
+
 def _device_size(dev: Path) -> int:
     with open(dev, "rb") as f:
         return f.seek(0, os.SEEK_END)
@@ -331,17 +377,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="log lines as JSON objects (the default when stderr is not a terminal: "
                              "journald, a log shipper) or as text (the default on a terminal)")
     sub = parser.add_subparsers(dest="command", required=True)
-    ca = sub.add_parser("ca", help="create the deployment's certificate authority")
-    ca.add_argument("action", choices=["init"])
-    ca.add_argument("--dir", required=True, type=Path)
-    ca.add_argument("--passphrase-env", default="DR_VAULT_KEY")
-    reg = sub.add_parser("register", help="issue this machine's certificate (needs the passphrase)")
-    reg.add_argument("--ca", required=True, type=Path)
-    reg.add_argument("--passphrase-env", default="DR_VAULT_KEY")
-    reg.add_argument("--name", required=True)
-    reg.add_argument("--role", required=True, choices=ROLES)
-    reg.add_argument("--out", required=True, type=Path)
+    reg = sub.add_parser("register", help="get this machine's certificate and token from the configuration server")
+    reg.add_argument("--server", required=True, help="the configuration server, e.g. https://cs01:8443")
+    reg.add_argument("--name", required=True, help="this component's name (an agent: its spec machine's)")
+    reg.add_argument("--role", required=True, choices=[r.value.replace("_", "-") for r in SERVICE_ROLES])
+    reg.add_argument("--out", required=True, type=Path, help="the identity directory, e.g. /etc/dr-agent/identity")
+    reg.add_argument("--passphrase-env", default="DR_VAULT_KEY", help="the variable holding the vault passphrase")
+    reg.add_argument("--ca-file", type=Path, help="the vault CA (PEM) to verify the server with; "
+                                                  "default: the system's trust store")
+    reg.add_argument("--machine", help="an agent: the spec machine it protects (default: --name)")
+    reg.add_argument("--site", help="the site this component is at (default: the spec machine's)")
     reg.add_argument("--address", action="append", default=[], help="a DNS name or IP in the certificate")
+    reg.add_argument("--deadline", default="30m", help="keep trying this long while the server is away "
+                                                       "(e.g. 90s, 30m, 2h)")
     for name in ("agent", "process-server", "master-target"):
         p = sub.add_parser(name, help=f"run the {name.replace('-', ' ')}")
         p.add_argument("--config", required=True, type=Path)
@@ -357,15 +405,15 @@ def main(argv: list[str] | None = None) -> int:
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
-        if args.command == "ca":
-            create_ca(args.dir, _passphrase(args.passphrase_env))
-            print(f"created {args.dir}/ca.pem")
-            return 0
         if args.command == "register":
-            addresses = tuple(args.address) or ("127.0.0.1", "localhost")
-            ident = register(args.ca, _passphrase(args.passphrase_env), name=args.name, role=args.role,
-                             out=args.out, addresses=(args.name, *addresses))
-            print(f"issued {ident.cert}")
+            from dr_agent.control import register
+
+            done = register(args.server, _passphrase(args.passphrase_env), name=args.name, role=args.role,
+                            out=args.out, machine=args.machine, site=args.site, addresses=tuple(args.address),
+                            ca_file=args.ca_file, deadline_s=_duration(args.deadline, "--deadline"),
+                            say=lambda line: print(f"dr-agent: {line}", file=sys.stderr, flush=True))
+            print(f"registered {args.name} as {parse_role(args.role).value}: {done.identity.cert}, token in "
+                  f"{done.token_file}")
             return 0
         if args.command == "supervise":
             from dr_agent.supervise import supervise

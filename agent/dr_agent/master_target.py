@@ -25,7 +25,16 @@ import xxhash
 from dr_agent.alerts import AlertLog
 from dr_agent.catalog import Catalog, Point
 from dr_agent.compress import Compressor
-from dr_agent.contract import STREAM_NAME
+from dr_agent.contract import (
+    MAY_DIAL,
+    STREAM_NAME,
+    CatalogPoint,
+    CatalogReport,
+    MasterTargetHealth,
+    ReplicaLocation,
+    Role,
+    StreamCatalog,
+)
 from dr_agent.errors import AgentError, ConfigError, CorruptData, ProtocolError
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, server_context
@@ -114,7 +123,7 @@ class MasterTarget:
         self._targets: dict[str, Target] = {}
         self._disk_locks: dict[str, threading.Lock] = {}
         self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
-                                 ("process-server",), self._handle, name="master-target")
+                                 MAY_DIAL[Role.MASTER_TARGET], self._handle, name="master-target")
         self.port = self.listener.port
         self.metrics_port = (self.metrics.serve(config.listen_host, config.metrics_port)
                              if config.metrics_port is not None else None)
@@ -274,6 +283,37 @@ class MasterTarget:
         self.metrics.points.labels(disk, kind).inc()
         self.metrics.rpo.labels(disk).set(max(0.0, time.time() - float(b["time"])))
 
+    def health(self) -> MasterTargetHealth:
+        """The heartbeat body: replicas held, streams received now, points retained."""
+        with self._lock:
+            receiving = sum(1 for lock in self._disk_locks.values() if lock.locked())
+        with self.catalog_lock:
+            names = self.catalog.disk_names()
+            points = sum(sum(1 for p in self.catalog.points(n) if p.disk == n) for n in names)
+        return MasterTargetHealth(replicas=len(names), receiving=receiving, points=points)
+
+    def catalog_report(self) -> CatalogReport:
+        """Every replica, where it is, and its recovery points with their snapshots: what the
+        configuration server keeps as the catalog of record (failover reads the points from there)."""
+        now = time.time()
+        streams = []
+        with self.catalog_lock:
+            for name in self.catalog.disk_names():
+                entry = self.catalog.disk(name)
+                loc = entry.location
+                if loc.get("kind") == "pageblob":
+                    conn = dict(self.config.disk_connection_strings).get(name, self.config.connection_string)
+                    location = ReplicaLocation(kind="pageblob", account=storage_account(conn or ""),
+                                               container=str(loc["container"]), blob=str(loc["blob"]))
+                else:
+                    location = ReplicaLocation(kind="file", path=str(loc["path"]))
+                points = tuple(CatalogPoint(point_id=p.id, time=p.time, kind=p.kind, snapshot=p.snapshot,
+                                            group_id=p.group_id)
+                               for p in self.catalog.points(name) if p.disk == name)
+                streams.append(StreamCatalog(stream=name, size=entry.size, location=location, points=points,
+                                             rpo_seconds=max(0.0, now - points[-1].time) if points else None))
+        return CatalogReport(streams=tuple(streams))
+
     def close(self) -> None:
         self.listener.close()
         with self._lock:
@@ -282,3 +322,13 @@ class MasterTarget:
                 if close:
                     close()
         self.catalog.close()
+
+
+def storage_account(connection_string: str) -> str:
+    """The account a storage connection string names (its `AccountName=`; Azure Storage docs,
+    "Configure Azure Storage connection strings"); "" when it names none."""
+    for part in connection_string.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "accountname":
+            return value.strip()
+    return ""

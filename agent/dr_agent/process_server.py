@@ -34,6 +34,7 @@ from typing import Generic, Literal, TypeVar
 from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES, DiskCache
 from dr_agent.compress import CODEC_RAW, Compressor
+from dr_agent.contract import MAY_DIAL, Role
 from dr_agent.errors import AgentError, CorruptData, CorruptRecord, ProtocolError
 from dr_agent.master_target import DISK_NAME, receive_hello
 from dr_agent.metrics import Metrics
@@ -146,7 +147,7 @@ class ProcessServer:
             if cache.disk_size:
                 self._ensure_forwarder(d.name)
         self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
-                                 ("agent",), self._handle, name="process-server")
+                                 MAY_DIAL[Role.PROCESS_SERVER], self._handle, name="process-server")
         self.port = self.listener.port
         self._monitor = threading.Thread(target=self._monitor_loop, name="ps-monitor", daemon=True)
         self._monitor.start()

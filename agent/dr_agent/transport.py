@@ -1,8 +1,10 @@
 """Framed, mutually authenticated TLS connections: who dials whom, and the frame reader.
 
 Connections are outbound from the primary site: agents dial the process server and the process
-server dials the master target. Nothing on a source machine listens. Each connection carries one
-disk stream (HELLO names the disk); frames are verified before anything reads their payload.
+server dials the master target. Nothing on a source machine listens. A connection carries one disk
+stream (opened by HELLO, which names the disk) or one agent's membership of a multi-VM group at its
+coordinator (opened by JOIN); frames are verified before anything reads their payload, and control
+bodies parse into dr_agent.contract's typed messages (`send_msg`, `recv_msg`, `message`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from dr_agent.contract import Error, Hello, Message, Role, parse_role
 from dr_agent.errors import AuthError, CorruptData, ProtocolError, TransportError
 from dr_agent.pki import peer_role
 from dr_agent.records import (
@@ -31,6 +34,7 @@ from dr_agent.records import (
 )
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 # A peer that sends nothing for this long (seconds) is considered gone; senders PING well within it.
 IDLE_TIMEOUT_S = 30.0
@@ -142,12 +146,27 @@ class Connection:
 
     def recv_json(self, expect: FrameType) -> dict[str, Any]:
         ftype, payload = self.recv()
-        body: dict[str, Any] = json.loads(payload) if payload else {}
+        body = _json(ftype, payload)
         if ftype == FrameType.ERROR:
             raise ProtocolError(f"the peer refused: {body.get('error', '?')}")
         if ftype != expect:
             raise ProtocolError(f"expected a {expect.name} frame, got {ftype.name}")
         return body
+
+    def send_msg(self, ftype: FrameType, msg: Message) -> None:
+        """One control frame of type `ftype` whose body is `msg`."""
+        self.send(json_frame(ftype, msg.to_json()))
+
+    def recv_msg(self, expect: FrameType, cls: type[M]) -> M:
+        """The next frame as `cls`; ProtocolError when it is another type (an ERROR says why)."""
+        return cls.from_json(self.recv_json(expect))
+
+    def refuse(self, reason: str) -> None:
+        """Tell the peer why it is refused (an ERROR frame); the caller closes the connection."""
+        try:
+            self.send_msg(FrameType.ERROR, Error(reason))
+        except TransportError:
+            pass
 
     def close(self) -> None:
         """Shut the connection down (a thread blocked on it wakes with an error) and free the socket
@@ -165,6 +184,36 @@ class Connection:
             pass
         if idle:
             self.sock.close()
+
+
+def _json(ftype: FrameType, payload: bytes | bytearray) -> dict[str, Any]:
+    try:
+        body = json.loads(payload) if payload else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"a {ftype.name} frame's body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"a {ftype.name} frame's body is not a JSON object")
+    return body
+
+
+def message(cls: type[M], ftype: FrameType, payload: bytes | bytearray) -> M:
+    """The body of a frame already read, as `cls`; ProtocolError when it is not one."""
+    return cls.from_json(_json(ftype, payload))
+
+
+def receive_hello(conn: Connection, first: tuple[FrameType, bytearray] | None = None) -> Hello | None:
+    """The HELLO that opens a disk stream (`first`: the frame, when already read); None, after an
+    ERROR to the peer, when it is not a HELLO of a stream name and a disk size. One check for the
+    process server and the master target."""
+    ftype, payload = first if first is not None else conn.recv()
+    if ftype != FrameType.HELLO:
+        conn.refuse(f"expected a HELLO frame, got {ftype.name}")
+        return None
+    try:
+        return message(Hello, ftype, payload)
+    except ProtocolError as err:
+        conn.refuse(str(err))
+        return None
 
 
 def dial(host: str, port: int, ctx: ssl.SSLContext, *, timeout: float = 10.0,
@@ -195,10 +244,10 @@ class Listener:
     `roles` are refused with an ERROR frame. Each connection gets its own thread.
     """
 
-    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, roles: tuple[str, ...],
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, roles: tuple[Role | str, ...],
                  handler: Callable[[Connection], None], *, name: str) -> None:
         self._ctx = ctx
-        self._roles = roles
+        self._roles = tuple(parse_role(str(r)) for r in roles)  # contract MAY_DIAL; OUs spell roles as Role
         self._handler = handler
         self._name = name
         self._sock = socket.create_server((host, port), reuse_port=False)
@@ -242,10 +291,7 @@ class Listener:
         if conn.peer[1] not in self._roles:
             self.refused += 1
             log.warning("%s: refused %s: role %r may not dial here", self._name, conn.peer[0], conn.peer[1])
-            try:
-                conn.send_json(FrameType.ERROR, {"error": f"role {conn.peer[1]!r} may not dial a {self._name}"})
-            except TransportError:
-                pass
+            conn.refuse(f"role {conn.peer[1]!r} may not dial a {self._name}")
             conn.close()
             return
         with self._lock:
