@@ -51,14 +51,9 @@ def _paramiko() -> Any:
     return paramiko
 
 
-def collect(target: SshTarget) -> Any:
-    """Run the read-only fact commands on `target`; return `dr_agent.facts.LinuxFacts`."""
-    try:
-        from dr_agent.facts import COMMANDS, FactError, facts_from_outputs
-    except ImportError:
-        raise MissingExtra("dr discover physical needs the agent package's fact parsers: pip install ./agent "
-                           "(or pip install dr-agent)") from None
-
+def connect(target: SshTarget) -> Any:
+    """A paramiko SSHClient logged in to `target`, its host key checked against known_hosts (unless
+    `accept_new_host_key`); every failure one SourceError line naming the fix. The caller closes it."""
     paramiko = _paramiko()
     client = paramiko.SSHClient()
     known = target.known_hosts or Path.home() / ".ssh" / "known_hosts"
@@ -98,6 +93,18 @@ def collect(target: SshTarget) -> Any:
     except OSError as err:
         raise SourceUnreachable(f"{target.where}: cannot connect ({err.strerror or err}); check the address, "
                                 "the port and that sshd is running") from None
+    return client
+
+
+def collect(target: SshTarget) -> Any:
+    """Run the read-only fact commands on `target`; return `dr_agent.facts.LinuxFacts`."""
+    try:
+        from dr_agent.facts import COMMANDS, FactError, facts_from_outputs
+    except ImportError:
+        raise MissingExtra("dr discover physical needs the agent package's fact parsers: pip install ./agent "
+                           "(or pip install dr-agent)") from None
+
+    client = connect(target)
     # One exec channel for every command (one round trip instead of nine), each output between markers.
     script = "; ".join(f"echo '{MARK}{name}'; {command}; echo \"{MARK}status $?\""
                        for name, command in COMMANDS.items())
