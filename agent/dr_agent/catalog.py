@@ -106,7 +106,7 @@ class Catalog:
         """The points of a disk, or of a multi-VM group (every member disk's point with that group id)."""
         rows = self._db.execute(
             "SELECT disk, id, seq, time, kind, group_id, snapshot FROM points"
-            " WHERE disk = ? OR group_id = ? ORDER BY time, disk, seq", (name, name)).fetchall()
+            " WHERE disk = ? OR group_id = ? ORDER BY time, disk, seq, rowid", (name, name)).fetchall()
         return [Point(r[0], r[1], int(r[2]), float(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def resolve(self, disk: str, spec: str) -> Point:

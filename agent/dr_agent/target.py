@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import xxhash
 
-from dr_agent import vhd
 from dr_agent.cache import fsync_dir
 from dr_agent.errors import TargetError
 
@@ -77,12 +76,17 @@ class Target(Protocol):
 
 
 class PointReader(Protocol):
+    """A recovery point's bytes, read for export: list the ranges once, then read them (from
+    several threads at once)."""
+
     size: int
 
     def ranges(self) -> Iterator[tuple[int, int]]:
-        """(offset, length) of the ranges that may hold data; the rest reads as zeros."""
+        """(offset, length) of the ranges that may hold data, in order; the rest reads as zeros."""
 
     def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class Committer:
@@ -345,32 +349,39 @@ class FileTarget:
 
 
 class FilePoint:
-    """A file snapshot, read for export; `ranges` follows the file's allocated extents (SEEK_DATA)."""
+    """A file snapshot, read for export; `ranges` follows the file's allocated extents (SEEK_DATA).
+
+    One descriptor for the point's life; `read` is a pread, safe from several threads."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as err:
+            raise TargetError(f"recovery point file {path}: {err.strerror}") from None
 
     def ranges(self) -> Iterator[tuple[int, int]]:
-        with open(self.path, "rb") as f:
-            fd = f.fileno()
-            pos = 0
-            while pos < self.size:
-                try:
-                    start = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:
-                    return
-                end = min(os.lseek(fd, start, os.SEEK_HOLE), self.size)
-                yield start, end - start
-                pos = end
+        pos = 0
+        while pos < self.size:
+            try:
+                start = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                return
+            if start >= self.size:
+                return
+            end = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.size)
+            yield start, end - start
+            pos = end
 
     def read(self, offset: int, length: int) -> bytes:
-        with open(self.path, "rb") as f:
-            return os.pread(f.fileno(), length, offset)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length:  # a point file shorter than the disk: the rest is zeros
+            data += bytes(length - len(data))
+        return data
 
-
-def footer_for(size: int) -> bytes:
-    return vhd.footer(size)
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def remove_tree(path: Path) -> None:

@@ -1,7 +1,17 @@
 """The fixed-VHD footer (Microsoft's "Virtual Hard Disk Image Format Specification", v1.0).
 
 A fixed VHD is the raw disk followed by this 512-byte footer; Azure makes a managed disk from a
-page blob laid out so (its virtual size must be a whole number of MiB).
+page blob laid out so. Azure needs the VHD's virtual size to be a whole number of MiB, so a disk
+of any other size (an 80 GB drive has 156,301,488 sectors) is padded up to the next MiB: the
+footer declares the padded size and the padding reads as zeros (`virtual_size`).
+
+Which size a reader believes: the footer has two, the "current size" and a CHS geometry that can
+only approximate most sizes. QEMU (block/vpc.c, `vpc_ignore_current_size`, checked 2026-12-01)
+uses the current size only for creator applications it trusts: "win " (Hyper-V), "qem2", "d2v ",
+"CTXS", "tap\\0" in every release, and since QEMU 10.0 everything except "vpc " and "qemu"
+(Azure's own "wa\\0\\0" is trusted only since then). Debian 12 ships QEMU 7.2 and Ubuntu 24.04 8.2,
+so the footer names Hyper-V's "win ": every QEMU then reads the exact size, and Azure and
+Hyper-V read the current size whatever the creator.
 """
 
 from __future__ import annotations
@@ -11,11 +21,26 @@ import time
 import uuid
 
 FOOTER_SIZE = 512
+SECTOR = 512
+# Azure managed disks (and images) need a VHD virtual size that is a whole number of MiB (bytes;
+# Microsoft Learn, "Upload a VHD to Azure or copy a managed disk", checked 2026-12-01).
+VIRTUAL_SIZE_ALIGN = 1024 * 1024
 COOKIE = b"conectix"
 # Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z), from the spec.
 VHD_EPOCH = 946684800
 DISK_TYPE_FIXED = 2
+# The creator application and version Hyper-V writes ("win ", 10.0); see the module docstring.
+CREATOR_APP = b"win "
+CREATOR_VERSION = 0x000A0000
+CREATOR_HOST_OS = b"Wi2k"  # the spec's value for Windows hosts
 _LAYOUT = struct.Struct(">8sIIQI4sI4sQQHBBII16sB")  # fields up to "saved state"; 427 reserved bytes follow
+
+
+def virtual_size(disk_size: int) -> int:
+    """The VHD virtual size of a disk of `disk_size` bytes: padded up to the next MiB (Azure's rule)."""
+    if disk_size <= 0 or disk_size % SECTOR:
+        raise ValueError(f"a disk's size must be a positive multiple of {SECTOR} bytes, not {disk_size}")
+    return -(-disk_size // VIRTUAL_SIZE_ALIGN) * VIRTUAL_SIZE_ALIGN
 
 
 def geometry(size: int) -> tuple[int, int, int]:
@@ -38,15 +63,16 @@ def geometry(size: int) -> tuple[int, int, int]:
 
 
 def footer(size: int, *, disk_id: uuid.UUID | None = None, timestamp: float | None = None) -> bytes:
-    if size % 512:
-        raise ValueError(f"a VHD's size must be a multiple of 512 bytes, not {size}")
+    """The footer of a fixed VHD whose virtual size is `size` bytes (see `virtual_size`)."""
+    if size <= 0 or size % SECTOR:
+        raise ValueError(f"a VHD's size must be a positive multiple of {SECTOR} bytes, not {size}")
     c, h, s = geometry(size)
     ts = int((time.time() if timestamp is None else timestamp) - VHD_EPOCH) & 0xFFFFFFFF
     uid = (disk_id or uuid.uuid4()).bytes
 
     def pack(checksum: int) -> bytes:
-        body = _LAYOUT.pack(COOKIE, 2, 0x00010000, 0xFFFFFFFFFFFFFFFF, ts, b"dr  ", 0x00010000, b"Wi2k",
-                            size, size, c, h, s, DISK_TYPE_FIXED, checksum, uid, 0)
+        body = _LAYOUT.pack(COOKIE, 2, 0x00010000, 0xFFFFFFFFFFFFFFFF, ts, CREATOR_APP, CREATOR_VERSION,
+                            CREATOR_HOST_OS, size, size, c, h, s, DISK_TYPE_FIXED, checksum, uid, 0)
         return body + b"\0" * (FOOTER_SIZE - len(body))
 
     checksum = (~sum(pack(0))) & 0xFFFFFFFF
@@ -54,7 +80,7 @@ def footer(size: int, *, disk_id: uuid.UUID | None = None, timestamp: float | No
 
 
 def parse_footer(data: bytes) -> int:
-    """The disk size a valid fixed-VHD footer declares; ValueError when it is not one."""
+    """The virtual size a valid fixed-VHD footer declares; ValueError when it is not one."""
     if len(data) != FOOTER_SIZE or data[:8] != COOKIE:
         raise ValueError("no 'conectix' cookie: not a VHD footer")
     fields = _LAYOUT.unpack_from(data)

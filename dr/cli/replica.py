@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -95,35 +96,40 @@ def export_cmd(disk: str, point: str, dest: Path, catalog_path: Path | None, con
       dr replica export web01-disk0 --point 2026-01-31T12:00:00Z --to web01.img
     """
     from dr_agent.errors import AgentError
-    from dr_agent.export import export
+    from dr_agent.export import export_point
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     if dest.suffix.lower() not in (".img", ".vhd"):
         raise UsageError(f"--to {dest}: expected a name ending in .img (raw) or .vhd (fixed VHD)")
     cat = _catalog(catalog_path)
     try:
+        # Resolved once: `latest` or `latest-app` may move while the export runs; the id is pinned.
+        chosen = cat.resolve(disk, point)
+        when = chosen.as_dict()["time"]
+        click.echo(f"exporting {disk} at {chosen.kind} point {chosen.id} ({when})", err=True)
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), disable=not use_colour()) as bar:
             task = bar.add_task(f"export {disk}", total=None)
-            export(cat, disk, point, dest, connection_string=os.environ.get(connection_string_env),
-                   progress=lambda done, total: bar.update(task, completed=done, total=total))
-        chosen = cat.resolve(disk, point)
+            export_point(cat, chosen, dest, connection_string=os.environ.get(connection_string_env),
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
     except AgentError as err:
         raise UsageError(str(err)) from None
     finally:
         cat.close()
-    click.echo(f"wrote {dest} ({disk} at {chosen.kind} point {chosen.id}, {chosen.as_dict()['time']})")
+    click.echo(f"wrote {dest} ({disk} at {chosen.kind} point {chosen.id}, {when})")
 
 
-def render_configs(estate: Any, plan: Any) -> dict[str, str]:
-    """Every service's configuration and systemd unit, keyed by relative path (`<server>/<file>`)."""
+def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every service's configuration and systemd unit, keyed by relative path (`<server>/<file>`).
+    `addresses` ({server name: address}) replaces the spec's addresses (`--address`, the lab's)."""
     from dr_agent.contract import MT_PORT, PS_PORT, stream_name
 
     from dr.azure.naming import storage_env
     from dr.blueprints import render
 
     out: dict[str, str] = {}
-    site_ps = {(s.name, ps.name): ps.address for s in estate.sites for ps in s.process_servers}
+    given = dict(addresses or {})
+    site_ps = {(s.name, ps.name): given.get(ps.name, ps.address) for s in estate.sites for ps in s.process_servers}
     mt_of = {m: mt for mt in plan.master_targets for m in mt.machines}
     groups = {m: g for g in estate.protection_groups for m in g.members}
     ps_of = {m: ps for ps in plan.process_servers for m in ps.machines}
@@ -169,7 +175,9 @@ def render_configs(estate: Any, plan: Any) -> dict[str, str]:
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="directory to write <server>/<file> into")
-def configs_cmd(spec: Path, out_dir: Path) -> None:
+@click.option("--address", "addresses", multiple=True, metavar="NAME=ADDRESS",
+              help="a server's address instead of the spec's (repeatable; `dr lab` gives its own)")
+def configs_cmd(spec: Path, out_dir: Path, addresses: tuple[str, ...]) -> None:
     """Render every agent, process server and master target configuration (and systemd unit).
 
     Derived from the spec and the plan: which disks each agent presents, which process servers it
@@ -180,13 +188,26 @@ def configs_cmd(spec: Path, out_dir: Path) -> None:
     Example:
       dr replica configs dr.yaml --out build/configs
       scp build/configs/ps-dublin/* ps-dublin:/etc/dr-agent/
+      dr replica configs dr.yaml --out build/configs --address ps-dublin=10.213.1.10
     """
     from dr.plan import make_plan
     from dr.validate import load_valid
 
     estate, _warnings = load_valid(spec)
     plan = make_plan(estate)
-    files = render_configs(estate, plan)
+    given: dict[str, str] = {}
+    for item in addresses:
+        name, sep, address = item.partition("=")
+        if not sep or not name or not address:
+            raise UsageError(f"--address {item!r}: expected NAME=ADDRESS, e.g. ps01=10.0.0.20")
+        given[name] = address
+    known = {m.name for m in estate.machines} | {s.name for s in plan.process_servers} | {
+        s.name for s in plan.master_targets}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise UsageError(f"--address names {', '.join(unknown)}, not a machine or server of the plan "
+                         f"(known: {', '.join(sorted(known))})")
+    files = render_configs(estate, plan, given)
     for rel, text in sorted(files.items()):
         dest = out_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
