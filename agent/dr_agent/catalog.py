@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dr_agent.errors import PointNotFound
+from dr_agent.errors import ConfigError, PointNotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS disks (
@@ -72,6 +72,25 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Catalog:
+        """Open an existing catalog to read it (the CLI, failover): never creates or alters anything,
+        so pointing a reader at the wrong file cannot write into it. ConfigError when it is not one."""
+        self = cls.__new__(cls)
+        self.path = path
+        try:
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                       check_same_thread=False, isolation_level=None)
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as err:
+            raise ConfigError(f"{path}: not a recovery-point catalog ({err}); expected the master target's "
+                              "STATE_DIR/catalog.sqlite") from None
+        if not {"disks", "points"} <= tables:
+            self._db.close()
+            raise ConfigError(f"{path}: an SQLite database without the catalog's tables; expected the master "
+                              "target's STATE_DIR/catalog.sqlite")
+        return self
 
     def close(self) -> None:
         self._db.close()

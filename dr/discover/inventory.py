@@ -101,6 +101,8 @@ def load(path: Path) -> CommentedMap:
         raise SpecUnreadable(f"{where}: not valid YAML ({problem}); fix the file or move it away") from None
     except OSError as err:
         raise SpecUnreadable(f"{path}: cannot read ({err.strerror}); check the path and permissions") from None
+    except UnicodeDecodeError as err:
+        raise SpecUnreadable(f"{path}: not UTF-8 text (byte {err.start}); name the inventory YAML file") from None
     if data is None:
         data = CommentedMap()
     if not isinstance(data, CommentedMap):

@@ -58,7 +58,11 @@ def connect(target: SshTarget) -> Any:
     client = paramiko.SSHClient()
     known = target.known_hosts or Path.home() / ".ssh" / "known_hosts"
     if known.exists():
-        client.load_host_keys(str(known))
+        try:
+            client.load_host_keys(str(known))
+        except (OSError, UnicodeDecodeError, paramiko.SSHException) as err:
+            raise CertificateUntrusted(f"{known}: not a readable known_hosts file ({type(err).__name__}); name "
+                                       "the file `ssh` keeps host keys in (--known-hosts)") from None
     client.set_missing_host_key_policy(
         paramiko.AutoAddPolicy() if target.accept_new_host_key else paramiko.RejectPolicy()
     )

@@ -36,6 +36,10 @@ def passphrase(file: Path | None) -> str:
             raise SecretUnavailable(
                 f"the vault passphrase file {file} cannot be read ({err.strerror}): fix the path or permissions"
             ) from None
+        except UnicodeDecodeError:
+            raise SecretUnavailable(
+                f"the vault passphrase file {file} is not UTF-8 text: write the passphrase on its first line"
+            ) from None
         if not lines or not lines[0].strip():
             raise SecretUnavailable(
                 f"the vault passphrase file {file} is empty: write the passphrase on its first line"
