@@ -163,11 +163,13 @@ def run_process_server(path: Path) -> int:
 def process_server_config(path: Path) -> Any:
     """The ProcessServerConfig a TOML file describes; ConfigError when it is wrong."""
     from dr_agent.process_server import ProcessServerConfig
+    from dr_agent.ps_coordinator import group_configs
 
     t = "process_server"
     c = _section(path, t)
     host, port, metrics = _endpoints(c)
     config = ProcessServerConfig(
+        groups=group_configs(c.get("groups", []), str(path)),
         name=str(c.get("name", "ps")), identity=Identity(Path(_need(c, "identity", path, t))),
         cache_dir=Path(_need(c, "cache_dir", path, t)),
         master_target=_addr(str(_need(c, "master_target", path, t)), "master_target"),

@@ -14,6 +14,8 @@ file layout or message shape that two parts share is defined here once; nothing 
                   ProtocolError
     control plane HEARTBEAT_INTERVAL_S, the API paths, Registration / RegistrationAnswer,
                   MasterTargetHealth, CatalogReport (per stream: ReplicaLocation, CatalogPoint)
+    coordinator   Join, GroupState, Pause, Mark, PointStep, Failed: the multi-VM coordinator's bodies
+                  (hosted by the process server); ProcessServerHealth
 
 Every wire and control body is a frozen dataclass with `to_json()` and a classmethod
 `from_json(body)`; unknown keys are ignored (a newer peer may add some), missing or mistyped
@@ -432,3 +434,116 @@ class CatalogReport(Message):
 
     NAME: ClassVar[str] = "CATALOG"
     streams: tuple[StreamCatalog, ...] = ()
+
+
+# -- the multi-VM coordinator (hosted by the process server on PS_PORT) and the process server's health
+# An agent of a multi-VM group dials its coordinator (agent.toml: `coordinator = "HOST:PS_PORT"`) and
+# sends JOIN; the coordinator answers GROUP (and again whenever a member comes or goes). A group
+# point is two phases: PAUSE to every member; once all answered PAUSED, MARK (one bookmark id) and
+# RESUME; when any did not pause in time, ABORT. Members answer MARKED / RESUMED, or FAILED.
+POINT_KINDS = ("crash", "app")
+
+
+def _point_id(cls_name: str, value: str) -> None:
+    if not value or len(value) > 200:
+        raise ProtocolError(f"{cls_name}: point id {value!r}: expected 1 to 200 characters")
+
+
+@dataclass(frozen=True)
+class Join(Message):
+    """An agent joins its group at the coordinator: its spec machine name and the group's name."""
+
+    NAME: ClassVar[str] = "JOIN"
+    agent: str
+    group: str
+
+    def __post_init__(self) -> None:
+        if not self.agent or not self.group:
+            raise ProtocolError(f"JOIN: agent {self.agent!r} and group {self.group!r} must not be empty")
+
+
+@dataclass(frozen=True)
+class GroupState(Message):
+    """The coordinator's view of a group: each member and whether it is connected now."""
+
+    NAME: ClassVar[str] = "GROUP"
+    group: str
+    members: dict[str, bool]
+
+    @property
+    def complete(self) -> bool:
+        """Every member connected: the coordinator takes the group's points (the members take none)."""
+        return bool(self.members) and all(self.members.values())
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(sorted(m for m, up in self.members.items() if not up))
+
+
+@dataclass(frozen=True)
+class Pause(Message):
+    """Phase 1: hold the apply path (an "app" point runs pre-scripts and freezes first); resume by
+    yourself after `hold_timeout` seconds without RESUME or ABORT."""
+
+    NAME: ClassVar[str] = "PAUSE"
+    point: str
+    kind: str
+    hold_timeout: float
+
+    def __post_init__(self) -> None:
+        _point_id(self.NAME, self.point)
+        if self.kind not in POINT_KINDS:
+            raise ProtocolError(f"PAUSE: kind {self.kind!r} is not one of {', '.join(POINT_KINDS)}")
+        if self.hold_timeout <= 0:
+            raise ProtocolError(f"PAUSE: hold_timeout {self.hold_timeout} s must be positive")
+
+
+@dataclass(frozen=True)
+class Mark(Message):
+    """Phase 2: insert `bookmark_id` (the group's point id) on every disk, tagged with `group_id`."""
+
+    NAME: ClassVar[str] = "MARK"
+    point: str
+    bookmark_id: str
+    group_id: str
+
+    def __post_init__(self) -> None:
+        _point_id(self.NAME, self.point)
+        _point_id(self.NAME, self.bookmark_id)
+
+
+@dataclass(frozen=True)
+class PointStep(Message):
+    """A step of a group point that carries only its id: PAUSED, MARKED, RESUME, ABORT, RESUMED
+    (the frame type says which)."""
+
+    NAME: ClassVar[str] = "POINT"
+    point: str
+
+    def __post_init__(self) -> None:
+        _point_id(self.NAME, self.point)
+
+
+@dataclass(frozen=True)
+class Failed(Message):
+    NAME: ClassVar[str] = "FAILED"
+    point: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProcessServerHealth(Message):
+    """A process server's heartbeat body (`ProcessServer.health()`)."""
+
+    NAME: ClassVar[str] = "PROCESS_SERVER_HEALTH"
+    name: str
+    cache_bytes: int                        # bytes cached (compressed), every disk
+    cache_capacity_bytes: int
+    cache_free_fraction: float              # 0..1; alerts below 0.30 (warning) and 0.25 (critical)
+    cache_level: str                        # "ok", "warning" or "critical"
+    backlog_bytes: dict[str, int]           # stream -> bytes cached and not yet applied at the master target
+    agents: dict[str, str]                  # stream -> the agent (certificate name) streaming it now
+    master_target_reachable: bool           # the last dial of the master target succeeded
+    groups: dict[str, bool]                 # multi-VM group coordinated here -> every member connected
+    group_problems: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> why no point now
+    last_group_points: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> newest point id

@@ -11,14 +11,12 @@ records the recovery point in the catalog; retention prunes points as the window
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import xxhash
 
@@ -27,13 +25,15 @@ from dr_agent.catalog import Catalog, Point
 from dr_agent.compress import Compressor
 from dr_agent.contract import (
     MAY_DIAL,
-    STREAM_NAME,
+    Ack,
     CatalogPoint,
     CatalogReport,
+    HashesRequest,
     MasterTargetHealth,
     ReplicaLocation,
     Role,
     StreamCatalog,
+    Welcome,
 )
 from dr_agent.errors import AgentError, ConfigError, CorruptData, ProtocolError
 from dr_agent.metrics import Metrics
@@ -42,23 +42,11 @@ from dr_agent.records import FrameType, Kind, Record, decode_records
 from dr_agent.retention import RetentionPolicy, prune
 from dr_agent.stages import Inbox, ending_stream
 from dr_agent.target import Batch, Data, FileTarget, Target
-from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener
+from dr_agent.transport import IDLE_TIMEOUT_S, Connection, Listener, message, receive_hello
 
 log = logging.getLogger(__name__)
-DISK_NAME = STREAM_NAME  # a disk stream's name: the contract's
 # Bytes of already-arrived frames applied under one commit (one fsync or one metadata write).
 GATHER_BYTES = 32 * 1024 * 1024
-
-
-def receive_hello(conn: Connection) -> tuple[dict[str, Any], str, int] | None:
-    """A stream's HELLO: (the whole of it, disk, size); None, after an ERROR to the peer, when the
-    disk's name or size cannot be a disk's."""
-    hello = conn.recv_json(FrameType.HELLO)
-    disk, size = str(hello.get("disk", "")), int(hello.get("size", 0))
-    if not DISK_NAME.match(disk) or size <= 0 or size % 512:
-        conn.send_json(FrameType.ERROR, {"error": f"bad disk {disk!r} of {size} bytes"})
-        return None
-    return hello, disk, size
 
 
 @dataclass(frozen=True)
@@ -79,10 +67,10 @@ class MasterTargetConfig:
 MAX_HASH_BLOCKS = 65536
 
 
-def block_hashes(target: Target, req: dict[str, Any]) -> bytes:
-    first, count, bs = int(req["first_block"]), int(req["count"]), int(req["block_size"])
+def block_hashes(target: Target, req: HashesRequest) -> bytes:
+    first, count, bs = req.first_block, req.count, req.block_size
     if bs <= 0 or bs % 512 or count < 0 or count > MAX_HASH_BLOCKS or first < 0:
-        raise ProtocolError(f"bad hash request {req}")
+        raise ProtocolError(f"bad hash request {req.to_json()}")
     start = first * bs
     end = min((first + count) * bs, target.size)
     out = bytearray()
@@ -148,17 +136,17 @@ class MasterTarget:
             return t
 
     def _handle(self, conn: Connection) -> None:
-        got = receive_hello(conn)
-        if got is None:
+        hello = receive_hello(conn)
+        if hello is None:
             return
-        hello, disk, size = got
-        if hello.get("purpose") == "hashes":  # reads only: the disk's stream may go on meanwhile
+        disk, size = hello.disk, hello.size
+        if hello.purpose == "hashes":  # reads only: the disk's stream may go on meanwhile
             self._serve_hashes(conn, self._target(disk, size))
             return
         with self._lock:
             lock = self._disk_locks.setdefault(disk, threading.Lock())
         if not lock.acquire(timeout=IDLE_TIMEOUT_S + 5):
-            conn.send_json(FrameType.ERROR, {"error": f"disk {disk} is being received on another connection"})
+            conn.refuse(f"disk {disk} is being received on another connection")
             return
         try:
             self._receive(conn, disk, self._target(disk, size))
@@ -173,7 +161,7 @@ class MasterTarget:
                         disk, err)
         applied = target.applied_seq()
         self.metrics.applied_seq.labels(disk).set(applied)
-        conn.send_json(FrameType.WELCOME, {"applied": applied})
+        conn.send_msg(FrameType.WELCOME, Welcome(applied=applied))
         # This thread reads, verifies and decompresses frames; an applier thread applies what has
         # arrived (up to GATHER_BYTES) under one commit and ACKs, so receiving overlaps applying.
         inbox: Inbox[_Frame] = Inbox(2 * GATHER_BYTES)
@@ -198,7 +186,7 @@ class MasterTarget:
                     self.metrics.corrupt.labels(disk).inc()
                     self.alerts.raise_("critical", "corrupt-frame", f"disk {disk}: {err}; nothing of it applied",
                                        disk=disk)
-                    conn.send_json(FrameType.ERROR, {"error": f"corrupt frame refused: {err}"})
+                    conn.refuse(f"corrupt frame refused: {err}")
                     return
                 except AgentError:
                     if inbox.closed:  # the applier ended the connection
@@ -224,7 +212,7 @@ class MasterTarget:
                     return
                 self.metrics.applied_seq.labels(disk).set(seq)
                 try:
-                    conn.send_json(FrameType.ACK, {"applied": seq})
+                    conn.send_msg(FrameType.ACK, Ack(applied=seq))
                 except AgentError:
                     pass  # the stream ended; the next connection's WELCOME says where the replica is
             return done
@@ -244,7 +232,7 @@ class MasterTarget:
                             batch.apply()
                             if last != applied:
                                 target.commit(last)
-                            conn.send_json(FrameType.ERROR, {"error": f"disk {disk}: seq {rec.seq} after {last}"})
+                            conn.refuse(f"disk {disk}: seq {rec.seq} after {last}")
                             inbox.close()
                             conn.close()
                             return
@@ -263,12 +251,12 @@ class MasterTarget:
 
     def _serve_hashes(self, conn: Connection, target: Target) -> None:
         """Resync's target side: xxh3-128 digests of replica blocks, as capture's BlockHashSource."""
-        conn.send_json(FrameType.WELCOME, {"applied": target.applied_seq()})
+        conn.send_msg(FrameType.WELCOME, Welcome(applied=target.applied_seq()))
         while True:
             ftype, payload = conn.recv()
             if ftype != FrameType.HASHES:
                 raise ProtocolError(f"expected HASHES, got {ftype.name}")
-            conn.send_payload(FrameType.HASHES, block_hashes(target, json.loads(payload)))
+            conn.send_payload(FrameType.HASHES, block_hashes(target, message(HashesRequest, ftype, payload)))
 
     def _point(self, disk: str, target: Target, rec: Record) -> None:
         b = rec.bookmark()

@@ -74,6 +74,17 @@ class FrameType(enum.IntEnum):
     PING = 7       # JSON: keepalive / ask for an ACK
     HASHES = 8     # JSON request {"first_block", "count", "block_size"}; reply: 16-byte xxh3-128 digests
     RESYNCED = 9   # JSON {"from": seq, "mark": n}: the agent resynced the disk after drops up to number n
+    # The multi-VM coordinator (hosted by the process server; bodies: dr_agent.contract, "coordinator")
+    JOIN = 10      # agent -> coordinator, first frame: {"agent", "group"}
+    GROUP = 11     # coordinator -> agent: accepted, and whenever membership changes; {"group", "members"}
+    PAUSE = 12     # coordinator -> agent: hold the apply path; {"point", "kind", "hold_timeout"}
+    PAUSED = 13    # agent -> coordinator: {"point"}
+    MARK = 14      # coordinator -> agent: one bookmark id on every disk; {"point", "bookmark_id", "group_id"}
+    MARKED = 15    # agent -> coordinator: {"point"}
+    RESUME = 16    # coordinator -> agent: let writes through; {"point"}
+    ABORT = 17     # coordinator -> agent: no point this time, resume; {"point"}
+    RESUMED = 18   # agent -> coordinator: {"point"}
+    FAILED = 19    # agent -> coordinator: a step failed; {"point", "reason"}
 
 
 def _checksum(header_without_sum: bytes | memoryview, payload: bytes | memoryview) -> int:

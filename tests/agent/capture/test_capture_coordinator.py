@@ -1,230 +1,168 @@
-"""Multi-VM consistency: agents dial a coordinator; one bookmark id in every stream, or none."""
+"""Multi-VM consistency as deployed: the process server hosts the coordinator; agents dial it.
+
+`dr-agent master-target` and `dr-agent process-server` run as processes from their TOML configs (the
+process server's with `[[process_server.groups]]`, as `dr replica configs` renders it); each source
+machine is a `GroupMember` in this process with a participant that ships its disks through real
+`ProcessServerSink` streams. The master target's catalog is the judge: one bookmark id, tagged with
+the group, on every disk of every member, at a consistent cut of a workload whose writes depend on
+each other across machines.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from capture_helpers import MiB, need_root_tools
-from dr_agent.capture.consistency import (
-    HELLO,
-    PAUSE,
-    PAUSED,
-    Coordinator,
-    CoordinatorClient,
-    recv_frame,
-    send_frame,
-    tcp_connector,
-    tcp_listener,
-)
-from dr_agent.capture.errors import CoordinationAborted
-from dr_agent.capture.filetarget import FileTarget, ReceivedBookmark
-from dr_agent.capture.splitter import Splitter
-from dr_agent.errors import CorruptData
+from dr_agent.catalog import Catalog, Point
+from dr_agent.contract import PS_PORT, ProcessServerHealth, stream_name
+from dr_agent.coordination import GroupMember, coordinator_address
+from dr_agent.errors import ProtocolError
+from dr_agent.process_server import ProcessServer, ProcessServerConfig
+from dr_agent.ps_coordinator import GroupConfig
+from dr_agent.sink import ProcessServerSink
+
+from tests.agent.pipeline.pipeline_harness import service_pair
 
 GROUP = "sharepoint"
+MACHINES = ("web01", "app01", "sql01")
+DISKS = ("c", "data")
+DISK_BYTES = 1 << 20
 COUNTER = struct.Struct("<Q")
-POINTS = 30  # group points taken under a running dependent writer
+DEADLINE_S = 60.0  # seconds any wait below may take on a loaded 2-core machine
 
 
-@dataclass
-class Vm:
-    """One source machine: a disk behind a splitter, its replica, its agent's coordinator client."""
+class Machine:
+    """A source machine as a group point sees it: its disks' streams, held by `pause`, marked by `mark`.
 
-    name: str
-    splitter: Splitter
-    target: FileTarget
-    fd: int
-    at_bookmark: dict[str, int]  # bookmark id -> the counter in the replica when the bookmark arrived
-    client: CoordinatorClient | None = None
+    Writes go through `write`, which waits while the machine is paused (the agent's apply path)."""
 
-    def write_counter(self, n: int) -> None:
-        # the FUSE file is direct_io: when pwrite returns, the splitter has applied the write to
-        # the disk and handed it to the sink, so the next machine's write depends on this one
-        os.pwrite(self.fd, COUNTER.pack(n).ljust(4096, b"\0"), 0)
+    def __init__(self, name: str, sinks: list[ProcessServerSink]) -> None:
+        self.name, self.sinks = name, sinks
+        self._apply = threading.Lock()
+        self._held = False
+        self._kind = "crash"
+        self.stuck = threading.Event()      # set: the next pause blocks until `unstick`
+        self._unstuck = threading.Event()
+        self.pauses: list[str] = []         # kinds of the pauses asked for
+        self.written = 0
 
+    def write(self, n: int) -> None:
+        with self._apply:
+            for sink in self.sinks:
+                sink.write(0, COUNTER.pack(n).ljust(4096, b"\0"))
+            self.written = n
 
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[list[Vm]]:
-    need_root_tools(fuse=True)
-    with ExitStack() as stack:
-        machines = []
-        for name in ("web01", "app01", "sql01"):
-            base = tmp_path / name
-            (base / "fuse").mkdir(parents=True)
-            backing, replica = base / "disk.img", base / "replica.img"
-            with open(backing, "wb") as f:
-                f.truncate(4 * MiB)
-            seen: dict[str, int] = {}
+    def pause(self, kind: str) -> None:
+        self.pauses.append(kind)
+        if self.stuck.is_set():
+            self._unstuck.wait(DEADLINE_S)  # a change in flight that takes far too long
+        self._apply.acquire()
+        self._held, self._kind = True, kind
+        for sink in self.sinks:
+            sink.flush()
 
-            def on_bookmark(mark: ReceivedBookmark, replica: Path = replica, seen: dict[str, int] = seen) -> None:
-                with open(replica, "rb") as f:
-                    seen[mark.bookmark_id] = COUNTER.unpack(f.read(8))[0]
+    def mark(self, bookmark_id: str, group_id: str) -> None:
+        assert self._held, "mark() without pause()"
+        for sink in self.sinks:
+            sink.bookmark(bookmark_id, "app" if self._kind == "app" else "crash", group_id)
 
-            target = stack.enter_context(FileTarget(replica, 4 * MiB, on_bookmark=on_bookmark))
-            splitter = stack.enter_context(Splitter(backing, base / "fuse", target, name=name))
-            fd = os.open(splitter.path, os.O_RDWR)
-            stack.callback(os.close, fd)
-            machines.append(Vm(name, splitter, target, fd, seen))
-        yield machines
-        for vm in machines:
-            if vm.client is not None:
-                vm.client.close()
+    def resume(self) -> None:
+        if self._held:
+            self._held = False
+            self._apply.release()
 
-
-class SlowLinkSocket(socket.socket):
-    """A TCP connection whose every received message arrives `delay` seconds late (a long WAN link)."""
-
-    delay = 0.02  # seconds
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        time.sleep(self.delay)
-        return data
+    def unstick(self) -> None:
+        self.stuck.clear()
+        self._unstuck.set()
 
 
-def slow_connector(host: str, port: int) -> Callable[[], socket.socket]:
-    def connect() -> socket.socket:
-        sock = SlowLinkSocket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.connect((host, port))
-        return sock
-    return connect
+def group_table(members: tuple[str, ...] = MACHINES, *, every_s: float = 1, pause_timeout_s: float = 5,
+                hold_timeout_s: float = 30) -> str:
+    quoted = ", ".join(f'"{m}"' for m in members)
+    return (f'\n[[process_server.groups]]\nname = "{GROUP}"\nmembers = [{quoted}]\n'
+            f"crash_consistent_every_s = {every_s}\npause_timeout_s = {pause_timeout_s}\n"
+            f"hold_timeout_s = {hold_timeout_s}\n")
 
 
-def connect_all(coordinator: Coordinator, vms: list[Vm]) -> None:
-    """Every agent dials the coordinator; the last one over a slow link (its MARK arrives late:
-    without the pause phase the other machines would run ahead meanwhile)."""
-    host, port = coordinator.address
-    for vm in vms:
-        connect = slow_connector(host, port) if vm is vms[-1] else tcp_connector(host, port)
-        vm.client = CoordinatorClient(connect, agent_id=vm.name, group_id=GROUP,
-                                      participants=[vm.splitter], retry_interval=0.1)
-        vm.client.__enter__()
-    coordinator.wait_for_agents(GROUP, [vm.name for vm in vms], timeout=10)
+class Site:
+    """A master target and a process server (processes), and the group's machines in this process."""
+
+    def __init__(self, root: Path, pki: Any, stack: ExitStack, *, groups: str) -> None:
+        self.root, self.pki, self.stack = root, pki, stack
+        self.mt, self.ps, self.ps_port = service_pair(root, pki)
+        with (root / "ps.toml").open("a") as f:
+            f.write(groups)
+        self.mt.start()
+        stack.callback(self.mt.stop)
+        self.ps.start()
+        stack.callback(self.ps.stop)
+
+    def machine(self, name: str) -> Machine:
+        sinks = []
+        for disk in DISKS:
+            sink = ProcessServerSink(disk=stream_name(name, disk), size=DISK_BYTES,
+                                     servers=[("127.0.0.1", self.ps_port)], identity=self.pki.agent,
+                                     patience_s=DEADLINE_S)
+            self.stack.callback(sink.close)
+            sinks.append(sink)
+        return Machine(name, sinks)
+
+    def member(self, machine: Machine, *, port: int | None = None) -> GroupMember:
+        m = GroupMember([("127.0.0.1", port or self.ps_port)], self.pki.agent, agent=machine.name, group=GROUP,
+                        participant=machine, server_hostname="127.0.0.1")
+        self.stack.callback(m.close)
+        return m
+
+    def group_points(self) -> dict[str, list[Point]]:
+        """The master target's catalog: point id -> its points on the disks, for this group."""
+        cat = Catalog(self.root / "mt/catalog.sqlite")
+        try:
+            out: dict[str, list[Point]] = {}
+            for p in cat.points(GROUP):
+                out.setdefault(p.id, []).append(p)
+            return out
+        finally:
+            cat.close()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        import json
+
+        path = self.root / "ps/alerts.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def dependent_writer(vms: list[Vm], stop: threading.Event) -> threading.Thread:
-    """Write n to every disk in order, each completed before the next: a cross-machine dependency."""
+def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def dependent_writer(machines: list[Machine], stop: threading.Event) -> threading.Thread:
+    """Write n to every machine in order, each write taken before the next: a cross-machine dependency."""
     def run() -> None:
         n = 0
         while not stop.is_set():
             n += 1
-            for vm in vms:
-                vm.write_counter(n)
+            for m in machines:
+                m.write(n)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
 
 
-def test_group_point_puts_one_id_in_every_stream_at_a_consistent_cut(vms: list[Vm]) -> None:
-    with Coordinator(tcp_listener()) as coordinator:
-        connect_all(coordinator, vms)
-        stop = threading.Event()
-        writer = dependent_writer(vms, stop)
-        points = []
-        try:
-            for _ in range(POINTS):
-                time.sleep(0.01)
-                points.append(coordinator.checkpoint(GROUP, timeout=5))
-        finally:
-            stop.set()
-            writer.join(10)
-    for point in points:
-        assert sorted(point.agents) == sorted(vm.name for vm in vms)
-        counters = [vm.at_bookmark[point.bookmark_id] for vm in vms]
-        # writes go web01 -> app01 -> sql01, each completed first: a consistent cut never shows a later
-        # machine ahead of an earlier one, nor more than one step apart
-        assert counters[0] >= counters[1] >= counters[2] >= counters[0] - 1, counters
-    for vm in vms:
-        marks = vm.target.received.bookmarks
-        assert [m.bookmark_id for m in marks] == [p.bookmark_id for p in points]
-        assert {m.group_id for m in marks} == {GROUP}
-    assert points[-1].paused_for < 5
-
-
-def test_an_agent_that_cannot_pause_in_time_aborts_the_point_for_everyone(vms: list[Vm]) -> None:
-    stuck = vms[1]
-    with Coordinator(tcp_listener()) as coordinator:
-        connect_all(coordinator, vms)
-        released = threading.Event()
-
-        def hold_apply_path() -> None:  # a change in flight that takes far too long
-            with stuck.splitter.exclusive():
-                released.wait(10)
-
-        holder = threading.Thread(target=hold_apply_path, daemon=True)
-        holder.start()
-        time.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(CoordinationAborted, match=r"app01 did not answer PAUSED"):
-            coordinator.checkpoint(GROUP, bookmark_id="aborted-point", timeout=0.5)
-        assert time.monotonic() - started < 3
-        # the others were resumed: their writes go through while app01 is still stuck
-        for vm in (vms[0], vms[2]):
-            done = threading.Event()
-            threading.Thread(target=lambda vm=vm, done=done: (vm.write_counter(7), done.set()), daemon=True).start()
-            assert done.wait(5), f"{vm.name} is still held after the abort"
-        released.set()
-        holder.join(5)
-        point = coordinator.checkpoint(GROUP, timeout=5)
-    for vm in vms:
-        ids = [m.bookmark_id for m in vm.target.received.bookmarks]
-        assert ids == [point.bookmark_id], f"{vm.name}: {ids}"
-    stuck.write_counter(8)  # and the stuck machine runs again
-
-
-def test_an_agent_held_by_a_silent_coordinator_resumes_by_itself(vms: list[Vm]) -> None:
-    vm = vms[0]
-    listener = tcp_listener()
-    host, port = listener.getsockname()[:2]
-    client = CoordinatorClient(tcp_connector(host, port), agent_id=vm.name, group_id=GROUP,
-                               participants=[vm.splitter], retry_interval=0.1)
-    with listener, client:
-        conn, _ = listener.accept()
-        with conn:
-            assert recv_frame(conn)[0] == HELLO
-            send_frame(conn, PAUSE, {"point": "p1", "hold_timeout": 0.5})
-            assert recv_frame(conn) == (PAUSED, {"point": "p1"})
-            blocked_write = threading.Thread(target=vm.write_counter, args=(1,), daemon=True)
-            blocked_write.start()
-            blocked_write.join(0.2)
-            assert blocked_write.is_alive(), "a paused disk must hold writes"
-            blocked_write.join(5)  # the hold timeout (0.5 s) lets it through without any RESUME
-            assert not blocked_write.is_alive()
-            assert vm.target.received.bookmarks == []
-
-
-def test_a_corrupted_control_frame_is_detected() -> None:
-    a, b = socket.socketpair()
-    with a, b:
-        send_frame(a, HELLO, {"agent_id": "web01", "group_id": GROUP})
-        frame = bytearray(b.recv(4096))
-        frame[-3] ^= 0x01
-        a.sendall(bytes(frame))
-        with pytest.raises(CorruptData, match="CRC-32"):
-            recv_frame(b)
-
-
-COORDINATOR_PROCESS = """
-import sys
-from dr_agent.capture.consistency import Coordinator, tcp_listener
-with Coordinator(tcp_listener()) as coordinator:
-    print(coordinator.address[1], flush=True)
-    coordinator.wait_for_agents("sharepoint", ["web01"], timeout=20)
-    print(coordinator.checkpoint("sharepoint", timeout=10).bookmark_id, flush=True)
-    sys.stdin.readline()
-"""
+def counter_at(point: Point) -> int:
+    with open(point.snapshot, "rb") as f:
+        return int(COUNTER.unpack(f.read(COUNTER.size))[0])
 
 
 def listening_sockets_of_this_process() -> list[str]:
@@ -246,79 +184,168 @@ def listening_sockets_of_this_process() -> list[str]:
     return listening
 
 
-def test_the_source_side_dials_and_listens_on_nothing(vms: list[Vm]) -> None:
-    vm = vms[0]
-    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR_PROCESS], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-    assert coordinator.stdin is not None and coordinator.stdout is not None
-    try:
-        port = int(coordinator.stdout.readline())
-        client = CoordinatorClient(tcp_connector("127.0.0.1", port), agent_id=vm.name, group_id=GROUP,
-                                   participants=[vm.splitter], retry_interval=0.1)
-        with client:
-            bookmark_id = coordinator.stdout.readline().strip()
-            assert client.connected.is_set()
-            assert listening_sockets_of_this_process() == []
-            coordinator.stdin.write("done\n")
-            coordinator.stdin.flush()
-    finally:
-        coordinator.kill()
-        coordinator.wait()
-    assert [m.bookmark_id for m in vm.target.received.bookmarks] == [bookmark_id]
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
 
 
-def test_group_point_over_mutual_tls_with_a_tracking_mode_machine(vms: list[Vm], loop_file, tracefs,  # type: ignore[no-untyped-def]
-                                                                    pki, tmp_path: Path) -> None:
-    """A splitter machine and a tracking-mode machine in one group, over TLS with client
-    certificates from the registration CA; an agent with another CA's certificate is refused."""
-    from capture_helpers import first_difference, mkfs_ext4, run
-    from dr_agent.capture.tracking import TrackingAgent
-    from dr_agent.pki import Identity, client_context, server_context
+def test_group_points_put_one_id_on_every_disk_of_every_member(tmp_path: Path, pki: Any, stack: ExitStack) -> None:
+    site = Site(tmp_path, pki, stack, groups=group_table())
+    machines = [site.machine(name) for name in MACHINES]
+    members = [site.member(m) for m in machines]
+    for member in members:
+        assert member.wait_connected(DEADLINE_S), f"{member.agent} did not join"
+    stop = threading.Event()
+    writer = dependent_writer(machines, stop)
+    stack.callback(writer.join, 10)
+    stack.callback(stop.set)
+    wait_for("three group points", lambda: len(site.group_points()) >= 3)
+    stop.set()
+    writer.join(10)
 
-    web = vms[0]
-    _, dev = loop_file(32 * MiB)
-    mkfs_ext4(dev)
-    mnt = tmp_path / "db01"
-    mnt.mkdir()
-    run("mount", dev, str(mnt))
-    replica = tmp_path / "db01-replica.img"
-    mismatches: list[str] = []
+    assert listening_sockets_of_this_process() == []  # the source side only dials
+    streams = {stream_name(m, d) for m in MACHINES for d in DISKS}
+    for point_id, points in site.group_points().items():
+        assert {p.disk for p in points} == streams, f"point {point_id} is not on every disk"
+        assert {(p.group_id, p.kind) for p in points} == {(GROUP, "crash")}
+        at = {p.disk: counter_at(p) for p in points}
+        web, app, sql = (at[stream_name(m, "c")] for m in MACHINES)
+        # writes go web01 -> app01 -> sql01, each taken before the next: a consistent cut never
+        # shows a later machine ahead of an earlier one, nor more than one step apart
+        assert web >= app >= sql >= web - 1, (point_id, web, app, sql)
+        assert all(at[stream_name(m, "data")] == at[stream_name(m, "c")] for m in MACHINES)
+    assert {k for m in machines for k in m.pauses} == {"crash"}
 
-    def frozen_check(mark: ReceivedBookmark) -> None:
-        if first_difference(dev, replica) is not None:
-            mismatches.append(mark.bookmark_id)
 
-    server_ctx = server_context(pki.process_server)
+def test_a_member_that_does_not_pause_aborts_the_point_for_everyone(tmp_path: Path, pki: Any,
+                                                                    stack: ExitStack) -> None:
+    site = Site(tmp_path, pki, stack, groups=group_table(every_s=1, pause_timeout_s=1))
+    machines = [site.machine(name) for name in MACHINES]
+    stuck = machines[1]
+    stuck.stuck.set()
+    members = [site.member(m) for m in machines]
+    for member in members:
+        assert member.wait_connected(DEADLINE_S)
+    wait_for("an aborted point", lambda: any("aborted" in a["message"] for a in site.alerts()))
+    aborted = next(a for a in site.alerts() if "aborted" in a["message"])
+    assert "app01 did not answer PAUSED" in aborted["message"], aborted
+    # the others were resumed: their writes go through while app01 is still stuck
+    for m in (machines[0], machines[2]):
+        done = threading.Event()
+        threading.Thread(target=lambda m=m, done=done: (m.write(7), done.set()), daemon=True).start()
+        assert done.wait(DEADLINE_S), f"{m.name} is still held after the abort"
+    assert site.group_points() == {}  # MARK is sent only once everyone paused: no id anywhere
+    stuck.unstick()
+    wait_for("a group point after the stuck member recovered", lambda: len(site.group_points()) >= 1)
+    for points in site.group_points().values():
+        assert len(points) == len(MACHINES) * len(DISKS)
+    stuck.write(8)  # and the stuck machine runs again
 
-    def tls(ident: Identity) -> Callable[[], socket.socket]:
-        ctx = client_context(ident)
-        def connect() -> socket.socket:
-            return ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname="127.0.0.1")
-        return connect
 
-    try:
-        with FileTarget(replica, 32 * MiB, on_bookmark=frozen_check) as db_target, \
-                TrackingAgent(dev, [mnt], db_target, db_target) as db, \
-                Coordinator(tcp_listener(), wrap=lambda s: server_ctx.wrap_socket(s, server_side=True)) as coordinator:
-            db.start()
-            host, port = coordinator.address
-            with CoordinatorClient(tls(pki.agent), agent_id="web01", group_id=GROUP,
-                                   participants=[web.splitter], retry_interval=0.1), \
-                    CoordinatorClient(tls(pki.agent), agent_id="db01", group_id=GROUP,
-                                      participants=[db], retry_interval=0.1), \
-                    CoordinatorClient(tls(pki.rogue_agent), agent_id="rogue", group_id=GROUP,
-                                      participants=[vms[1].splitter], retry_interval=0.1):
-                coordinator.wait_for_agents(GROUP, ["web01", "db01"], timeout=10)
-                (mnt / "orders.db").write_bytes(os.urandom(2 * MiB))
-                web.write_counter(41)
-                point = coordinator.checkpoint(GROUP, timeout=5)
-                with pytest.raises(CoordinationAborted, match="rogue"):
-                    coordinator.wait_for_agents(GROUP, ["rogue"], timeout=1)
-    finally:
-        run("umount", str(mnt))
-    assert sorted(point.agents) == ["db01", "web01"]
-    assert [m.bookmark_id for m in db_target.received.bookmarks] == [point.bookmark_id]
-    assert [(m.bookmark_id, m.group_id) for m in web.target.received.bookmarks] == [(point.bookmark_id, GROUP)]
-    assert web.at_bookmark[point.bookmark_id] == 41
-    assert vms[1].target.received.bookmarks == []
-    assert mismatches == []
+def test_a_missing_member_means_no_group_point_said_once(tmp_path: Path, pki: Any, stack: ExitStack) -> None:
+    """In process, to read the process server's health (its heartbeat body)."""
+    mt, _ps, _ = service_pair(tmp_path, pki)
+    mt.start()
+    stack.callback(mt.stop)
+    mt_port = int(tomllib.loads(mt.config.read_text())["master_target"]["listen"].rsplit(":", 1)[1])
+    ps = ProcessServer(ProcessServerConfig(
+        identity=pki.process_server, cache_dir=tmp_path / "ps-inproc", master_target=("127.0.0.1", mt_port),
+        name="ps01", groups=(GroupConfig(GROUP, MACHINES, crash_consistent_every_s=0.2),)))
+    stack.callback(ps.close)
+    site_port = ps.port
+    machines = {name: Machine(name, []) for name in MACHINES}
+    members = [GroupMember([("127.0.0.1", site_port)], pki.agent, agent=name, group=GROUP,
+                           participant=machines[name], server_hostname="127.0.0.1") for name in MACHINES[:2]]
+    for m in members:
+        stack.callback(m.close)
+    wait_for("both members joined", lambda: all(m.state is not None for m in members))
+    wait_for("the problem recorded", lambda: GROUP in ps.health().group_problems)
+    time.sleep(1.0)  # five scheduled points come and go without the third member
+    health = ps.health()
+    assert ProcessServerHealth.from_json(health.to_json()) == health
+    assert health.groups == {GROUP: False}
+    assert "sql01 not connected" in health.group_problems[GROUP]
+    assert health.master_target_reachable
+    warnings = [a for a in ps.alerts.read() if a["code"] == "group-point"]
+    assert len(warnings) == 1 and "sql01" in warnings[0]["message"]  # said once, not at every schedule
+    assert not any(m.connected for m in members)  # so the agents take their own points meanwhile
+    assert all(not m.pauses for m in machines.values())
+
+    # a machine that is not a member is refused; the third member completes the group
+    outsider = GroupMember([("127.0.0.1", site_port)], pki.agent, agent="mail01", group=GROUP,
+                           participant=Machine("mail01", []), server_hostname="127.0.0.1")
+    stack.callback(outsider.close)
+    third = GroupMember([("127.0.0.1", site_port)], pki.agent, agent="sql01", group=GROUP,
+                        participant=machines["sql01"], server_hostname="127.0.0.1")
+    stack.callback(third.close)
+    assert third.wait_connected(DEADLINE_S) and all(m.wait_connected(DEADLINE_S) for m in members)
+    wait_for("a group point", lambda: GROUP in ps.health().last_group_points)
+    assert ps.health().groups == {GROUP: True} and GROUP not in ps.health().group_problems
+    assert not outsider.connected and outsider.state is None
+    assert all(m.pauses for m in machines.values())
+
+
+def test_members_keep_running_while_the_coordinator_is_unreachable(tmp_path: Path, pki: Any,
+                                                                   stack: ExitStack) -> None:
+    mt, ps, port = service_pair(tmp_path, pki)  # nothing listens on the process server's port yet
+    with (tmp_path / "ps.toml").open("a") as f:
+        f.write(group_table(("web01",)))
+    machine = Machine("web01", [])
+    member = GroupMember([("127.0.0.1", port)], pki.agent, agent="web01", group=GROUP, participant=machine,
+                         server_hostname="127.0.0.1")
+    stack.callback(member.close)
+    for n in range(1, 50):  # the workload is never held by a coordinator that is not there
+        machine.write(n)
+    assert not member.wait_connected(1.0)
+    mt.start()
+    stack.callback(mt.stop)
+    ps.start()
+    stack.callback(ps.stop)
+    assert member.wait_connected(DEADLINE_S), "the member did not join once the coordinator came up"
+    ps.stop()  # the coordinator goes away again: the member notices, and is never left held
+    wait_for("the member to notice", lambda: not member.connected)
+    machine.write(99)
+    assert machine.written == 99
+
+
+def test_coordinator_addresses() -> None:
+    assert coordinator_address("ps01:9443") == ("ps01", 9443)
+    assert coordinator_address("ps01") == ("ps01", PS_PORT)
+    with pytest.raises(ProtocolError, match="HOST:PORT"):
+        coordinator_address("ps01:https")
+
+
+def test_a_held_member_resumes_by_itself_when_the_coordinator_falls_silent(tmp_path: Path, pki: Any,
+                                                                         stack: ExitStack) -> None:
+    """The process server freezes (SIGSTOP) while the group is paused: the member's hold timeout lets
+    the workload through without any RESUME."""
+    import signal
+
+    site = Site(tmp_path, pki, stack, groups=group_table(("web01",), every_s=0.5, pause_timeout_s=0.5,
+                                                         hold_timeout_s=1))
+    machine = site.machine("web01")
+    held = threading.Event()
+    real_pause = machine.pause
+
+    def pause_and_freeze(kind: str) -> None:
+        real_pause(kind)
+        if not held.is_set():
+            held.set()
+            assert site.ps.proc is not None
+            site.ps.proc.send_signal(signal.SIGSTOP)  # the coordinator falls silent mid-point
+
+    machine.pause = pause_and_freeze  # type: ignore[method-assign]
+    member = site.member(machine)
+    assert member.wait_connected(DEADLINE_S)
+    assert held.wait(DEADLINE_S)
+    assert site.ps.proc is not None
+    stack.callback(site.ps.proc.send_signal, signal.SIGCONT)
+    started = time.monotonic()
+    blocked = threading.Thread(target=machine.write, args=(1,), daemon=True)
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive(), "a paused machine must hold writes"
+    blocked.join(DEADLINE_S)  # the hold timeout (1 s) lets it through
+    assert not blocked.is_alive() and machine.written == 1
+    assert time.monotonic() - started < DEADLINE_S
