@@ -58,6 +58,9 @@ class PageBlobTarget:
 
         self.size = size
         virtual = vhd.virtual_size(size)  # any multiple of 512: the blob is padded to the next MiB
+        if size > vhd.largest_disk():
+            raise TargetError(f"disk of {size} bytes: a page blob holds at most 8 TiB, a disk of at most "
+                              f"{vhd.largest_disk()} bytes ({vhd.PAGE_BLOB_LIMIT_SOURCE})")
         self.container = container
         self.blob_name = blob
         cc = _client(conn_str, container)

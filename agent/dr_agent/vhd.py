@@ -25,6 +25,12 @@ SECTOR = 512
 # Azure managed disks (and images) need a VHD virtual size that is a whole number of MiB (bytes;
 # Microsoft Learn, "Upload a VHD to Azure or copy a managed disk", checked 2026-12-01).
 VIRTUAL_SIZE_ALIGN = 1024 * 1024
+# The largest page blob, in bytes: 8 TiB (Microsoft Learn, "Scalability and performance targets for
+# Blob storage", maximum size of a page blob; checked 2026-12-01). A replica is one page blob of
+# `blob_bytes(disk)`, so the largest disk the data path replicates is 8 TiB - 1 MiB.
+PAGE_BLOB_MAX_BYTES = 8 * 1024**4
+PAGE_BLOB_LIMIT_SOURCE = ("Azure Blob storage scale targets, learn.microsoft.com/azure/storage/blobs/"
+                          "scalability-targets, checked 2026-12-01")
 COOKIE = b"conectix"
 # Seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z), from the spec.
 VHD_EPOCH = 946684800
@@ -41,6 +47,16 @@ def virtual_size(disk_size: int) -> int:
     if disk_size <= 0 or disk_size % SECTOR:
         raise ValueError(f"a disk's size must be a positive multiple of {SECTOR} bytes, not {disk_size}")
     return -(-disk_size // VIRTUAL_SIZE_ALIGN) * VIRTUAL_SIZE_ALIGN
+
+
+def blob_bytes(disk_size: int) -> int:
+    """Bytes of the fixed VHD (page blob or file) holding a disk of `disk_size` bytes: padded disk + footer."""
+    return virtual_size(disk_size) + FOOTER_SIZE
+
+
+def largest_disk() -> int:
+    """The largest disk (bytes) whose fixed VHD fits in one page blob."""
+    return (PAGE_BLOB_MAX_BYTES - FOOTER_SIZE) // VIRTUAL_SIZE_ALIGN * VIRTUAL_SIZE_ALIGN
 
 
 def geometry(size: int) -> tuple[int, int, int]:

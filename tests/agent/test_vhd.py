@@ -18,8 +18,10 @@ import pytest
 from click.testing import CliRunner
 from dr_agent import vhd
 from dr_agent.catalog import Catalog
+from dr_agent.errors import TargetError
 from dr_agent.export import export_location
 from dr_agent.master_target import MasterTarget, MasterTargetConfig
+from dr_agent.pageblob import PageBlobTarget
 from dr_agent.process_server import ProcessServer, ProcessServerConfig
 from dr_agent.sink import ProcessServerSink
 from dr_agent.target import FileTarget
@@ -48,6 +50,9 @@ def test_virtual_size_is_padded_to_the_next_mib() -> None:
     assert vhd.virtual_size(ODD_SECTORS * 512) == 75 * MIB
     with pytest.raises(ValueError, match="multiple of 512"):
         vhd.virtual_size(1000)
+    assert vhd.blob_bytes(vhd.largest_disk()) <= vhd.PAGE_BLOB_MAX_BYTES < vhd.blob_bytes(vhd.largest_disk() + 512)
+    with pytest.raises(TargetError, match="at most 8 TiB"):  # refused before any request
+        PageBlobTarget("UseDevelopmentStorage=true", "c", "b.vhd", vhd.largest_disk() + 512)
 
 
 @pytest.mark.parametrize("size", [16 * MIB, 75 * MIB, 1023 * MIB, 127 * 1024 * MIB + 7 * MIB])
@@ -130,3 +135,23 @@ def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: An
     cat = Catalog(Path(catalog))
     assert cat.disk("hdd01.disk0").size == size
     cat.close()
+
+
+def test_validate_refuses_a_disk_above_the_page_blob_limit(tmp_path: Path) -> None:
+    """The current profile allows 32 TB managed disks, but a replica is one page blob (8 TiB)."""
+    from dr.cli import cli
+
+    root = Path(__file__).resolve().parents[2]
+    spec = tmp_path / "estate"
+    shutil.copytree(root / "examples/linux-estate", spec)
+    text = (spec / "dr.yaml").read_text()
+    assert text.count("size_gb: 300,") == 2
+    (spec / "dr.yaml").write_text(text.replace("size_gb: 300,", "size_gb: 9000,", 1))
+    res = CliRunner().invoke(cli, ["validate", str(spec / "dr.yaml")])
+    assert res.exit_code != 0, res.output
+    assert "9000 GB: a disk replicates into one Azure page blob, which holds at most 8 TiB" in res.output
+    assert "scalability-targets" in res.output and "8191.999 GB" in res.output
+
+    (spec / "dr.yaml").write_text(text.replace("size_gb: 300,", "size_gb: 8191,", 1))
+    res = CliRunner().invoke(cli, ["validate", str(spec / "dr.yaml")])
+    assert "page blob" not in res.output, res.output
