@@ -35,6 +35,18 @@ def _alternative(matrix: SupportMatrix) -> str:
     return "; or choose support_profile: asr-2023" if matrix.profile == "asr-2015" else ""
 
 
+def _page_blob_problem(size_gb: float) -> str | None:
+    """A disk too large for its replica: one Azure page blob (the limit is dr_agent.vhd's, with its source)."""
+    from dr_agent import vhd
+
+    gib = 1024**3  # bytes per GB as the spec counts sizes (discovery writes bytes / 2**30)
+    if size_gb * gib <= vhd.largest_disk():
+        return None
+    return (f"{size_gb:g} GB: a disk replicates into one Azure page blob, which holds at most 8 TiB "
+            f"({vhd.PAGE_BLOB_LIMIT_SOURCE}), so a disk of at most {vhd.largest_disk() / gib:.3f} GB; "
+            "split the disk")
+
+
 def machine_problems(machine: Machine, matrix: SupportMatrix) -> list[Problem]:
     """Support-matrix problems of one machine, with paths relative to the machine."""
     out: list[Problem] = []
@@ -51,6 +63,8 @@ def machine_problems(machine: Machine, matrix: SupportMatrix) -> list[Problem]:
         if disk.size_gb > limits.max_disk_gb:
             err(("disks", index, "size_gb"), f"{disk.size_gb:g} GB, at most {limits.max_disk_gb:g} GB per disk "
                 f"in {prof}; shrink or split the disk{_alternative(matrix)}")
+        elif (too_big := _page_blob_problem(disk.size_gb)) is not None:
+            err(("disks", index, "size_gb"), too_big)
     if machine.clustered and not limits.allow_clustered:
         err(("clustered",), f"clustered servers cannot be protected in {prof}; remove the machine from its "
             "protection group or set clustered: false if it is not a cluster node")
