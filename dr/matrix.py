@@ -1,6 +1,7 @@
 """Support matrices: what Azure Site Recovery can protect, as data (`dr/data/support/<profile>.yaml`).
 
-A spec selects one with `support_profile:` (default `asr-2015`, the seed's). The rules in
+A spec selects one with `support_profile:` (default `asr-2015`, the seed's; `azure-2026` is the
+current one, deployable today, and what new specs and `dr discover` choose). The rules in
 `dr.rules` read only these models, so a new profile is a new data file, not new code.
 """
 
@@ -89,7 +90,7 @@ class SupportMatrix(_Data):
     azure: AzureLimits
 
 
-PROFILES = ("asr-2015", "asr-2023")
+PROFILES = ("asr-2015", "asr-2023", "azure-2026")
 
 
 @cache

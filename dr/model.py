@@ -422,8 +422,10 @@ class Estate(Spec):
     estate: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] = Field(
         description="estate name: lower-case letters, digits and dashes (it prefixes Azure resource names)"
     )
-    support_profile: Literal["asr-2015", "asr-2023"] = Field(
-        default="asr-2015", description="support matrix: asr-2015 (the seed's) or asr-2023 (current ASR)"
+    support_profile: Literal["asr-2015", "asr-2023", "azure-2026"] = Field(
+        default="asr-2015",
+        description="support matrix and VM sizes: azure-2026 (current, deployable today: choose it for a new "
+        "spec), asr-2023, or asr-2015 (the seed's; its sizes are retired)",
     )
     include: list[Text] = Field(
         default_factory=list, description="other YAML files (e.g. discovered inventories) merged into this one"

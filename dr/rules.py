@@ -150,7 +150,9 @@ def machine_problems(machine: Machine, matrix: SupportMatrix) -> list[Problem]:
 
 
 def _nic_rule(machine: Machine, matrix: SupportMatrix, out: list[Problem]) -> None:
-    """The NIC count must fit the chosen Azure size (the override, else the largest the profile offers)."""
+    """The NIC count must fit the chosen Azure size (the override, else the largest the profile offers);
+    an override must boot the machine's disk generation, and one Microsoft retired or is retiring
+    is a warning (the stack refuses a retired one)."""
     from dr import sizes  # the planner's size catalog
 
     if machine.azure_size:
@@ -161,6 +163,14 @@ def _nic_rule(machine: Machine, matrix: SupportMatrix, out: list[Problem]) -> No
             out.append((("azure_size",), "error", f"unknown Azure size {machine.azure_size!r} in {matrix.profile}"
                         f"{did_you_mean(machine.azure_size, names)}"))
             return
+        generation = sizes.generation_of(machine.firmware)
+        if not size.boots(generation):
+            out.append((("azure_size",), "error", f"{size.name} runs Generation 1 VMs only, and a UEFI machine "
+                        "boots a Generation 2 disk: choose a size that supports Generation 2, such as "
+                        "Standard_D4s_v5"))
+        if size.status() != "current":
+            out.append((("azure_size",), "warning", f"{size.retirement()}; choose a current size, such as one of "
+                        f"support_profile {sizes.CURRENT_PROFILE}"))
         if machine.nics > size.max_nics:
             out.append((("nics",), "error", f"{machine.nics} NICs, but {size.name} takes at most {size.max_nics}; "
                         "choose a larger azure_size"))

@@ -144,6 +144,7 @@ def check(estate: Estate, plan: StackPlan, options: StackOptions) -> None:
             if machine not in known:
                 problems.append(f"the plan's master target {mts.name} carries {machine!r}, not in the spec")
     requested = failover_plan_name(estate, options)
+    problems.extend(retired_sizes(estate, plan, requested if options.failover != "none" else None))
     for rp in estate.recovery_plans:
         if rp.name != requested:
             continue
@@ -153,6 +154,29 @@ def check(estate: Estate, plan: StackPlan, options: StackOptions) -> None:
                     problems.append(f"recovery plan {rp.name}: the plan has no failover size for {machine}")
     if problems:
         raise StackInvalid(problems)
+
+
+def retired_sizes(estate: Estate, plan: StackPlan, failover_plan: str | None) -> list[str]:
+    """A problem per declared VM whose size Microsoft retired: Azure refuses to create it, so the
+    stack refuses first (a retiring size is only the planner's warning). Failover VMs count only for
+    the recovery plan being failed over."""
+    from dr.sizes import CURRENT_PROFILE, by_name
+
+    declared = [(f"configuration server {c.name}", c.size) for c in plan.config_servers]
+    declared += [(f"master target {m.name}", m.size) for m in plan.master_targets]
+    for rp in estate.recovery_plans:
+        if rp.name == failover_plan:
+            names = {m for group in rp.groups for m in group.machines}
+            declared += [(f"failover VM of {v.machine}", v.size) for v in plan.failover_vms if v.machine in names]
+    problems = []
+    for what, name in declared:
+        size = by_name(name)
+        if size is not None and size.status() == "retired":
+            problems.append(
+                f"{what}: {size.retirement()} and cannot be deployed; choose support_profile: {CURRENT_PROFILE} "
+                "(or a current azure_size) and run `dr plan` again"
+            )
+    return problems
 
 
 def check_spec(estate: Estate) -> None:

@@ -4,11 +4,12 @@
 byte-identical JSON). Only machines in a protection group are protected, and only they are sized.
 One module per rule:
 
-    config_servers   one Standard_A3 per 750 protected volumes (seed)
+    config_servers   one per 750 protected volumes (seed), of the profile's size
     process_servers  ASR's scale-out table by churn and machine count; cache vs outage window
-    master_targets   A4 = 15 / D14 = 31 disks per OS, fewest by first-fit decreasing
+    master_targets   16 / 32 data-disk sizes = 15 / 31 disks per OS, fewest by first-fit decreasing
     storage          replica and retention accounts by IOPS (factors in `estate.planning`)
-    compute          failover VM sizes from `dr.sizes`, vCPU quota per family and shortfall
+    compute          failover VM sizes from `dr.sizes` (generation-aware), vCPU quota per family and
+                     shortfall, warnings for retired or retiring sizes
     bandwidth        Mbps for the RPO thresholds and initial replication hours
     report           text, Markdown and HTML renderings of a plan
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from dr.model import Estate
 from dr.plan.bandwidth import plan_bandwidth
-from dr.plan.compute import plan_failover_vms, plan_quota
+from dr.plan.compute import plan_failover_vms, plan_quota, size_warnings
 from dr.plan.config_servers import plan_config_servers
 from dr.plan.context import Inputs, Notes
 from dr.plan.master_targets import plan_master_targets
@@ -82,6 +83,7 @@ def make_plan(estate: Estate) -> Plan:
         )
     failover_vms = plan_failover_vms(inputs, notes)
     quota = plan_quota(inputs, config_servers, placements, failover_vms, notes)
+    size_warnings(inputs, config_servers, placements, failover_vms, notes)
     bandwidth = plan_bandwidth(inputs, notes)
     return Plan(
         estate=estate.estate,

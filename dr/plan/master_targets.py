@@ -1,6 +1,7 @@
 """Master target servers in Azure: which MTS carries which source disks.
 
-Seed rules:
+Seed rules (the sizes are the profile's, `servers:` in dr/data/vm_sizes.yaml: the seed's A4/D14,
+or the current profile's Standard_D8s_v5/Standard_D16s_v5 with the same data-disk counts):
 - Windows sources replicate to Windows master targets, Linux sources to Linux ones.
 - A Standard_A4 takes 16 data disks and a Standard_D14 32; one is kept for the retention disk, so
   an A4 protects 15 source disks and a D14 31 (the capacities are read from the size catalog).
@@ -23,18 +24,10 @@ from dataclasses import dataclass
 
 from dr.plan.context import Inputs, Notes
 from dr.plan.packing import FirstFit
-from dr.sizes import VmSize, by_name
+from dr.sizes import VmSize, server_size
 
-SMALL_MTS = "Standard_A4"  # seed
-LARGE_MTS = "Standard_D14"  # seed
 RETENTION_DISKS = 1  # data disks of a master target kept for its retention disk (seed)
 OS_FAMILIES: tuple[str, ...] = ("windows", "linux")
-
-
-def mts_size(name: str) -> VmSize:
-    size = by_name(name)
-    assert size is not None, f"the size catalog lost {name}"
-    return size
 
 
 def capacity(size: VmSize) -> int:
@@ -55,7 +48,8 @@ class Placement:
 
 
 def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
-    small, large = mts_size(SMALL_MTS), mts_size(LARGE_MTS)
+    profile = inputs.estate.support_profile
+    small, large = server_size(profile, "master_target_small"), server_size(profile, "master_target_large")
     small_cap, large_cap = capacity(small), capacity(large)
     machines = inputs.machines
     count, family_of = inputs.disks, inputs.family
@@ -66,7 +60,7 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
         if count[i] > large_cap:
             notes.error(
                 inputs.path(machine.name, "disks"),
-                f"{machine.name} has {len(machine.disks)} disks; the largest master target ({LARGE_MTS}, "
+                f"{machine.name} has {len(machine.disks)} disks; the largest master target ({large.name}, "
                 f"{large.max_data_disks} data disks, one kept for retention) protects {large_cap} and a source "
                 f"is never split: protect at most {large_cap} of its disks",
             )
@@ -139,10 +133,10 @@ def plan_master_targets(inputs: Inputs, notes: Notes) -> list[Placement]:
             size = large if cap == large_cap else small
             disks = sum(count[i] for i in members)
             why = (
-                f"{LARGE_MTS}: {machines[max(members, key=lambda i: count[i])].name} has more "
+                f"{large.name}: {machines[max(members, key=lambda i: count[i])].name} has more "
                 f"than {small_cap} disks"
                 if size is large
-                else f"{SMALL_MTS}: every source has at most {small_cap} disks"
+                else f"{small.name}: every source has at most {small_cap} disks"
             )
             reasons = (
                 summary,

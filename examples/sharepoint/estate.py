@@ -41,7 +41,7 @@ machines = [
 
 estate = Estate(
     estate="contoso-sharepoint",
-    support_profile="asr-2015",
+    support_profile="azure-2026",
     azure=Azure(
         subscription=EnvRef(env="AZURE_SUBSCRIPTION_ID"),
         region="westeurope",
@@ -54,7 +54,7 @@ estate = Estate(
     ),
     sites=[Site(
         name="hq",
-        vcenter=VCenter(host="vcenter.contoso.local", version="5.5", user="dr-discovery@vsphere.local",
+        vcenter=VCenter(host="vcenter.contoso.local", version="7.0", user="dr-discovery@vsphere.local",
                         password=EnvRef(env="VCENTER_PASSWORD")),
         process_servers=[ProcessServer(name="ps01", address="10.0.0.20", os="Windows Server 2012 R2")],
         bandwidth_mbps=200,

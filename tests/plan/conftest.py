@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 from dr.model import Estate
+from dr.plan import Issue, Plan
 
 
 def stem(estate: str = "golden", region: str = "westeurope", resource_group: str = "dr") -> str:
@@ -64,3 +65,9 @@ def subset(expected: Any, actual: Any, where: str = "plan") -> None:
             subset(e, a, f"{where}.{index}")
     else:
         assert expected == actual, f"{where}: expected {expected!r}, found {actual!r}"
+
+
+def rule_warnings(plan: Plan) -> list[Issue]:
+    """The plan's warnings less the ones about retired or retiring sizes (every seed-profile plan has
+    them: tests/plan/test_sizes.py checks those)."""
+    return [w for w in plan.warnings if w.path != "support_profile"]

@@ -54,9 +54,11 @@ def test_plan_text_json_markdown_html() -> None:
     assert code == 0
     assert set(data) >= {"config_servers", "process_servers", "master_targets", "storage_accounts",
                          "failover_vms", "quota", "bandwidth", "errors", "warnings"}
-    # The SharePoint example: 7 disks, 2,740 source IOPS -> 1 CS, 1 A4, 1 replica + 1 retention account;
-    # quota: A3 4 + A4 8 + failover D2 2 + A7 8 + A6 4 + A5 2 + A5 2 = 30 vCPU against 20 -> shortfall 10.
-    assert [m["size"] for m in data["master_targets"]] == ["Standard_A4"]
+    # The SharePoint example (azure-2026): 7 disks, 2,740 source IOPS -> 1 CS, 1 D8s_v5 (16 data disks,
+    # like the seed's A4), 1 replica + 1 retention account; quota: D4s_v5 4 + D8s_v5 8 + failover
+    # D2as_v5 2 + D8as_v5 8 + D4as_v5 4 + D2as_v5 2 + D2as_v5 2 = 30 vCPU against 20 -> shortfall 10.
+    assert [m["size"] for m in data["master_targets"]] == ["Standard_D8s_v5"]
+    assert [c["size"] for c in data["config_servers"]] == ["Standard_D4s_v5"]
     assert [a["purpose"] for a in data["storage_accounts"]] == ["replica", "retention"]
     assert (data["quota"]["total_vcpus"], data["quota"]["shortfall_vcpus"]) == (30, 10)
     code, out, _ = run("plan", str(SHAREPOINT), "--format", "markdown")
@@ -69,7 +71,7 @@ def test_plan_exit_codes(tmp_path: Path) -> None:
     code, _, err = run("plan", str(tmp_path / "missing.yaml"))
     assert code == 2 and err.startswith("dr: error:")
     invalid = tmp_path / "invalid.yaml"
-    invalid.write_text(SHAREPOINT.read_text().replace("version: \"5.5\"", "version: \"4.0\""))
+    invalid.write_text(SHAREPOINT.read_text().replace("version: \"7.0\"", "version: \"4.0\""))
     code, out, err = run("plan", str(invalid))
     assert code == 1 and out == "" and "vcenter" in err and "dr: error:" in err
     # Valid for the support matrix (32 disks allowed) but not plannable: no MTS protects 32 disks.

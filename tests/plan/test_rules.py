@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from dr.plan import make_plan
-from tests.plan.conftest import estate, machine, stem
+from tests.plan.conftest import estate, machine, rule_warnings, stem
 
 # --- configuration servers -------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ def test_process_server_rows_by_churn() -> None:
     (ps,) = plan.process_servers
     assert (ps.vcpus, ps.memory_gb, ps.cache_gb, ps.churn_gb_per_day) == (8, 12.0, 600.0, 1000.0)
     assert ps.cache_needed_gb == 333.333
-    assert plan.warnings == []
+    assert rule_warnings(plan) == []
 
 
 def test_unsized_declared_process_server_is_filled_in() -> None:
@@ -92,8 +92,8 @@ def test_multi_vm_group_too_large_is_split_with_a_warning() -> None:
     machines = [machine(n, 6) for n in ("a", "b", "c")]
     groups = [{"name": "g", "members": ["a", "b", "c"], "policy": {"multi_vm_consistency": True}}]
     plan = make_plan(estate(machines, groups=groups))
-    assert [w.path for w in plan.warnings] == ["protection_groups.0"]
-    assert "18 windows disks" in plan.warnings[0].message
+    assert [w.path for w in rule_warnings(plan)] == ["protection_groups.0"]
+    assert "18 windows disks" in rule_warnings(plan)[0].message
     assert [m.machines for m in plan.master_targets] == [["a", "b"], ["c"]]
 
 
@@ -113,7 +113,7 @@ def test_multi_vm_group_across_os_warns() -> None:
     machines = [machine("w", 2), machine("l", 2, os="CentOS 6.5")]
     groups = [{"name": "g", "members": ["w", "l"], "policy": {"multi_vm_consistency": True}}]
     plan = make_plan(estate(machines, groups=groups))
-    assert [w.path for w in plan.warnings] == ["protection_groups.0"]
+    assert [w.path for w in rule_warnings(plan)] == ["protection_groups.0"]
     assert [(m.os, m.machines) for m in plan.master_targets] == [("windows", ["w"]), ("linux", ["l"])]
 
 
@@ -205,7 +205,7 @@ def test_quota_without_shortfall() -> None:
     # A1 for 1 vCPU / 1 GB? A0 has 0.75 GB -> A1 (1 vCPU). Always on: A3 4 + A4 8 = 12; total 13 <= 13.
     plan = make_plan(estate([machine("m", 1)], quota=13))
     assert (plan.quota.total_vcpus, plan.quota.shortfall_vcpus) == (13, 0)
-    assert plan.warnings == []
+    assert rule_warnings(plan) == []
     assert make_plan(estate([machine("m", 1)], quota=12)).quota.shortfall_vcpus == 1
 
 

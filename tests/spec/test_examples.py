@@ -28,7 +28,7 @@ def test_linux_estate_validates_clean_with_its_include() -> None:
 def test_sharepoint_values_as_written() -> None:
     estate, _ = load_valid(ROOT / "examples/sharepoint/dr.yaml")
     assert estate.azure.connectivity == "vpn"
-    assert estate.sites[0].vcenter is not None and estate.sites[0].vcenter.version == "5.5"
+    assert estate.sites[0].vcenter is not None and estate.sites[0].vcenter.version == "7.0"
     assert estate.machine("sql01").disks[1].iops == 1500
     policy = estate.protection_groups[0].policy
     assert policy.rpo_threshold.total_seconds() == 900 and policy.retention.total_seconds() == 86400

@@ -11,12 +11,9 @@ from typing import Any
 
 import pytest
 
-from dr.loader import load_document
+from dr.loader import Document, load_document
 from dr.validate import check_data
 from tests.conftest import ROOT
-
-SHAREPOINT = load_document(ROOT / "examples/sharepoint/dr.yaml")
-LINUX = load_document(ROOT / "examples/linux-estate/dr.yaml")
 
 Edit = tuple[tuple[Any, ...], Any]
 
@@ -29,6 +26,20 @@ def apply(data: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
             node = node[part]
         node[path[-1]] = value
     return out
+
+
+def as_seed(doc: Document, edits: list[Edit]) -> Document:
+    """A bundled example (written for the current profile) as the seed's 2015 estate would be."""
+    return Document(apply(doc.data, [(("support_profile",), "asr-2015"), *edits]), doc.source, doc.path)
+
+
+# The seed's rules are tested on the examples as the seed wrote them (vSphere 5.x, CentOS/Oracle 6.x).
+SHAREPOINT = as_seed(load_document(ROOT / "examples/sharepoint/dr.yaml"), [(("sites", 0, "vcenter", "version"), "5.5")])
+LINUX = as_seed(load_document(ROOT / "examples/linux-estate/dr.yaml"), [
+    (("sites", 0, "vcenter", "version"), "5.1"), (("machines", 0, "os"), "CentOS 6.6"),
+    (("machines", 1, "os"), "Oracle Linux 6.5"), (("machines", 2, "os"), "Oracle Linux 6.5"),
+    (("machines", 3, "os"), "CentOS 6.5"), (("machines", 4, "os"), "CentOS 6.5"),
+])
 
 
 def findings_for(doc: Any, edits: list[Edit]) -> list[tuple[str, str, str]]:

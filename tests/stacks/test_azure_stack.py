@@ -382,6 +382,37 @@ def test_internet_connectivity_opens_to_process_server_public_addresses_only() -
         preview(bare, plan)
 
 
+@pytest.mark.parametrize("failover", ["none", "test", "planned"])
+def test_preview_declares_no_retired_or_retiring_size(example: tuple[str, Estate, StackPlan], failover: str) -> None:
+    """Both examples (azure-2026): every VM the stack declares has a size Azure deploys today."""
+    from dr.sizes import by_name
+
+    name, estate, _ = example
+    result = run(name, failover, None if failover == "none" else _failover_plan(estate))
+    vms = result.of_type(":compute:VirtualMachine")
+    assert vms
+    for vm in vms:
+        size = by_name(vm.inputs["hardwareProfile"]["vmSize"])
+        assert size is not None and size.status() == "current", (vm.name, size)
+        if vm.inputs["tags"]["dr-role"] == "recovery-vm":
+            machine = estate.machine(vm.inputs["vmName"])
+            assert size.boots(2 if machine.firmware == "uefi" else 1)
+    assert failover == "none" or any(v.inputs["tags"]["dr-role"] == "recovery-vm" for v in vms)
+
+
+def test_retired_sizes_are_refused_before_any_resource() -> None:
+    """The seed's profile plans Standard_A3/A4 (retired 2024-08-31): the stack refuses to declare them."""
+    estate, _ = estate_and_plan("sharepoint")
+    site = estate.sites[0]
+    seed = estate.model_copy(update={
+        "support_profile": "asr-2015",
+        "sites": [site.model_copy(update={"vcenter": site.vcenter.model_copy(update={"version": "5.5"})
+                                          if site.vcenter else None})],
+    })
+    with pytest.raises(StackInvalid, match=r"configuration server .*Standard_A3 was retired on 2024-08-31"):
+        preview(seed, make_plan(seed))
+
+
 def test_refusals_come_before_any_resource() -> None:
     estate, plan = estate_and_plan("sharepoint")
     lrs = estate.model_copy(update={"azure": estate.azure.model_copy(update={"storage_redundancy": "LRS"})})
