@@ -30,7 +30,9 @@ command catches them; their own tree is in agent/dr_agent/errors.py.
     ├── AuthError                    exit 2  dr.server.service: missing, wrong or expired credentials
     ├── Forbidden                    exit 2  dr.server.service: the caller's role may not do this
     ├── NotFound                     exit 2  dr.server.service: the API's "no such machine/job/step"
-    └── Conflict                     exit 2  dr.server.service: the request conflicts with the state
+    ├── Conflict                     exit 2  dr.server.service: the request conflicts with the state
+    └── LabError                     exit 2  dr.lab.errors: the lab cannot be set up or torn down (not root,
+                                             a missing tool and its Debian package, a failed step)
 
 Exit codes of `dr` (documented here and nowhere else; the CLI imports them):
     0    success (warnings allowed)

@@ -1,0 +1,102 @@
+"""The product's own artifacts: the agent wheel and the dr wheel, built from the source tree into the
+lab's directory, and the lab's virtual environment with both installed from those wheels.
+
+Everything the lab starts on its servers (the configuration server, process servers, master
+targets, the workload) runs from this environment's entry points, never from the checkout; the
+agent wheel is what `dr agent push` installs on each source machine.
+
+The sources are copied to a scratch directory first, so building leaves nothing in the checkout.
+The environment sees the host's site-packages (--system-site-packages) for the two packages'
+dependencies: the lab installs no dependency from a network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dr.lab.errors import LabError
+
+IGNORE = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
+                                ".pytest_cache", "*.pyc")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    agent_wheel: Path
+    dr_wheel: Path
+    venv: Path
+
+    @property
+    def dr(self) -> Path:
+        return self.venv / "bin" / "dr"
+
+    @property
+    def dr_agent(self) -> Path:
+        return self.venv / "bin" / "dr-agent"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+
+def source_tree() -> Path:
+    """The checkout the running `dr` comes from (the lab builds what it runs)."""
+    import dr
+
+    root = Path(dr.__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file() or not (root / "agent" / "pyproject.toml").is_file():
+        raise LabError(f"dr lab builds the product's wheels from its source tree, and {root} is not one: "
+                       "run dr from a checkout (pip install -e . ./agent)")
+    return root
+
+
+def _run(argv: list[str], what: str, log: Path) -> None:
+    with open(log, "a") as out:
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=900)
+    if done.returncode != 0:
+        raise LabError(f"{what} failed (exit {done.returncode}): see {log}")
+
+
+def build(directory: Path, *, log: Path) -> Artifacts:
+    """Build both wheels and install them into `directory/venv` (rebuilt every time: the tree changes)."""
+    root = source_tree()
+    scratch, wheels, venv = directory / "build", directory / "wheels", directory / "venv"
+    for d in (scratch, wheels):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    shutil.copytree(root / "agent", scratch / "agent", ignore=IGNORE)
+    dr_src = scratch / "dr-as-code"
+    dr_src.mkdir()
+    for item in ("pyproject.toml", "README.md", "dr", "blueprints"):
+        src = root / item
+        if src.is_dir():
+            shutil.copytree(src, dr_src / item, ignore=IGNORE)
+        elif src.exists():
+            shutil.copy2(src, dr_src / item)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(scratch / "agent")], "building the agent wheel", log)
+    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(dr_src)], "building the dr wheel", log)
+    agent_wheel = next(wheels.glob("dr_agent-*.whl"))
+    dr_wheel = next(wheels.glob("dr_as_code-*.whl"))
+    if not (venv / "bin" / "python").exists():
+        _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], "creating the lab's venv", log)
+    _run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+          "--no-index", "--force-reinstall", str(agent_wheel), str(dr_wheel)], "installing the wheels", log)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return Artifacts(agent_wheel=agent_wheel, dr_wheel=dr_wheel, venv=venv)
+
+
+def artifacts(directory: Path) -> Artifacts:
+    """The artifacts of a lab that is up (LabError when they were not built)."""
+    wheels, venv = directory / "wheels", directory / "venv"
+    agent = next(iter(wheels.glob("dr_agent-*.whl")), None) if wheels.is_dir() else None
+    dr_wheel = next(iter(wheels.glob("dr_as_code-*.whl")), None) if wheels.is_dir() else None
+    if agent is None or dr_wheel is None or not (venv / "bin" / "dr").exists():
+        raise LabError(f"the lab's wheels are not built under {directory}: run `dr lab up SPEC`")
+    return Artifacts(agent_wheel=agent, dr_wheel=dr_wheel, venv=venv)
