@@ -4,12 +4,13 @@ Parsing arguments and rendering only; the server lives in `dr.server`."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import tempfile
 from pathlib import Path
 
 import click
 
-from dr.errors import DrError, MissingExtra, UsageError
+from dr.errors import MissingExtra, UsageError
 from dr.output import echo_json, format_option
 
 STATE_HELP = "state store: a SQLite file or a postgresql:// URL (env DR_STATE; default ./dr-state.db)"
@@ -39,6 +40,21 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _server_names(host: str) -> tuple[str, ...]:
+    """Names the server's certificate holds: the listen address, and when it listens on every
+    address (0.0.0.0, ::) this machine's names and addresses, so components dialling any of them
+    verify it against the vault CA."""
+    if host not in ("0.0.0.0", "::", ""):
+        return (host,)
+    names = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1", "::1"}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            names.add(str(info[4][0]))
+    except OSError:
+        pass
+    return tuple(sorted(names))
 
 
 @click.group("config-server")
@@ -99,7 +115,8 @@ def start_cmd(spec: Path, listen: str, state: str | None, passphrase_file: Path 
         ssl: dict[str, str] = {}
         if not plain_http:
             if tls_cert is None or tls_key is None:
-                issued = certs.issue(server.store, name=host, role="config_server", hosts=(host,))
+                issued = certs.issue(server.store, name=socket.getfqdn(), role="config_server",
+                                     hosts=_server_names(host))
                 tls_cert, tls_key = Path(tmp) / "server.pem", Path(tmp) / "server.key"
                 tls_cert.write_text(issued.certificate_pem + issued.ca_pem)
                 tls_key.touch(mode=0o600)
@@ -164,55 +181,6 @@ def token_cmd(name: str, state: str | None, passphrase_file: Path | None, fmt: s
         echo_json({"name": name, "role": "operator", "token": token})
     else:
         click.echo(token)
-
-
-@config_server.command("push-catalog")
-@click.argument("spec", type=click.Path(path_type=Path))
-@click.option("--server", "base", required=True, help="the configuration server, e.g. https://cs01:8443")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="this master target's token (from its registration)")
-@click.option("--ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="the vault CA (PEM) to verify the server with; default: the system's trust store")
-@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="DR_CATALOG",
-              required=True, help="the master target's catalog.sqlite (env DR_CATALOG)")
-def push_catalog_cmd(spec: Path, base: str, token_file: Path, ca: Path | None, catalog: Path) -> None:
-    """On a master target: report its per-disk RPO and recovery points to the configuration server
-    (run it from a timer, e.g. every minute; each report replaces the previous one).
-
-    \b
-    Example:
-        dr config-server push-catalog dr.yaml --server https://cs01:8443 --token-file /etc/dr/mt01.token \\
-            --ca /etc/dr/ca.pem --catalog /var/lib/dr-agent/mt/catalog.sqlite
-    """
-    import ssl
-    import time
-
-    try:
-        import httpx
-    except ImportError:
-        raise MissingExtra("push-catalog needs the 'server' extra: pip install 'dr-as-code[server]'") from None
-    from dr.failover.datapath import catalog_report
-    from dr.validate import load_valid
-
-    estate, _ = load_valid(spec)
-    report = catalog_report(estate, catalog, now=time.time())
-    import re
-
-    token = (token_file.read_text().strip().splitlines() or [""])[0]
-    if not re.fullmatch(r"[A-Za-z0-9_-]{20,200}", token):
-        raise DrError(f"{token_file} does not hold a token: expected the one line registration returned")
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
-    try:
-        answer = httpx.post(base.rstrip("/") + "/api/v1/catalog", json=report.model_dump(mode="json"),
-                            headers={"Authorization": f"Bearer {token}"}, verify=verify, timeout=60)
-    except httpx.HTTPError as err:
-        raise DrError(f"cannot reach the configuration server at {base}: {err}; check --server and --ca") from None
-    if answer.status_code != 204:
-        is_json = answer.headers.get("content-type") == "application/json"
-        detail = answer.json().get("detail") if is_json else answer.text
-        raise DrError(f"the configuration server refused the catalog ({answer.status_code}): {detail}")
-    points = sum(len(d.points) for d in report.disks)
-    click.echo(f"reported {len(report.disks)} disk(s), {points} recovery point(s) to {base}")
 
 
 COMMANDS: list[click.Command] = [config_server]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
+from dr_agent.contract import CATALOG_PATH, HEARTBEAT_PATHS, REGISTER_PATH, Role
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -118,26 +119,26 @@ def create_app(server: ConfigServer) -> FastAPI:
     Who = Annotated[Principal, Depends(principal)]
     Operator = Annotated[Principal, Depends(operator)]
 
-    @app.post("/api/v1/register", response_model=RegisterResponse, tags=["registration"])
+    @app.post(REGISTER_PATH, response_model=RegisterResponse, tags=["registration"])
     def register(body: RegisterRequest) -> RegisterResponse:
         """Register an agent, process server, master target or operator against the vault passphrase."""
         return server.register(body)
 
-    @app.post("/api/v1/heartbeat/agent", status_code=204, tags=["heartbeats"])
+    @app.post(HEARTBEAT_PATHS[Role.AGENT], status_code=204, tags=["heartbeats"])
     def agent_heartbeat(body: AgentHeartbeat, who: Who) -> None:
         server.heartbeat(who, body)
 
-    @app.post("/api/v1/heartbeat/process-server", status_code=204, tags=["heartbeats"])
+    @app.post(HEARTBEAT_PATHS[Role.PROCESS_SERVER], status_code=204, tags=["heartbeats"])
     def ps_heartbeat(body: ProcessServerHeartbeat, who: Who) -> None:
         server.heartbeat(who, body)
 
-    @app.post("/api/v1/heartbeat/master-target", status_code=204, tags=["heartbeats"])
+    @app.post(HEARTBEAT_PATHS[Role.MASTER_TARGET], status_code=204, tags=["heartbeats"])
     def mt_heartbeat(body: MasterTargetHeartbeat, who: Who) -> None:
         server.heartbeat(who, body)
 
-    @app.post("/api/v1/catalog", status_code=204, tags=["recovery points"])
+    @app.post(CATALOG_PATH, status_code=204, tags=["recovery points"])
     def catalog(body: CatalogReport, who: Who) -> None:
-        """A master target reports per-disk RPO and the recovery points it retains."""
+        """A master target reports its replicas (where each is), their recovery points and RPO."""
         server.report_catalog(who, body)
 
     @app.get("/api/v1/machines/{machine}/recovery-points", tags=["recovery points"])

@@ -101,3 +101,13 @@ def cache(free_fraction: float | None, *, server: str) -> Health:
             reasons=(f"process server {server}: cache {free} free (warning below {CACHE_WARNING_FREE:.0%})",),
         )
     return HEALTHY
+
+
+def disk_state(state: str | None, *, disk: str, problem: str = "", done: int = 0, total: int = 0) -> Health:
+    """What the agent says of a disk: a resync or bitmap tracking is a warning (nothing new is
+    recoverable until it ends); an initial sync is how protection starts, not a fault."""
+    if state in ("resync", "bitmap"):
+        why = f": {problem}" if problem else ""
+        progress = f" ({done * 100 // total} %)" if state == "resync" and total else ""
+        return Health(state="Warning", reasons=(f"disk {disk}: {state}{progress}{why}",))
+    return HEALTHY

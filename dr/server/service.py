@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dr_agent.contract import Role, parse_stream
+from dr_agent.errors import AgentError
+
 from dr.errors import DrError
 from dr.model import Estate, Machine
 from dr.server import certs, health
@@ -25,7 +28,6 @@ from dr.server.schemas import (
     ProcessServerHeartbeat,
     RegisterRequest,
     RegisterResponse,
-    Role,
 )
 from dr.server.store import Store, dumps
 
@@ -107,6 +109,19 @@ def use_login_code(store: Store, code: str, *, now: float) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Replica:
+    """A spec disk's replica as its master target reports it (contract.ReplicaLocation's keys)."""
+
+    machine: str
+    disk: str
+    stream: str
+    reporter: str
+    size: int
+    location: dict[str, Any]
+    reported: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Principal:
     name: str
     role: Role
@@ -121,6 +136,8 @@ class DiskStatus:
     latest: float | None
     latest_app: float | None
     points: int
+    state: str | None = None             # the agent's word: initial-sync, protected, resync, bitmap
+    sync_fraction: float | None = None   # initial sync or resync: share done
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +207,8 @@ class Overview:
                     "disks": [
                         {
                             "disk": d.disk, "rpo_seconds": d.rpo_seconds, "latest_point": d.latest,
-                            "latest_app_point": d.latest_app, "points": d.points,
+                            "latest_app_point": d.latest_app, "points": d.points, "state": d.state,
+                            "sync_fraction": d.sync_fraction,
                         }
                         for d in m.disks
                     ],
@@ -264,7 +282,7 @@ class ConfigServer:
                 ) from None
         issued = certs.issue(
             self.store, name=request.name, role=request.role, csr_pem=request.csr_pem,
-            hosts=tuple(h for h in (request.address,) if h),
+            hosts=tuple(h for h in (request.address, *request.alt_names) if h),
         )
         now = self.clock()
         with self.store.transaction() as tx:
@@ -289,66 +307,126 @@ class ConfigServer:
     def heartbeat(
         self, who: Principal, beat: AgentHeartbeat | ProcessServerHeartbeat | MasterTargetHeartbeat
     ) -> None:
-        expected = {"agent": AgentHeartbeat, "process_server": ProcessServerHeartbeat,
-                    "master_target": MasterTargetHeartbeat}.get(who.role)
+        expected = {Role.AGENT: AgentHeartbeat, Role.PROCESS_SERVER: ProcessServerHeartbeat,
+                    Role.MASTER_TARGET: MasterTargetHeartbeat}.get(Role(who.role))
         if expected is None or not isinstance(beat, expected):
             raise Forbidden(f"a {who.role} does not send {type(beat).__name__} heartbeats")
         now = self.clock()
+        unknown: list[str] = []
         with self.store.transaction() as tx:
             rows = tx.query("SELECT machine FROM components WHERE name = ?", (who.name,))
             if not rows:
                 raise NotFound(f"component {who.name} is not registered: register it again")
             if isinstance(beat, AgentHeartbeat):
-                tx.execute(
-                    "UPDATE components SET last_heartbeat = ?, power_state = ? WHERE name = ?",
-                    (now, beat.power_state, who.name),
-                )
                 machine = rows[0]["machine"]
+                disks: dict[str, Any] = {}
                 for disk in beat.disks:
-                    tx.upsert(
-                        "disks",
-                        {"machine": machine, "disk": disk.disk, "rpo_seconds": disk.rpo_seconds,
-                         "reported": now, "reporter": who.name},
-                        keys=("machine", "disk"),
-                    )
+                    spec_disk = self._spec_disk(disk.stream)
+                    if spec_disk is None or spec_disk[0] != machine:
+                        unknown.append(disk.stream)
+                        continue
+                    disks[spec_disk[1]] = disk.model_dump(exclude={"stream", "rpo_seconds"})
+                    if disk.rpo_seconds is not None:
+                        tx.upsert("disks", {"machine": machine, "disk": spec_disk[1], "rpo_seconds": disk.rpo_seconds,
+                                            "reported": now, "reporter": who.name}, keys=("machine", "disk"))
+                details = {"disks": disks, "last_point": beat.last_point, "group": beat.group,
+                           "coordinated": beat.coordinated}
+                tx.execute("UPDATE components SET last_heartbeat = ?, power_state = ?, details = ? WHERE name = ?",
+                           (now, beat.power_state, dumps(details), who.name))
             elif isinstance(beat, ProcessServerHeartbeat):
+                details = {"backlog_bytes": beat.backlog_total, "cache_bytes": beat.cache_bytes,
+                           "cache_capacity_bytes": beat.cache_capacity_bytes,
+                           "master_target_reachable": beat.master_target_reachable, "groups": beat.groups,
+                           "group_problems": beat.group_problems}
                 tx.execute(
                     "UPDATE components SET last_heartbeat = ?, cache_free_fraction = ?, details = ? "
                     "WHERE name = ?",
-                    (now, beat.cache_free_fraction, dumps({"backlog_bytes": beat.backlog_bytes}), who.name),
+                    (now, beat.cache_free_fraction, dumps(details), who.name),
                 )
             else:
-                tx.execute("UPDATE components SET last_heartbeat = ? WHERE name = ?", (now, who.name))
+                tx.execute("UPDATE components SET last_heartbeat = ?, details = ? WHERE name = ?",
+                           (now, dumps(beat.model_dump()), who.name))
+        self._unknown_streams(who, unknown)
+
+    def _spec_disk(self, stream: str) -> tuple[str, str] | None:
+        """(machine, disk) of the spec a stream is (contract.parse_stream), or None."""
+        try:
+            machine, disk = parse_stream(stream)
+        except AgentError:
+            return None
+        try:
+            spec = self.estate.machine(machine)
+        except KeyError:
+            return None
+        return (machine, disk) if any(d.name == disk for d in spec.disks) else None
+
+    def _unknown_streams(self, who: Principal, streams: list[str]) -> None:
+        """An event, once per component and stream, for a stream that is no disk of the spec."""
+        for stream in streams:
+            marker = secrets.token_hex(8)
+            if self.store.set_meta_once(f"unknown_stream:{who.name}:{stream}", marker) == marker:
+                self.event("warning", "unknown_stream", who.name,
+                           f"{who.role.replace('_', ' ')} {who.name} reports stream {stream!r}, which is no disk "
+                           "of the spec (a machine or disk renamed or removed?): ignored")
 
     def report_catalog(self, who: Principal, report: CatalogReport) -> None:
-        """A master target's per-disk RPO and retained recovery points (replaces what it said before)."""
-        if who.role != "master_target":
+        """A master target's replicas (where each is), their recovery points (with snapshots) and RPO:
+        the catalog of record. Replaces what this master target said before."""
+        if who.role != Role.MASTER_TARGET:
             raise Forbidden("only a master target reports the recovery point catalog")
-        known = {m.name: {d.name for d in m.disks} for m in self.estate.machines}
-        for entry in report.disks:
-            if entry.disk not in known.get(entry.machine, set()):
-                raise NotFound(f"disk {entry.machine}/{entry.disk} is not in the spec")
         now = self.clock()
+        unknown: list[str] = []
         with self.store.transaction() as tx:
             tx.execute("UPDATE components SET last_heartbeat = ? WHERE name = ?", (now, who.name))
-            for entry in report.disks:
+            before = {(r["machine"], r["disk"]) for r in tx.query(
+                "SELECT machine, disk FROM replicas WHERE reporter = ?", (who.name,))}
+            reported: set[tuple[str, str]] = set()
+            for entry in report.streams:
+                key = self._spec_disk(entry.stream)
+                if key is None:
+                    unknown.append(entry.stream)
+                    continue
+                machine, disk = key
+                reported.add(key)
+                tx.upsert("replicas", {"machine": machine, "disk": disk, "stream": entry.stream,
+                                       "reporter": who.name, "size": entry.size,
+                                       "location": dumps(entry.location.model_dump(exclude_none=True)),
+                                       "reported": now}, keys=("machine", "disk"))
                 if entry.rpo_seconds is not None:
-                    tx.upsert(
-                        "disks",
-                        {"machine": entry.machine, "disk": entry.disk, "rpo_seconds": entry.rpo_seconds,
-                         "reported": now, "reporter": who.name},
-                        keys=("machine", "disk"),
-                    )
-                tx.execute(
-                    "DELETE FROM recovery_points WHERE machine = ? AND disk = ?", (entry.machine, entry.disk)
-                )
+                    tx.upsert("disks", {"machine": machine, "disk": disk, "rpo_seconds": entry.rpo_seconds,
+                                        "reported": now, "reporter": who.name}, keys=("machine", "disk"))
+                tx.execute("DELETE FROM recovery_points WHERE machine = ? AND disk = ?", (machine, disk))
                 for point in entry.points:
                     tx.execute(
-                        "INSERT INTO recovery_points (machine, disk, point_id, time, kind, group_id, processed) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (entry.machine, entry.disk, point.point_id, point.time, point.kind, point.group_id,
-                         int(point.processed)),
+                        "INSERT INTO recovery_points (machine, disk, point_id, time, kind, group_id, processed, "
+                        "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (machine, disk, point_id) DO NOTHING",
+                        (machine, disk, point.point_id, point.time, point.kind, point.group_id,
+                         int(point.processed), point.snapshot),
                     )
+            for machine, disk in before - reported:  # replicas this master target no longer holds
+                tx.execute("DELETE FROM replicas WHERE machine = ? AND disk = ? AND reporter = ?",
+                           (machine, disk, who.name))
+                tx.execute("DELETE FROM recovery_points WHERE machine = ? AND disk = ?", (machine, disk))
+        self._unknown_streams(who, unknown)
+
+    def replica(self, machine: str, disk: str) -> Replica:
+        """Where a spec disk's replica is, as its master target last reported (NotFound when none did)."""
+        row = self.store.one("SELECT stream, reporter, size, location, reported FROM replicas "
+                             "WHERE machine = ? AND disk = ?", (machine, disk))
+        if row is None:
+            raise NotFound(f"no master target has reported a replica of {machine}/{disk}: is the disk protected, "
+                           "and does its master target run with a [control] table? see `dr status`")
+        return Replica(machine=machine, disk=disk, stream=row["stream"], reporter=row["reporter"],
+                       size=int(row["size"]), location=json.loads(row["location"]), reported=row["reported"])
+
+    def point_snapshot(self, machine: str, disk: str, point_id: str) -> str | None:
+        """The replica snapshot holding a recovery point (NotFound when the catalog has no such point)."""
+        row = self.store.one("SELECT snapshot FROM recovery_points WHERE machine = ? AND disk = ? AND point_id = ?",
+                             (machine, disk, point_id))
+        if row is None:
+            raise NotFound(f"{machine}/{disk} has no recovery point {point_id!r} in the catalog (pruned by "
+                           "retention since it was chosen?)")
+        return None if row["snapshot"] is None else str(row["snapshot"])
 
     def recovery_points(self, machine: str, disk: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT machine, disk, point_id, time, kind, group_id, processed FROM recovery_points WHERE machine = ?"
@@ -390,19 +468,27 @@ class ConfigServer:
                 except KeyError:
                     continue
                 agent = agents.get(name)
+                reported = {} if agent is None else json.loads(agent["details"] or "{}").get("disks", {})
                 parts = []
                 disk_states = []
                 for disk in spec.disks:
                     row = disks.get((name, disk.name))
                     rpo_s = None if row is None else row["rpo_seconds"]
-                    parts.append(health.rpo(rpo_s, threshold_s=threshold, disk=disk.name))
+                    state = reported.get(disk.name, {})
+                    parts.append(health.disk_state(state.get("state"), disk=disk.name, problem=state.get("problem", ""),
+                                                   done=state.get("sync_done_bytes", 0),
+                                                   total=state.get("sync_total_bytes", 0)))
+                    if rpo_s is not None or state.get("state") != "initial-sync":
+                        parts.append(health.rpo(rpo_s, threshold_s=threshold, disk=disk.name))
                     pts = points.get((name, disk.name), [])
                     disk_states.append(DiskStatus(
                         machine=name, disk=disk.name, rpo_seconds=rpo_s,
                         reported=None if row is None else row["reported"],
                         latest=max((p["time"] for p in pts), default=None),
                         latest_app=max((p["time"] for p in pts if p["kind"] == "app"), default=None),
-                        points=len(pts),
+                        points=len(pts), state=state.get("state"),
+                        sync_fraction=(state["sync_done_bytes"] / state["sync_total_bytes"]
+                                       if state.get("sync_total_bytes") else None),
                     ))
                 last = None if agent is None else agent["last_heartbeat"]
                 power_state = None if agent is None else agent["power_state"]
@@ -422,6 +508,9 @@ class ConfigServer:
             parts = [health.heartbeat(r["last_heartbeat"], now=now, timeout_s=self.heartbeat_timeout_s, what=label)]
             if r["role"] == "process_server":
                 parts.append(health.cache(r["cache_free_fraction"], server=r["name"]))
+                if json.loads(r["details"] or "{}").get("master_target_reachable") is False:
+                    parts.append(health.Health(state="Warning", reasons=(
+                        f"process server {r['name']} cannot reach its master target: changes wait in its cache",)))
             comps.append(ComponentStatus(
                 name=r["name"], role=r["role"], site=r["site"], address=r["address"],
                 last_heartbeat=r["last_heartbeat"], cache_free_fraction=r["cache_free_fraction"],

@@ -39,8 +39,11 @@ CREATE TABLE IF NOT EXISTS disks (
     reporter TEXT NOT NULL, PRIMARY KEY (machine, disk));
 CREATE TABLE IF NOT EXISTS recovery_points (
     machine TEXT NOT NULL, disk TEXT NOT NULL, point_id TEXT NOT NULL, time {real} NOT NULL,
-    kind TEXT NOT NULL, group_id TEXT, processed INTEGER NOT NULL,
+    kind TEXT NOT NULL, group_id TEXT, processed INTEGER NOT NULL, snapshot TEXT,
     PRIMARY KEY (machine, disk, point_id));
+CREATE TABLE IF NOT EXISTS replicas (
+    machine TEXT NOT NULL, disk TEXT NOT NULL, stream TEXT NOT NULL, reporter TEXT NOT NULL,
+    size INTEGER NOT NULL, location TEXT NOT NULL, reported {real} NOT NULL, PRIMARY KEY (machine, disk));
 CREATE TABLE IF NOT EXISTS events (
     id {serial}, time {real} NOT NULL, severity TEXT NOT NULL, kind TEXT NOT NULL,
     subject TEXT NOT NULL, message TEXT NOT NULL);
@@ -188,6 +191,10 @@ class Store:
                     conn.execute("PRAGMA journal_mode = WAL")
                     for statement in statements:
                         conn.execute(statement)
+                    for table, column, kind in ADDED_COLUMNS:
+                        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                        if column not in have:
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                     conn.commit()
                 except sqlite3.Error as err:
                     raise StoreError(
@@ -199,6 +206,8 @@ class Store:
         with self.transaction() as tx:
             for statement in statements:
                 tx.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                tx.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
     # Convenience: one statement, one transaction.
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dr_agent.contract import stream_name
 
 from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog
 from dr.model import Estate
-from dr.server.schemas import CatalogReport, DiskCatalog, RecoveryPoint, RegisterRequest
+from dr.server.schemas import CatalogReport, RecoveryPoint, RegisterRequest, ReplicaLocation, StreamCatalog
 from dr.server.service import ConfigServer, Principal
 from dr.server.store import Store
 
@@ -120,12 +121,14 @@ def make_server(store: Store, estate: Estate) -> ConfigServer:
 
 
 def report_points(server: ConfigServer, points: dict[str, list[RecoveryPoint]]) -> None:
-    """The master target reports, for each machine, the same points on each of its disks."""
-    disks = [
-        DiskCatalog(machine=name, disk=d.name, rpo_seconds=10, points=points[name])
+    """The master target reports, for each machine, the same points on each of its disks (file
+    replicas: these tests export through RecordingExporter, not from the replicas)."""
+    streams = [
+        StreamCatalog(stream=stream_name(name, d.name), size=IMAGE_BYTES, rpo_seconds=10, points=points[name],
+                      location=ReplicaLocation(kind="file", path=f"/var/lib/mt/{stream_name(name, d.name)}.img"))
         for name in points for d in server.estate.machine(name).disks
     ]
-    server.report_catalog(Principal(name="mt01", role="master_target"), CatalogReport(disks=disks))
+    server.report_catalog(Principal(name="mt01", role="master_target"), CatalogReport(streams=streams))
 
 
 def environment(server: ConfigServer, connection: str, exporter: RecordingExporter, workdir: Path) -> Environment:

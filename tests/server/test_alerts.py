@@ -16,8 +16,8 @@ from aiosmtpd.controller import Controller
 from dr.model import Estate, Notifications, Smtp
 from dr.server import alerts
 from dr.server.schemas import (
+    AgentDisk,
     AgentHeartbeat,
-    DiskRpo,
     ProcessServerHeartbeat,
     RegisterRequest,
 )
@@ -107,9 +107,9 @@ def _beat(server: ConfigServer, name: str, **fields: Any) -> None:
 
 
 def _all_well(server: ConfigServer) -> None:
-    _beat(server, "agent-dc01", power_state="on", disks=[DiskRpo(disk="c", rpo_seconds=20)])
+    _beat(server, "agent-dc01", power_state="on", disks=[AgentDisk(stream="dc01.c", rpo_seconds=20)])
     _beat(server, "agent-sql01", power_state="on",
-          disks=[DiskRpo(disk=d, rpo_seconds=20) for d in ("c", "data", "log")])
+          disks=[AgentDisk(stream=f"sql01.{d}", rpo_seconds=20) for d in ("c", "data", "log")])
     _beat(server, "ps01", cache_free_fraction=0.9)
 
 
@@ -125,9 +125,9 @@ def test_each_condition_sends_exactly_one_email_and_clears(
 
     # Three conditions at once: an RPO breach, a powered-off machine and a nearly full cache.
     _beat(server, "agent-sql01", power_state="on",
-          disks=[DiskRpo(disk="c", rpo_seconds=20), DiskRpo(disk="data", rpo_seconds=20 * 60),
-                 DiskRpo(disk="log", rpo_seconds=20)])
-    _beat(server, "agent-dc01", power_state="off", disks=[DiskRpo(disk="c", rpo_seconds=20)])
+          disks=[AgentDisk(stream="sql01.c", rpo_seconds=20), AgentDisk(stream="sql01.data", rpo_seconds=20 * 60),
+                 AgentDisk(stream="sql01.log", rpo_seconds=20)])
+    _beat(server, "agent-dc01", power_state="off", disks=[AgentDisk(stream="dc01.c", rpo_seconds=20)])
     _beat(server, "ps01", cache_free_fraction=0.10)
     first = alerts.evaluate(server, dispatcher)
     assert sorted(first.raised) == [("cache_critical", "ps01"), ("machine_off", "dc01"), ("rpo_missed", "sql01")]
@@ -135,7 +135,7 @@ def test_each_condition_sends_exactly_one_email_and_clears(
     # The conditions persist through many more evaluations: no storm.
     for _ in range(5):
         clock.advance(30)
-        _beat(server, "agent-sql01", disks=[DiskRpo(disk="data", rpo_seconds=25 * 60)])
+        _beat(server, "agent-sql01", disks=[AgentDisk(stream="sql01.data", rpo_seconds=25 * 60)])
         _beat(server, "agent-dc01", power_state="off")
         _beat(server, "ps01", cache_free_fraction=0.05)
         assert alerts.evaluate(server, dispatcher).raised == ()
@@ -165,7 +165,7 @@ def test_each_condition_sends_exactly_one_email_and_clears(
     assert {"rpo_missed", "rpo_missed_cleared", "machine_off_cleared", "cache_critical_cleared"} <= kinds
 
     # A new breach after clearing is a new incident: one more email.
-    _beat(server, "agent-sql01", disks=[DiskRpo(disk="log", rpo_seconds=16 * 60)])
+    _beat(server, "agent-sql01", disks=[AgentDisk(stream="sql01.log", rpo_seconds=16 * 60)])
     assert alerts.evaluate(server, dispatcher).raised == (("rpo_missed", "sql01"),)
     assert len(inbox.messages) == 4
 

@@ -95,7 +95,7 @@ def test_heartbeats_drive_health(client: TestClient, clock: Clock) -> None:
     assert any("never sent a heartbeat" in r for r in dc01["health"]["reasons"])
 
     beat = client.post("/api/v1/heartbeat/agent", headers=bearer(agent),
-                       json={"power_state": "on", "disks": [{"disk": "c", "rpo_seconds": 30}]})
+                       json={"power_state": "on", "disks": [{"stream": "dc01.c", "rpo_seconds": 30}]})
     assert beat.status_code == 204, beat.text
     dc01 = machine(client, operator, "dc01")
     assert dc01["health"] == {"state": "Healthy", "reasons": []}
@@ -103,12 +103,13 @@ def test_heartbeats_drive_health(client: TestClient, clock: Clock) -> None:
 
     # RPO over the 15 min threshold: Warning; over twice: Critical.
     client.post("/api/v1/heartbeat/agent", headers=bearer(agent),
-                json={"disks": [{"disk": "c", "rpo_seconds": 16 * 60}]})
+                json={"disks": [{"stream": "dc01.c", "rpo_seconds": 16 * 60}]})
     assert machine(client, operator, "dc01")["health"]["state"] == "Warning"
     client.post("/api/v1/heartbeat/agent", headers=bearer(agent),
-                json={"disks": [{"disk": "c", "rpo_seconds": 31 * 60}]})
+                json={"disks": [{"stream": "dc01.c", "rpo_seconds": 31 * 60}]})
     assert machine(client, operator, "dc01")["health"]["state"] == "Critical"
-    client.post("/api/v1/heartbeat/agent", headers=bearer(agent), json={"disks": [{"disk": "c", "rpo_seconds": 5}]})
+    client.post("/api/v1/heartbeat/agent", headers=bearer(agent),
+                json={"disks": [{"stream": "dc01.c", "rpo_seconds": 5}]})
     assert machine(client, operator, "dc01")["health"]["state"] == "Healthy"
 
     # The heartbeat timeout (300 s in this fixture) passes: Critical, with the reason.
@@ -132,27 +133,41 @@ def test_heartbeats_drive_health(client: TestClient, clock: Clock) -> None:
     assert client.post("/api/v1/heartbeat/master-target", headers=bearer(mt), json={}).status_code == 204
 
 
-def test_master_targets_report_rpo_and_recovery_points(client: TestClient, clock: Clock) -> None:
+def test_master_targets_report_rpo_and_recovery_points(client: TestClient, clock: Clock,
+                                                        server: ConfigServer) -> None:
     operator = register(client, "ops", "operator")["token"]
     agent = register(client, "agent-sql01", "agent", machine="sql01")["token"]
     mt = register(client, "mt01", "master_target")["token"]
     t = clock.now
-    report = {"disks": [
-        {"machine": "sql01", "disk": d, "rpo_seconds": 12,
-         "points": [{"point_id": "p1", "time": t - 600, "kind": "app", "group_id": "g1"},
-                    {"point_id": "p2", "time": t - 60, "kind": "crash", "group_id": "g2"}]}
+    report = {"streams": [
+        {"stream": f"sql01.{d}", "size": 1 << 20, "rpo_seconds": 12,
+         "location": {"kind": "pageblob", "account": "contosodr", "container": "replicas", "blob": f"sql01.{d}.vhd"},
+         "points": [{"point_id": "p1", "time": t - 600, "kind": "app", "group_id": "g1", "snapshot": "s1"},
+                    {"point_id": "p2", "time": t - 60, "kind": "crash", "group_id": "g2", "snapshot": "s2"}]}
         for d in ("c", "data", "log")
     ]}
     assert client.post("/api/v1/catalog", headers=bearer(agent), json=report).status_code == 403
     assert client.post("/api/v1/catalog", headers=bearer(mt), json=report).status_code == 204
-    bad = {"disks": [{"machine": "sql01", "disk": "nosuch", "points": []}]}
-    assert client.post("/api/v1/catalog", headers=bearer(mt), json=bad).status_code == 404
+    # A stream that is no disk of the spec is an event, not a failure; the others are recorded.
+    odd = {"streams": [*report["streams"], {"stream": "sql01.nosuch", "size": 512,
+                                             "location": {"kind": "file", "path": "/x"}, "points": []}]}
+    assert client.post("/api/v1/catalog", headers=bearer(mt), json=odd).status_code == 204
+    client.post("/api/v1/catalog", headers=bearer(mt), json=odd)
+    events = client.get("/api/v1/events", headers=bearer(operator)).json()
+    assert [e["subject"] for e in events if e["kind"] == "unknown_stream"] == ["mt01"]  # once
+    half = {"streams": [{"stream": "sql01.c", "size": 512, "location": {"kind": "pageblob", "account": "a"}}]}
+    assert client.post("/api/v1/catalog", headers=bearer(mt), json=half).status_code == 422
 
     points = client.get("/api/v1/machines/sql01/recovery-points?disk=data", headers=bearer(operator)).json()
     assert [(p["point_id"], p["kind"], p["group_id"]) for p in points] == [("p1", "app", "g1"), ("p2", "crash", "g2")]
     sql01 = machine(client, operator, "sql01")
     assert sql01["latest_point"] == t - 60 and sql01["latest_app_point"] == t - 600
     assert [d["rpo_seconds"] for d in sql01["disks"]] == [12, 12, 12]
+    # The server is the catalog of record: where each point's bytes are.
+    replica = server.replica("sql01", "data")
+    assert replica.location == {"kind": "pageblob", "account": "contosodr", "container": "replicas",
+                                "blob": "sql01.data.vhd"} and replica.size == 1 << 20 and replica.reporter == "mt01"
+    assert server.point_snapshot("sql01", "data", "p2") == "s2"
 
 
 def test_events_record_registrations(client: TestClient) -> None:

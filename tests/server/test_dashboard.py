@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from dr.server.app import create_app
-from dr.server.schemas import AgentHeartbeat, DiskRpo, ProcessServerHeartbeat, RegisterRequest
+from dr.server.schemas import AgentDisk, AgentHeartbeat, ProcessServerHeartbeat, RegisterRequest
 from dr.server.service import ConfigServer, Principal
 from tests.server.conftest import PASSPHRASE, free_port
 
@@ -124,7 +124,7 @@ def test_dashboard_shows_health_and_events_in_chromium(live: tuple[ConfigServer,
     server.register(RegisterRequest(passphrase=PASSPHRASE, name="agent-dc01", role="agent", machine="dc01"))
     server.register(RegisterRequest(passphrase=PASSPHRASE, name="ps01", role="process_server", site="hq"))
     server.heartbeat(Principal(name="agent-dc01", role="agent"),
-                     AgentHeartbeat(disks=[DiskRpo(disk="c", rpo_seconds=42)]))
+                     AgentHeartbeat(disks=[AgentDisk(stream="dc01.c", rpo_seconds=42)]))
     server.heartbeat(Principal(name="ps01", role="process_server"), ProcessServerHeartbeat(cache_free_fraction=0.8))
 
     dom = chromium(tmp_path, "--dump-dom", login_url(base, operator)).stdout.decode()
