@@ -16,7 +16,7 @@ from dr_agent.pki import Authority, Issued, write_identity
 from dr.errors import DrError
 from dr.server.store import Store
 
-__all__ = ["Issued", "authority", "ca_pem", "issue", "write_identity", "CertificateRefused"]
+__all__ = ["CertificateRefused", "Issued", "authority", "ca_pem", "issue", "write_identity"]
 
 
 class CertificateRefused(DrError):
@@ -35,7 +35,7 @@ def authority(store: Store) -> Authority:
 
 
 def ca_pem(store: Store) -> str:
-    return authority(store).cert_pem
+    return str(authority(store).cert_pem)
 
 
 def issue(store: Store, *, name: str, role: Role | str, csr_pem: str | None = None,
