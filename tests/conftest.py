@@ -8,8 +8,10 @@ green run can never hide a test that did not run. Elsewhere a skip stays a skip,
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,37 @@ def run_dr(*args: str, cwd: Path | None = None, env: dict[str, str] | None = Non
 @pytest.fixture
 def dr_cli():  # type: ignore[no-untyped-def]
     return run_dr
+
+
+# The test running now, for helpers that must see its marks (set by an autouse fixture).
+_RUNNING: dict[str, pytest.Item] = {}
+
+
+@pytest.fixture(autouse=True)
+def _running_item(request: pytest.FixtureRequest) -> Iterator[None]:
+    _RUNNING["item"] = request.node
+    yield
+    _RUNNING.pop("item", None)
+
+
+def require_root(*tools: str, devices: tuple[str, ...] = ("/dev/loop-control",)) -> None:
+    """For tests that need root, loop devices, mounts, FUSE or namespaces.
+
+    Fails when the test lacks `@pytest.mark.root` — as root (CI) the skip below never fires, so
+    this is what keeps the mark honest; skips (a failure under CI) when not root, or when a tool or
+    device is missing, naming the package that brings it.
+    """
+    item = _RUNNING.get("item")
+    if item is not None and item.get_closest_marker("root") is None:
+        pytest.fail(f"{item.nodeid} needs root: mark it @pytest.mark.root")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices, mounts, FUSE and namespaces (CI runs the suite as root)")
+    missing = [t for t in ("losetup", "mount", "umount", *tools) if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)}: run `bash .ci/setup` (e2fsprogs, util-linux, fuse3, iproute2)")
+    absent = [d for d in devices if not os.path.exists(d)]
+    if absent:
+        pytest.skip(f"{', '.join(absent)} missing: this kernel or container has no loop devices or FUSE")
 
 
 def in_ci() -> bool:

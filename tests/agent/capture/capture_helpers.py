@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from dr_agent.capture import _linux
 from dr_agent.capture.filetarget import FileTarget, ReceivedBookmark
 from dr_agent.capture.splitter import Splitter
+
+from tests.conftest import require_root
 
 MiB = 1 << 20
 
 
 def need_root_tools(*tools: str, fuse: bool = False) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and FUSE (CI runs the suite as root)")
-    missing = [t for t in ("losetup", "mount", "umount", *tools) if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)}: run `bash .ci/setup.d/40-capture.sh`")
-    if fuse and not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing: apt-get install fuse3 and load the fuse module")
-    if not os.path.exists("/dev/loop-control"):
-        pytest.skip("/dev/loop-control is missing: this kernel or container has no loop devices")
+    require_root(*tools, devices=("/dev/fuse", "/dev/loop-control") if fuse else ("/dev/loop-control",))
 
 
 def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

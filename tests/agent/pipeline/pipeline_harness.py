@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dr_agent.master_target import MasterTarget
 from dr_agent.process_server import ProcessServer
 from dr_agent.sink import ProcessServerSink
+
+from tests.conftest import require_root
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[3]
@@ -217,13 +217,7 @@ def service_pair(root: Path, pki: Any, *, capacity_gb: float = 1.0) -> tuple[Ser
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and FUSE (CI runs the suite as root)")
-    missing = [t for t in ("losetup", "mount", "umount", "mkfs.ext4", "e2fsck") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)}: apt-get install e2fsprogs mount fuse3")
-    if not os.path.exists("/dev/fuse") or not os.path.exists("/dev/loop-control"):
-        pytest.skip("/dev/fuse or /dev/loop-control is missing: this machine cannot run FUSE over loop devices")
+    require_root("mkfs.ext4", "e2fsck", devices=("/dev/fuse", "/dev/loop-control"))
 
 
 def run(*argv: str) -> str:
