@@ -7,8 +7,8 @@ names it. The agent package (dr_agent) is imported inside the commands: it is th
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -133,17 +133,23 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
     mt_of = {m: mt for mt in plan.master_targets for m in mt.machines}
     groups = {m: g for g in estate.protection_groups for m in g.members}
     ps_of = {m: ps for ps in plan.process_servers for m in ps.machines}
+    coordinators = _coordinators(estate, plan, mt_of)
     for ps in plan.process_servers:
         mts = [mt_of[m] for m in ps.machines if m in mt_of]
         if not mts:
             continue
+        coordinated = [{"name": g.name, "members": list(g.members), "site": ps.site,
+                        "crash_every_s": int(g.policy.crash_consistent_every.total_seconds()),
+                        "app_every_s": (int(g.policy.app_consistent_every.total_seconds())
+                                        if g.policy.app_consistent_every else None)}
+                       for g in estate.protection_groups if coordinators.get(g.name) is ps]
         address = site_ps.get((ps.site, ps.name), "0.0.0.0")
         site = next((s for s in estate.sites if s.name == ps.site), None)
         throttle = site.bandwidth_mbps if site is not None else None
         view = {**ps.model_dump(), "address": address}
         out[f"{ps.name}/process-server.toml"] = render(
             "agent/process-server.toml.j2", ps=view, mt=mts[0], ps_port=PS_PORT, mt_port=MT_PORT,
-            throttle_mbps=throttle)
+            throttle_mbps=throttle, groups=coordinated)
         out[f"{ps.name}/dr-process-server.service"] = render("agent/dr-process-server.service.j2", name=ps.name)
     for mt in plan.master_targets:
         disk_envs = [(stream_name(*d.disk.split("/", 1)), storage_env(d.storage_account)) for d in mt.disks]
@@ -162,12 +168,30 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
         disks = [{"stream": stream_name(name, d.name), "device": d.device or f"/dev/disk/by-label/{d.name}",
                   "mount_points": d.mount_points} for d in machine.disks]
         app = group.policy.app_consistent_every
+        coordinator = coordinators.get(group.name)
         out[f"{name}/agent.toml"] = render(
             "agent/agent.toml.j2", machine=machine, group=group, ps_addresses=addresses, disks=disks,
             crash_every_s=int(group.policy.crash_consistent_every.total_seconds()),
             app_every_s=int(app.total_seconds()) if app else None,
-            group_id=group.name if group.policy.multi_vm_consistency else None)
+            group_id=group.name if group.policy.multi_vm_consistency else None,
+            coordinator=(f"{site_ps.get((coordinator.site, coordinator.name), coordinator.name)}:{PS_PORT}"
+                         if coordinator is not None else None))
         out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name)
+    return out
+
+
+def _coordinators(estate: Any, plan: Any, mt_of: Mapping[str, Any]) -> dict[str, Any]:
+    """{multi-VM group: the plan's process server that coordinates it}: the first process server (in
+    plan order) of the site of the group's first member, among those that get a configuration."""
+    serving = [ps for ps in plan.process_servers if any(m in mt_of for m in ps.machines)]
+    out: dict[str, Any] = {}
+    for g in estate.protection_groups:
+        if not g.policy.multi_vm_consistency:
+            continue
+        site = estate.machine(g.members[0]).site
+        first = next((ps for ps in serving if ps.site == site), None)
+        if first is not None:
+            out[g.name] = first
     return out
 
 

@@ -4,11 +4,11 @@ Every disk of the five machines (seven disks) is an ext4 file system on a loop d
 agent's FUSE write-splitter, which applies each write to a sparse backing file and streams it
 (ProcessServerSink, with the certificate the configuration server's registration issued) to a
 process server, which forwards to a master target writing page blobs into Azurite. The agents of
-the protection group dial a capture coordinator over mutual TLS; its group checkpoints put one
-bookmark id in every disk's stream while every agent is paused, and the test snapshots each
-backing file at that instant. The runner picks the newest multi-VM point, materializes every disk
-at it through the data path's export into the test failover's resource group, runs the
-after-actions, and cleanup removes the test resources; a writer keeps changing sql01's data disk
+the protection group dial the coordinator the process server hosts (GroupMember, mutual TLS); its
+group checkpoints put one bookmark id in every disk's stream while every agent is paused, and the
+test snapshots each backing file at that instant. The runner picks the newest multi-VM point,
+materializes every disk at it through the data path's export into the test failover's resource
+group, runs the after-actions, and cleanup removes the test resources; a writer keeps changing sql01's data disk
 during the failover, and its replica converges afterwards.
 """
 
@@ -19,11 +19,10 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,21 +73,30 @@ class SourceDisk:
 
 
 class SnapshotAtMark:
-    """A coordinator participant: the disk's splitter, plus a copy of the backing file taken at MARK,
-    while the coordinator holds every agent of the group paused (no write can reach any disk)."""
+    """A machine as the coordinator sees it: its disks' splitters, plus a copy of each backing file
+    taken at MARK, while the coordinator holds every agent of the group paused (no write can reach
+    any disk)."""
 
-    def __init__(self, disk: SourceDisk) -> None:
-        self.disk = disk
+    def __init__(self, disks: list[SourceDisk]) -> None:
+        self.disks = disks
 
-    def pause(self) -> None:
-        self.disk.splitter.pause()
+    def pause(self, kind: str) -> None:
+        for i, disk in enumerate(self.disks):
+            try:
+                disk.splitter.pause()
+            except BaseException:
+                for held in self.disks[:i]:
+                    held.splitter.resume()
+                raise
 
-    def mark(self, bookmark_id: str, group_id: str | None) -> None:
-        self.disk.splitter.mark(bookmark_id, group_id)
-        self.disk.snapshots[bookmark_id] = self.disk.backing.read_bytes()
+    def mark(self, bookmark_id: str, group_id: str) -> None:
+        for disk in self.disks:
+            disk.splitter.mark(bookmark_id, group_id)
+            disk.snapshots[bookmark_id] = disk.backing.read_bytes()
 
     def resume(self) -> None:
-        self.disk.splitter.resume()
+        for disk in self.disks:
+            disk.splitter.resume()
 
 
 @dataclass
@@ -126,11 +134,11 @@ def capture_site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[C
     from tests.agent.pipeline.pipeline_harness import need_root
 
     need_root()
-    from dr_agent.capture.consistency import Coordinator, CoordinatorClient, tcp_listener
     from dr_agent.capture.splitter import Splitter, attach_loop, detach_loop
+    from dr_agent.coordination import GroupMember
     from dr_agent.master_target import MasterTarget, MasterTargetConfig
-    from dr_agent.pki import client_context, server_context
     from dr_agent.process_server import ProcessServer, ProcessServerConfig
+    from dr_agent.ps_coordinator import GroupConfig
     from dr_agent.sink import ProcessServerSink
 
     server = ConfigServer(store=Store.open(tmp_path / "state.db"), estate=sharepoint)
@@ -144,8 +152,13 @@ def capture_site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[C
                                                  connection_string=azurite, container=replicas))
             stack.callback(mt.close)
             ps_identity = _register(server, ids, "ps01", "process_server")
+            # The process server coordinates the group (the test takes the points itself: the
+            # schedule's first is an hour away).
+            group = GroupConfig(GROUP, tuple(m.name for m in sharepoint.machines), crash_consistent_every_s=3600,
+                                pause_timeout_s=PAUSE_TIMEOUT_S)
             ps = ProcessServer(ProcessServerConfig(identity=ps_identity, cache_dir=tmp_path / "ps",
-                                                   master_target=("127.0.0.1", mt.port), name="ps01"))
+                                                   master_target=("127.0.0.1", mt.port), name="ps01",
+                                                   groups=(group,)))
             stack.callback(ps.close)
             disks: dict[tuple[str, str], SourceDisk] = {}
             agents: dict[str, tuple[Any, list[SourceDisk]]] = {}
@@ -173,28 +186,16 @@ def capture_site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[C
                     disk = SourceDisk(machine.name, spec_disk.name, backing, base / "mnt", splitter, sink, dev)
                     disks[(machine.name, spec_disk.name)] = disk
                     agents[machine.name][1].append(disk)
-            # The coordinator runs beside the process server, with its certificate; agents dial it
-            # with theirs (mutual TLS from the registration CA), one client per machine.
-            server_ctx = server_context(ps_identity)
-            coordinator = stack.enter_context(
-                Coordinator(tcp_listener(), wrap=lambda s: server_ctx.wrap_socket(s, server_side=True)))
-            host, port = coordinator.address
-
-            def dial(identity: Any) -> Callable[[], socket.socket]:
-                ctx = client_context(identity)
-
-                def connect() -> socket.socket:
-                    raw = socket.create_connection((host, port), timeout=5)
-                    tls: socket.socket = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-                    tls.settimeout(None)
-                    return tls
-                return connect
-
-            for name, (identity, machine_disks) in agents.items():
-                stack.enter_context(CoordinatorClient(dial(identity), agent_id=name, group_id=GROUP,
-                                                      participants=[SnapshotAtMark(d) for d in machine_disks],
-                                                      retry_interval=0.1))
-            coordinator.wait_for_agents(GROUP, list(agents), timeout=PAUSE_TIMEOUT_S)
+            # Each machine's agent dials the coordinator in the process server with its own
+            # certificate (mutual TLS from the registration CA).
+            members = [GroupMember([("127.0.0.1", ps.port)], identity, agent=name, group=GROUP,
+                                   participant=SnapshotAtMark(machine_disks), server_hostname="127.0.0.1")
+                       for name, (identity, machine_disks) in agents.items()]
+            for member in members:
+                stack.callback(member.close)
+            for member in members:
+                assert member.wait_connected(PAUSE_TIMEOUT_S), f"{member.agent} did not join its group"
+            coordinator = ps.coordinator
             yield CaptureSite(server=server, disks=disks, coordinator=coordinator,
                               catalog=tmp_path / "mt" / "catalog.sqlite", replicas=replicas)
     finally:
@@ -226,9 +227,9 @@ def _group_point(site: CaptureSite) -> tuple[str, dict[tuple[str, str], dict[str
     from dr_agent.capture.consistency import app_consistent
 
     with app_consistent([d.mnt for d in site.disks.values()]):
-        point = site.coordinator.checkpoint(GROUP, timeout=PAUSE_TIMEOUT_S)
+        point = site.coordinator.checkpoint(GROUP)
         files = {key: _hashes(d.mnt) for key, d in site.disks.items()}
-    assert sorted(point.agents) == sorted({m for m, _ in site.disks})
+    assert sorted(point.members) == sorted({m for m, _ in site.disks})
     return point.bookmark_id, files
 
 

@@ -10,8 +10,9 @@ Modes (modelled on ASR/InMage's filter driver, which has a data mode and a bitma
 - `resync`: after tracking is lost, per-block xxh3-128 hashes against the target's, only the
   differing blocks are sent. `initial_sync`: the first full copy, skipping zeros and holes,
   resumable from a durable checkpoint.
-- `consistency`: bookmark ids, application-consistent freeze/thaw with pre/post scripts, and the
-  multi-VM coordinator (two-phase pause/mark/resume) that agents dial.
+- `consistency`: bookmark ids, application-consistent freeze/thaw with pre/post scripts. (Multi-VM
+  points: the process server's coordinator, dr_agent.ps_coordinator; the agent's side is
+  dr_agent.coordination.)
 - `filetarget`: a replica in a local file (a `ChangeSink` and a `BlockHashSource`).
 
 Modules import only the standard library, xxhash and (lazily, in `Splitter.__enter__`) mfusepy.
@@ -20,17 +21,7 @@ Modules import only the standard library, xxhash and (lazily, in `Splitter.__ent
 from __future__ import annotations
 
 from dr_agent.capture.bitmap import DirtyBitmap
-from dr_agent.capture.consistency import (
-    Coordinator,
-    CoordinatorClient,
-    GroupPoint,
-    Participant,
-    app_consistent,
-    new_bookmark_id,
-    run_script,
-    tcp_connector,
-    tcp_listener,
-)
+from dr_agent.capture.consistency import app_consistent, new_bookmark_id, run_script
 from dr_agent.capture.errors import (
     CaptureError,
     CaptureUnavailable,
@@ -49,9 +40,8 @@ from dr_agent.capture.tracking import BlockTracker, TrackingAgent, find_tracefs
 
 __all__ = [
     "BlockHashSource", "BlockTracker", "CaptureError", "CaptureUnavailable", "CheckpointMismatch",
-    "CoordinationAborted", "Coordinator", "CoordinatorClient", "DeviceError", "DirtyBitmap", "FileTarget",
-    "FreezeError", "GroupPoint", "InitialSyncResult", "Participant", "ResyncResult", "ScriptFailed",
+    "CoordinationAborted", "DeviceError", "DirtyBitmap", "FileTarget",
+    "FreezeError", "InitialSyncResult", "ResyncResult", "ScriptFailed",
     "Splitter", "SplitterStats", "TrackingAgent", "TrackingLost", "app_consistent", "attach_loop",
     "detach_loop", "find_tracefs", "initial_sync", "new_bookmark_id", "resync", "run_script",
-    "tcp_connector", "tcp_listener",
 ]
