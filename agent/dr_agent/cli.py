@@ -29,7 +29,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from dr_agent.cache import write_atomic
 from dr_agent.contract import SERVICE_ROLES, Role, parse_role
 from dr_agent.errors import AgentError, ConfigError
 from dr_agent.pki import Identity
@@ -212,143 +211,62 @@ def master_target_config(path: Path) -> Any:
 
 
 def run_agent(path: Path) -> int:
-    """Present every configured disk through the splitter, ship its changes, insert points on schedule."""
-    import contextlib
-    import time
+    """Protect the configured disks (dr_agent.agent) until SIGTERM or SIGINT."""
+    from dr_agent.agent import Agent
 
-    from dr_agent.capture.consistency import app_consistent
-    from dr_agent.capture.splitter import Splitter, attach_loop
-    from dr_agent.sink import Fallback, ProcessServerSink
+    return _serve(Agent(agent_config(path)), "agent", path)
+
+
+def agent_config(path: Path) -> Any:
+    """The AgentConfig a TOML file describes; ConfigError when it is wrong.
+
+    [agent] name, identity, state_dir, process_servers, process_server_hostname,
+    crash_consistent_every_s, app_consistent_every_s, multi_vm_group, coordinator, pre_scripts,
+    post_scripts, buffer_mb, reconnect_initial_s, reconnect_max_s, connect_timeout_s, io_timeout_s,
+    stop_patience_s; [[agent.disks]] name, mode ("tracking" | "splitter"), device (or backing),
+    mount_points, mountpoint (splitter: where its FUSE file appears).
+    """
+    from dr_agent.agent import AgentConfig, DiskConfig
 
     t = "agent"
     c = _section(path, t)
-    ident = Identity(Path(_need(c, "identity", path, t)))
-    servers = [_addr(str(a), "process_servers") for a in _need(c, "process_servers", path, t)]
-    crash_every = float(c.get("crash_consistent_every_s", 300))
-    app_every = float(c["app_consistent_every_s"]) if c.get("app_consistent_every_s") else None
-    group = c.get("multi_vm_group")
-    disks = list(_need(c, "disks", path, t))
-    state = Path(str(c.get("state_dir", "/var/lib/dr-agent")))
-    state.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger("dr_agent.agent")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    with contextlib.ExitStack() as stack:
-        splitters = []
-        mount_points: list[str] = []
-        for d in disks:
-            backing = Path(str(d["backing"]))
-            size = os.stat(backing).st_size if backing.is_file() else _device_size(backing)
-            sink = ProcessServerSink(disk=str(d["name"]), size=size, servers=servers, identity=ident,
-                                     server_hostname=c.get("process_server_hostname"))
-            stack.callback(sink.close)
-            # `<disk>.running` exists while the agent runs and is removed only once everything the
-            # disk got was durable at the process server. Found at start, it means the last run did
-            # not stop so (a crash between a write reaching the disk and the stream): the disk is
-            # compared with the replica before anything else.
-            marker = state / f"{d['name']}.running"
-            if marker.exists():
-                log.warning("disk %s: the agent did not stop cleanly; comparing it with the replica", d["name"])
-                sink.fall_back(Fallback(0, "the agent did not stop cleanly: the disk may hold changes the "
-                                           "stream lacks", resync=True))
-            else:
-                write_atomic(marker, b"")
-            presented: list[Any] = []  # the splitter, once there: its bitmap is lost when the agent stops
-            stack.callback(_stop_cleanly, sink, marker, presented)
-            mnt = Path(str(d.get("mountpoint", f"/run/dr-agent/{d['name']}")))
-            mnt.mkdir(parents=True, exist_ok=True)
-            sp = stack.enter_context(Splitter(backing, mnt, sink, name=str(d["name"])))
-            presented.append(sp)
-            dev = attach_loop(sp.path)
-            print(json.dumps({"disk": d["name"], "device": dev}), flush=True)
-            splitters.append((sp, sink, backing))
-            mount_points += [str(m) for m in d.get("mount_points", [])]
-        next_crash = time.monotonic() + crash_every
-        next_app = time.monotonic() + app_every if app_every else float("inf")
-        wake = min(RETRY_FALLBACK_S, crash_every)
+    disks = []
+    for i, d in enumerate(_need(c, "disks", path, t)):
+        if "name" not in d:
+            raise ConfigError(f"{path}: [[agent.disks]] number {i + 1} needs name = ...")
+        device = d.get("device", d.get("backing"))
+        if device is None:
+            raise ConfigError(f"{path}: disk {d['name']} needs device = \"/dev/...\"")
+        mode = str(d.get("mode", "splitter" if "backing" in d else "tracking"))
+        disks.append(DiskConfig(
+            name=str(d["name"]), mode=mode, device=Path(str(device)),
+            mount_points=tuple(str(m) for m in d.get("mount_points", [])),
+            fuse_dir=Path(str(d.get("mountpoint", f"/run/dr-agent/{d['name']}"))) if mode == "splitter" else None))
 
-        def heal() -> None:
-            for sp, sink, backing in splitters:
-                fb = sink.fallback
-                if fb is not None and (sp.mode == "bitmap" or fb.resync):
-                    _leave_bitmap(sp, sink, backing, servers, ident, c.get("process_server_hostname"))
+    def seconds(key: str) -> float | None:
+        return float(c[key]) if c.get(key) else None
 
-        heal()
-        while not stop.wait(max(0.0, min(next_crash, next_app, time.monotonic() + wake) - time.monotonic())):
-            now = time.monotonic()
-            heal()
-            live = [sp for sp, _, _ in splitters if sp.mode == "data"]
-            try:
-                if now >= next_app:
-                    with app_consistent([m for m in mount_points if os.path.ismount(m)]):
-                        for sp in live:
-                            sp.bookmark("app", group_id=group)
-                    next_app = now + (app_every or 0)
-                    next_crash = now + crash_every
-                elif now >= next_crash:
-                    for sp in live:
-                        sp.bookmark("crash", group_id=group)
-                    next_crash = now + crash_every
-            except Exception as err:  # a point that fails is logged; the next one is tried on schedule
-                log.warning("consistency point failed: %s", err)
-    return 0
-
-
-# Seconds between attempts to leave bitmap mode after the process server's cache filled.
-RETRY_FALLBACK_S = 30.0
-# Seconds a stopping agent waits for the process server to make the last changes durable.
-STOP_PATIENCE_S = 10.0
-
-
-def _stop_cleanly(sink: Any, marker: Path, presented: list[Any]) -> None:
-    """After the disk is unmounted: once every change is durable at the process server, the next
-    start needs no comparison with the replica; otherwise (changes only in the splitter's bitmap,
-    or not durable) the marker stays."""
-    log = logging.getLogger("dr_agent.agent")
-    if presented and presented[0].mode == "bitmap":
-        reason = "changes were tracked in the splitter's bitmap, which does not outlive the agent"
-    elif sink.fallback is not None:
-        reason = sink.fallback.reason
-    else:
-        try:
-            sink.patience_s = STOP_PATIENCE_S
-            sink.flush()
-            marker.unlink(missing_ok=True)
-            return
-        except AgentError as err:
-            reason = str(err)
-    log.warning("disk %s: not stopped cleanly (%s); the next start compares it with the replica", sink.disk, reason)
-
-
-def _leave_bitmap(sp: Any, sink: Any, backing: Path, servers: list[tuple[str, int]], ident: Identity,
-                  hostname: str | None) -> None:
-    """Resend what the process server refused (read from the disk), or resync the whole disk against
-    the replica when the process server lost records this agent no longer holds; then the
-    splitter's own bitmap."""
-    from dr_agent.heal import resync_after_fallback
-
-    log = logging.getLogger("dr_agent.agent")
+    coordinator = c.get("coordinator")
+    tuning: dict[str, Any] = {}  # absent keys keep AgentConfig's defaults (their units and sources are there)
+    for key, field in (("reconnect_initial_s", "backoff_initial_s"), ("reconnect_max_s", "backoff_max_s"),
+                       ("connect_timeout_s", "connect_timeout_s"), ("io_timeout_s", "io_timeout_s"),
+                       ("stop_patience_s", "stop_patience_s"), ("crash_consistent_every_s", "crash_every_s"),
+                       ("script_timeout_s", "script_timeout_s")):
+        if key in c:
+            tuning[field] = float(c[key])
+    if "buffer_mb" in c:
+        tuning["buffer_bytes"] = int(float(c["buffer_mb"]) * 1024 * 1024)
     try:
-        if sink.fallback.resync:
-            resync_after_fallback(sink, backing, servers=servers, identity=ident, server_hostname=hostname,
-                                  exclusive=sp.exclusive)
-            sent = sp.resume_data_mode()
-            log.warning("disk %s: back in data mode after a resync and %d bytes of the bitmap", sink.disk, sent)
-            return
-        with sp.exclusive(), open(backing, "rb") as f:
-            dirty = sink.resume()
-            for i, (off, n) in enumerate(dirty):
-                try:
-                    sink.write(off, os.pread(f.fileno(), n, off))
-                except AgentError:
-                    sink.dirty.extend(dirty[i:])  # refused again: keep what is still to send
-                    raise
-            sink.flush()
-        sent = sp.resume_data_mode()
-        log.warning("disk %s: back in data mode after resending %d bytes", sink.disk, sent)
-    except AgentError as err:
-        log.warning("disk %s: still in bitmap mode: %s", sink.disk, err)
+        return AgentConfig(
+            name=str(_need(c, "name", path, t)), identity=Identity(Path(_need(c, "identity", path, t))),
+            process_servers=tuple(_addr(str(a), "process_servers") for a in _need(c, "process_servers", path, t)),
+            disks=tuple(disks), state_dir=Path(str(c.get("state_dir", "/var/lib/dr-agent"))),
+            server_hostname=c.get("process_server_hostname"), app_every_s=seconds("app_consistent_every_s"),
+            group=c.get("multi_vm_group"), coordinator=_addr(str(coordinator), "coordinator") if coordinator else None,
+            pre_scripts=tuple(str(s) for s in c.get("pre_scripts", [])),
+            post_scripts=tuple(str(s) for s in c.get("post_scripts", [])), **tuning)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600}
@@ -364,11 +282,6 @@ def _duration(text: str, what: str) -> float:
     if value <= 0:
         raise ConfigError(f"{what} {text!r}: expected a positive duration")
     return value
-
-
-def _device_size(dev: Path) -> int:
-    with open(dev, "rb") as f:
-        return f.seek(0, os.SEEK_END)
 
 
 def main(argv: list[str] | None = None) -> int:

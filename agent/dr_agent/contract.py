@@ -547,3 +547,45 @@ class ProcessServerHealth(Message):
     groups: dict[str, bool]                 # multi-VM group coordinated here -> every member connected
     group_problems: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> why no point now
     last_group_points: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> newest point id
+
+
+# -- control-plane bodies: the agent's health (`Agent.health()`, its heartbeat body) -------------
+DISK_MODES = ("tracking", "splitter")   # how the agent captures a disk (agent.toml `mode`)
+# A disk's protection state: copying the disk for the first time; streaming (points offered);
+# comparing the disk with the replica by block hashes (after a restart or lost records); or
+# tracking changed blocks in a bitmap while the process server is away or full.
+DISK_STATES = ("initial-sync", "protected", "resync", "bitmap")
+
+
+@dataclass(frozen=True)
+class AgentDiskHealth(Message):
+    NAME: ClassVar[str] = "AGENT_DISK_HEALTH"
+    stream: str                             # stream_name(machine, disk)
+    mode: str                               # one of DISK_MODES
+    state: str                              # one of DISK_STATES
+    sync_done_bytes: int = 0                # initial sync or resync: bytes compared/copied so far
+    sync_total_bytes: int = 0
+    sync_rate_bytes_s: float = 0.0
+    rpo_seconds: float | None = None        # age of the newest point the process server holds durably
+    backlog_bytes: int = 0                  # changes not yet durable at the process server
+    connected: bool = False                 # streaming to a process server now
+    device: str | None = None               # splitter: the loop device the workload uses
+    problem: str = ""                       # why the disk is not protected now ("" when it is)
+
+    def __post_init__(self) -> None:
+        if self.mode not in DISK_MODES:
+            raise ProtocolError(f"{self.NAME}: mode {self.mode!r} is not one of {', '.join(DISK_MODES)}")
+        if self.state not in DISK_STATES:
+            raise ProtocolError(f"{self.NAME}: state {self.state!r} is not one of {', '.join(DISK_STATES)}")
+
+
+@dataclass(frozen=True)
+class AgentHealth(Message):
+    """An agent's heartbeat body: each protected disk's state, RPO and backlog."""
+
+    NAME: ClassVar[str] = "AGENT_HEALTH"
+    name: str                               # the spec machine
+    disks: tuple[AgentDiskHealth, ...] = ()
+    last_point: str | None = None           # the newest point id the agent took (all its disks)
+    group: str | None = None                # multi-VM group, when it is in one
+    coordinated: bool = False               # the group's coordinator takes the points now

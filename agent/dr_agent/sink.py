@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dr_agent.changes import BookmarkKind
 from dr_agent.errors import AgentError, CacheFull, TransportError
 from dr_agent.pki import Identity, client_context
 from dr_agent.records import FrameType, Kind, Record, bookmark_record
-from dr_agent.transport import PING_INTERVAL_S, Connection, dial
+from dr_agent.transport import IDLE_TIMEOUT_S, PING_INTERVAL_S, Connection, dial
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,31 @@ WINDOW_BYTES = 64 * 1024 * 1024
 # Bytes kept after they are durable at the process server, until the master target applied them,
 # so a move to another process server can replay them.
 RETAIN_BYTES = 256 * 1024 * 1024
+# Reconnection: the first retry after every process server failed waits about this long (seconds),
+# each further one twice as long, up to BACKOFF_MAX_S, forever; each wait is drawn from its upper
+# half (jitter), so agents that lost the same server do not all call it back at the same instant.
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 60.0
+# Seconds a dial (TCP connect and TLS handshake) may take before the next server is tried.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: `delay()` for the next wait, `reset()` on success."""
+
+    def __init__(self, initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S) -> None:
+        if initial_s <= 0 or max_s < initial_s:
+            raise ValueError(f"backoff: need 0 < initial ({initial_s}) <= max ({max_s})")
+        self.initial_s, self.max_s = initial_s, max_s
+        self._next = initial_s
+
+    def delay(self) -> float:
+        ceiling = self._next
+        self._next = min(self.max_s, self._next * 2)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._next = self.initial_s
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,9 @@ class ProcessServerSink:
     def __init__(self, *, disk: str, size: int, servers: list[tuple[str, int]], identity: Identity,
                  server_hostname: str | None = None, batch_bytes: int = BATCH_BYTES,
                  window_bytes: int = WINDOW_BYTES, retain_bytes: int = RETAIN_BYTES,
-                 patience_s: float = 300.0, on_fallback: Callable[[Fallback], None] | None = None) -> None:
+                 patience_s: float = 300.0, on_fallback: Callable[[Fallback], None] | None = None,
+                 backoff: Backoff | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                 io_timeout_s: float | None = None) -> None:
         if not servers:
             raise TransportError("a sink needs at least one process server address")
         self.disk, self.size = disk, size
@@ -106,6 +134,11 @@ class ProcessServerSink:
         self.batch_bytes, self.window_bytes, self.retain_bytes = batch_bytes, window_bytes, retain_bytes
         self.patience_s = patience_s
         self.on_fallback = on_fallback
+        self.backoff = backoff or Backoff()
+        self.connect_timeout_s = connect_timeout_s
+        self.io_timeout_s = io_timeout_s  # None: the transport's idle timeout
+        self._closing = threading.Event()
+        self.last_error = ""                     # why the last dial failed ("" once connected)
         self._cv = threading.Condition()
         self._conn: Connection | None = None
         self._broken = True
@@ -159,6 +192,18 @@ class ProcessServerSink:
         self._ship()
         self._wait(lambda: self.durable >= target or self.fallback is not None, "flush")
         self._check_fallback()
+
+    def barrier(self) -> None:
+        """A FLUSH record in the stream, shipped without waiting for it to be durable."""
+        if self.fallback is not None:
+            self._refuse()
+        self._add(Record(Kind.FLUSH, self.seq + 1, 0, 0, 0, b""))
+        self._ship()
+        self._check_fallback()
+
+    @property
+    def connected(self) -> bool:
+        return not self._broken
 
     def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
         if self.fallback is not None:
@@ -231,6 +276,7 @@ class ProcessServerSink:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
         with self._cv:
             conn, self._conn, self._broken = self._conn, None, True
             self._cv.notify_all()
@@ -281,6 +327,8 @@ class ProcessServerSink:
             with self._cv:
                 if done():
                     return
+                if self._closed:
+                    raise TransportError(f"disk {self.disk}: the sink is closed ({what})")
                 broken = self._broken
                 if not broken:
                     self._cv.wait(0.5)
@@ -304,7 +352,8 @@ class ProcessServerSink:
         for attempt in range(len(self.servers)):
             host, port = self.servers[self._server]
             try:
-                conn = dial(host, port, self._ctx, timeout=5, server_hostname=self._hostname)
+                conn = dial(host, port, self._ctx, timeout=self.connect_timeout_s, server_hostname=self._hostname)
+                conn.sock.settimeout(self.io_timeout_s or self.connect_timeout_s)
                 with self._cv:
                     first = self._retained[0].seq if self._retained else None
                 conn.send_json(FrameType.HELLO, {"disk": self.disk, "size": self.size, "first_retained": first,
@@ -312,10 +361,14 @@ class ProcessServerSink:
                 welcome = conn.recv_json(FrameType.WELCOME)
             except AgentError as err:
                 log.info("sink %s: process server %s:%d unavailable: %s", self.disk, host, port, err)
+                self.last_error = f"{host}:{port}: {err}"
                 self._server = (self._server + 1) % len(self.servers)
                 if attempt == len(self.servers) - 1:
-                    time.sleep(0.5)
+                    self._closing.wait(self.backoff.delay())  # every server failed: back off
                 continue
+            conn.sock.settimeout(self.io_timeout_s or IDLE_TIMEOUT_S)
+            self.backoff.reset()
+            self.last_error = ""
             resync_from = welcome.get("resync_from")
             self._resync_mark = int(welcome.get("resync_mark") or 0)
             self._resume(conn, int(welcome["durable"]), int(welcome.get("applied", 0)),
@@ -413,7 +466,257 @@ class ProcessServerSink:
                 self._mark_broken(conn, err)
 
     def _keepalive_loop(self) -> None:
-        while not self._closed:
-            time.sleep(1.0)
-            if time.monotonic() - self._last_send > PING_INTERVAL_S:
+        while not self._closing.wait(min(1.0, (self.io_timeout_s or IDLE_TIMEOUT_S) / 6)):
+            # ping well inside our own receive timeout too, so an idle stream is not taken for a dead one
+            if time.monotonic() - self._last_send > min(PING_INTERVAL_S, (self.io_timeout_s or IDLE_TIMEOUT_S) / 3):
                 self._ping()
+
+
+# -- the workload's side: a bounded buffer that never waits on the network ---------------------
+# Bytes of changes the agent holds in memory per disk, waiting for the process server, before it
+# stops buffering and tracks changed blocks in a bitmap instead (issue 15: the workload's fsync
+# must never wait on the network). Configurable per agent (`buffer_mb`).
+BUFFER_BYTES = 64 * 1024 * 1024
+
+_Item = tuple[str, int, int, bytes, str, str, str | None]  # kind, offset, length, data, id, point kind, group
+
+
+@dataclass(frozen=True)
+class DurablePoint:
+    """A bookmark the process server holds durably: its id and when it was taken (UNIX seconds)."""
+
+    bookmark_id: str
+    taken: float
+
+
+class BufferedSink:
+    """The ChangeSink capture writes to: a bounded in-memory buffer in front of a `ProcessServerSink`,
+    drained by its own thread, so a write, discard, barrier or bookmark never waits on the network.
+
+    When the buffer is full, or the process server refuses the stream (its cache is full, or it
+    lost records), the sink *falls back* at once: what it could not ship becomes dirty ranges
+    (`take_dirty()`) and every later call raises CacheFull, which sends the capture into its
+    bitmap. `drained()` says when everything handed on is durable at the process server again;
+    the agent then calls `rearm()` and resends the dirty blocks from the disk.
+
+    `paced()` is the view for the agent's own bulk sends (initial sync, resync, leaving bitmap
+    mode): its writes wait for room instead of falling back, and its flush waits until durable.
+    """
+
+    def __init__(self, downstream: ProcessServerSink, *, capacity_bytes: int = BUFFER_BYTES) -> None:
+        self.down = downstream
+        self.disk = downstream.disk
+        self.size = downstream.size
+        self.capacity_bytes = capacity_bytes
+        self._cv = threading.Condition()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_bytes = 0
+        self._busy = False                     # the shipper is handing an item on
+        self._handed = 0                       # items handed on (or dropped) so far
+        self._added = 0                        # items accepted so far
+        self.fallback: str | None = None       # why the sink stopped buffering
+        self._dirty: list[tuple[int, int]] = []
+        self._points: collections.deque[tuple[int, DurablePoint]] = collections.deque()  # (down seq, point)
+        self.newest_durable: DurablePoint | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"sink-buffer-{self.disk}", daemon=True)
+        self._thread.start()
+
+    # -- ChangeSink (the workload's path: never waits) ----------------------------------------
+    def write(self, offset: int, data: bytes) -> None:
+        self._put(("write", offset, len(data), bytes(data), "", "", None), len(data), wait=False)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._put(("discard", offset, length, b"", "", "", None), 0, wait=False)
+
+    def flush(self) -> None:
+        self._put(("barrier", 0, 0, b"", "", "", None), 0, wait=False)
+
+    def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
+        self._put(("bookmark", 0, 0, b"", bookmark_id, kind, group_id), 0, wait=False)
+
+    # -- the agent's side ---------------------------------------------------------------------
+    def paced(self, stop: threading.Event) -> PacedSink:
+        return PacedSink(self, stop)
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes buffered here plus bytes sent but not yet durable at the process server."""
+        return self._queued_bytes + self.down._undurable_bytes + self.down._pending_bytes
+
+    @property
+    def connected(self) -> bool:
+        return self.down.connected
+
+    def drained(self) -> bool:
+        """Nothing buffered, nothing in flight, and every change handed on is durable."""
+        with self._cv:
+            idle = not self._queue and not self._busy
+        return idle and self.down.connected and self.down.fallback is None and self.down.durable >= self.down.seq
+
+    def take_dirty(self) -> list[tuple[int, int]]:
+        """The ranges whose changes were dropped (read them from the disk again); clears them."""
+        with self._cv:
+            dirty, self._dirty = self._dirty, []
+        return dirty
+
+    def rearm(self) -> None:
+        """Leave fallback: buffer and ship again (after `drained()`)."""
+        with self._cv:
+            self.fallback = None
+            self._cv.notify_all()
+
+    def fall_back(self, reason: str) -> None:
+        with self._cv:
+            self._fall_back(reason)
+
+    def wait(self, done: Callable[[], bool], stop: threading.Event, what: str) -> None:
+        """Wait until `done()` (checked under the buffer's lock); TransportError on stop or fallback."""
+        with self._cv:
+            while not done():
+                if stop.is_set() or self._closed:
+                    raise TransportError(f"disk {self.disk}: stopped while waiting for {what}")
+                if self.fallback is not None:
+                    raise CacheFull(f"disk {self.disk}: {self.fallback}")
+                self._cv.wait(0.2)
+                self._refresh_points()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self.down.close()
+        self._thread.join(5)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _put(self, item: _Item, nbytes: int, *, wait: bool, stop: threading.Event | None = None) -> int:
+        with self._cv:
+            while True:
+                if self.fallback is not None:
+                    if item[0] in ("write", "discard"):
+                        self._dirty.append((item[1], item[2]))
+                    raise CacheFull(f"disk {self.disk}: {self.fallback}; tracking changes in a bitmap")
+                # the agent's own bulk sends leave half the buffer to the workload's changes
+                limit = self.capacity_bytes // 2 if wait else self.capacity_bytes
+                if self._queued_bytes + nbytes <= limit or not self._queue:
+                    break
+                if not wait:
+                    self._fall_back(f"{self._queued_bytes >> 20} MiB of changes are waiting for the process "
+                                    f"server (the buffer holds {self.capacity_bytes >> 20} MiB)")
+                    continue
+                if self._closed or (stop is not None and stop.is_set()):
+                    raise TransportError(f"disk {self.disk}: stopped while waiting for room in the buffer")
+                self._cv.wait(0.2)
+            self._queue.append(item)
+            self._queued_bytes += nbytes
+            self._added += 1
+            self._cv.notify_all()
+            return self._added
+
+    def _fall_back(self, reason: str) -> None:
+        """Called with the lock held: drop the buffer into dirty ranges and refuse until rearm()."""
+        if self.fallback is None:
+            self.fallback = reason
+        for kind, offset, length, *_ in self._queue:
+            if kind in ("write", "discard"):
+                self._dirty.append((offset, length))
+        self._handed += len(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._cv.notify_all()
+
+    def _refresh_points(self) -> None:
+        while self._points and self._points[0][0] <= self.down.durable:
+            self.newest_durable = self._points.popleft()[1]
+
+    def _run(self) -> None:
+        while True:
+            if not self.down.connected and self.down._numbered and self.down.fallback is None:
+                # nothing else dials while the workload is idle: reconnect (backoff inside), so
+                # what the process server lacks is replayed and points can resume
+                try:
+                    self.down._wait(lambda: self.down.connected or self.down.fallback is not None, "reconnect")
+                except AgentError:
+                    if self._closed:
+                        return
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait(0.5)
+                    self._refresh_points()
+                    if not self.down.connected:
+                        break
+                if self._closed:
+                    return
+                if not self._queue:
+                    continue
+                item = self._queue.popleft()
+                if item[0] == "write":
+                    self._queued_bytes -= item[2]
+                self._busy = True
+            try:
+                self._hand_on(item)
+            except AgentError as err:
+                with self._cv:
+                    if self._closed:
+                        return
+                    if item[0] in ("write", "discard"):
+                        self._dirty.append((item[1], item[2]))
+                    reason = self.down.fallback.reason if self.down.fallback is not None else str(err)
+                    self._dirty.extend(self.down.dirty)
+                    self.down.dirty = []
+                    self._fall_back(reason)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._handed += 1
+                    self._refresh_points()
+                    self._cv.notify_all()
+
+    def _hand_on(self, item: _Item) -> None:
+        kind, offset, length, data, point, point_kind, group = item
+        if kind == "write":
+            self.down.write(offset, data)
+        elif kind == "discard":
+            self.down.discard(offset, length)
+        elif kind == "barrier":
+            self.down.barrier()
+        elif kind == "sync":
+            self.down.flush()
+        else:
+            taken = time.time()
+            self.down.bookmark(point, point_kind, group)  # type: ignore[arg-type]
+            with self._cv:
+                self._points.append((self.down.seq, DurablePoint(point, taken)))
+
+
+class PacedSink:
+    """A BufferedSink's view for the agent's bulk sends: writes wait for room (never fall back on a
+    full buffer), flush waits until everything before it is durable at the process server. Raises
+    TransportError when `stop` is set, CacheFull when the sink fell back meanwhile."""
+
+    def __init__(self, buffered: BufferedSink, stop: threading.Event) -> None:
+        self.buffered = buffered
+        self.stop = stop
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.buffered._put(("write", offset, len(data), bytes(data), "", "", None), len(data), wait=True,
+                           stop=self.stop)
+
+    def discard(self, offset: int, length: int) -> None:
+        self.buffered._put(("discard", offset, length, b"", "", "", None), 0, wait=True, stop=self.stop)
+
+    def flush(self) -> None:
+        number = self.buffered._put(("sync", 0, 0, b"", "", "", None), 0, wait=True, stop=self.stop)
+        b = self.buffered
+        b.wait(lambda: b._handed >= number, self.stop, "the process server to make the sync durable")
+        if b.fallback is not None:
+            raise CacheFull(f"disk {b.disk}: {b.fallback}")
+
+    def room(self, nbytes: int) -> None:
+        """Wait until `nbytes` more fit in the buffer (call outside any lock the workload needs)."""
+        b = self.buffered
+        b.wait(lambda: b._queued_bytes + nbytes <= b.capacity_bytes // 2 or not b._queue, self.stop,
+               "room in the buffer")
+
+    def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
+        self.buffered.bookmark(bookmark_id, kind, group_id)

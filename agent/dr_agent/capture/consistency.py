@@ -22,7 +22,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from dr_agent.capture import _linux
@@ -42,13 +42,16 @@ def new_bookmark_id() -> str:
 Script = str | Sequence[str]
 
 
-def run_script(script: Script, *, timeout: float = SCRIPT_TIMEOUT) -> None:
-    """Run one pre/post script: a string through `/bin/sh -c`, a sequence as argv. Raises ScriptFailed."""
+def run_script(script: Script, *, timeout: float = SCRIPT_TIMEOUT, env: Mapping[str, str] | None = None) -> None:
+    """Run one pre/post script: a string through `/bin/sh -c`, a sequence as argv. Raises ScriptFailed.
+
+    `env` is added to the agent's environment (the point's DR_POINT_ID and DR_POINT_KIND)."""
     argv = ["/bin/sh", "-c", script] if isinstance(script, str) else list(script)
     shown = script if isinstance(script, str) else " ".join(script)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, **env} if env else None)
     except OSError as err:
         raise ScriptFailed(shown, 127, str(err)) from None
     try:
@@ -66,62 +69,74 @@ def run_script(script: Script, *, timeout: float = SCRIPT_TIMEOUT) -> None:
 @contextlib.contextmanager
 def app_consistent(mount_points: Sequence[Path | str], pre_scripts: Sequence[Script] = (),
                    post_scripts: Sequence[Script] = (), *,
-                   script_timeout: float = SCRIPT_TIMEOUT) -> Iterator[None]:
+                   script_timeout: float = SCRIPT_TIMEOUT, env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Pre scripts, freeze every mount point, yield (insert the bookmark), ALWAYS thaw, post scripts.
 
     Post scripts always run (they undo what the pre scripts did, even if a pre script or the
     freeze failed). Errors: the first failure is raised after every thaw and post script ran;
-    a failure inside the block wins over a failing post script.
+    a failure inside the block wins over a failing post script. Each file system is frozen
+    through a descriptor held open until its thaw, so it cannot be unmounted while frozen.
+    `env` reaches the scripts (DR_POINT_ID, DR_POINT_KIND).
     """
-    frozen: list[Path] = []
+    frozen: list[tuple[Path, int]] = []
     try:
         for script in pre_scripts:
-            run_script(script, timeout=script_timeout)
+            run_script(script, timeout=script_timeout, env=env)
         for mount_point in map(Path, mount_points):
-            if not os.path.ismount(mount_point):  # FIFREEZE on any path freezes that path's whole file system
-                raise FreezeError(f"{mount_point} is not a mount point; list the mount points of the protected "
-                                  "file systems (see `findmnt`)")
-            try:
-                _linux.freeze(mount_point)
-            except OSError as err:
-                raise FreezeError(
-                    f"could not freeze {mount_point}: {err.strerror}; it must be the mount point of a "
-                    "file system that supports FIFREEZE (ext4, xfs, btrfs) and the agent must run as root"
-                ) from None
-            frozen.append(mount_point)
+            frozen.append((mount_point, freeze(mount_point)))
         yield
     except BaseException:
         _thaw_all(frozen, raise_errors=False)
-        _run_post(post_scripts, script_timeout, raise_errors=False)
+        _run_post(post_scripts, script_timeout, raise_errors=False, env=env)
         raise
     else:
         thaw_error = _thaw_all(frozen, raise_errors=False)
-        post_error = _run_post(post_scripts, script_timeout, raise_errors=False)
+        post_error = _run_post(post_scripts, script_timeout, raise_errors=False, env=env)
         if thaw_error is not None:
             raise thaw_error
         if post_error is not None:
             raise post_error
 
 
-def _thaw_all(frozen: list[Path], *, raise_errors: bool) -> FreezeError | None:
+def freeze(mount_point: Path) -> int:
+    """Freeze one file system; returns the descriptor `thaw` needs. FreezeError, with the fix."""
+    if not os.path.ismount(mount_point):  # FIFREEZE on any path freezes that path's whole file system
+        raise FreezeError(f"{mount_point} is not a mount point; list the mount points of the protected "
+                          "file systems (see `findmnt`)")
+    try:
+        return _linux.freeze_held(mount_point)
+    except OSError as err:
+        raise FreezeError(
+            f"could not freeze {mount_point}: {err.strerror}; it must be the mount point of a "
+            "file system that supports FIFREEZE (ext4, xfs, btrfs) and the agent must run as root"
+        ) from None
+
+
+def thaw(mount_point: Path, fd: int) -> FreezeError | None:
+    """Thaw what `freeze` froze; returns (does not raise) what went wrong, with the fix."""
+    try:
+        _linux.thaw_held(fd)
+    except OSError as err:
+        log.error("could not thaw %s: %s", mount_point, err)
+        return FreezeError(f"could not thaw {mount_point}: {err.strerror}; run `fsfreeze --unfreeze {mount_point}` now")
+    return None
+
+
+def _thaw_all(frozen: list[tuple[Path, int]], *, raise_errors: bool) -> FreezeError | None:
     first: FreezeError | None = None
-    for mount_point in reversed(frozen):
-        try:
-            _linux.thaw(mount_point)
-        except OSError as err:
-            log.error("could not thaw %s: %s", mount_point, err)
-            first = first or FreezeError(f"could not thaw {mount_point}: {err.strerror}; "
-                                         f"run `fsfreeze --unfreeze {mount_point}` now")
+    for mount_point, fd in reversed(frozen):
+        first = thaw(mount_point, fd) or first
     if first is not None and raise_errors:
         raise first
     return first
 
 
-def _run_post(scripts: Sequence[Script], timeout: float, *, raise_errors: bool) -> ScriptFailed | None:
+def _run_post(scripts: Sequence[Script], timeout: float, *, raise_errors: bool,
+              env: Mapping[str, str] | None = None) -> ScriptFailed | None:
     first: ScriptFailed | None = None
     for script in scripts:
         try:
-            run_script(script, timeout=timeout)
+            run_script(script, timeout=timeout, env=env)
         except ScriptFailed as err:
             log.error("%s", err)
             first = first or err

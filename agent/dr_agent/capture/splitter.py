@@ -29,7 +29,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -338,11 +338,11 @@ class Splitter:
             self._apply.release()
             raise
 
-    def mark(self, bookmark_id: str, group_id: str | None) -> None:
+    def mark(self, bookmark_id: str, group_id: str | None, kind: BookmarkKind = "crash") -> None:
         """Insert a (multi-VM) bookmark while paused (the coordinator's phase 2)."""
         if not self._held:
             raise CaptureError("mark() needs pause() first: a group point is inserted while the disk is held")
-        self._mark_locked(bookmark_id, "crash", group_id)
+        self._mark_locked(bookmark_id, kind, group_id)
 
     def resume(self) -> None:
         """Let writes through again (phase 3, or an abort). Safe to call when not paused."""
@@ -382,15 +382,25 @@ class Splitter:
         with self._apply:
             self._enter_bitmap(reason)
 
-    def resume_data_mode(self) -> int:
+    def mark_dirty(self, ranges: list[tuple[int, int]], reason: str) -> None:
+        """Enter bitmap mode (if not in it) and mark `ranges`: changes the sink could not ship."""
+        with self._apply if not self._holding() else contextlib.nullcontext():
+            self._enter_bitmap(reason)
+            for offset, length in ranges:
+                self._bitmap_mark(offset, length)
+
+    def resume_data_mode(self, room: Callable[[int], None] | None = None) -> int:
         """Send every block changed in bitmap mode, then return to data mode; returns bytes sent.
 
         Works in steps of SYNC_CHUNK under the apply lock, so the workload keeps running; blocks
         written meanwhile are marked again and sent by a later step. The switch back to data mode
-        happens under the lock when the bitmap is empty.
+        happens under the lock when the bitmap is empty. `room(n)`, called before each step
+        outside the lock, may wait until the sink has room for n more bytes.
         """
         sent = 0
         while True:
+            if room is not None:
+                room(SYNC_CHUNK)
             with self._apply:
                 bitmap = self._bitmap
                 if bitmap is None:
