@@ -138,11 +138,8 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
         mts = [mt_of[m] for m in ps.machines if m in mt_of]
         if not mts:
             continue
-        coordinated = [{"name": g.name, "members": list(g.members), "site": ps.site,
-                        "crash_every_s": int(g.policy.crash_consistent_every.total_seconds()),
-                        "app_every_s": (int(g.policy.app_consistent_every.total_seconds())
-                                        if g.policy.app_consistent_every else None)}
-                       for g in estate.protection_groups if coordinators.get(g.name) is ps]
+        coordinated = [_group_view(g, ps.site) for g in estate.protection_groups
+                       if g.name in coordinators and coordinators[g.name].name == ps.name]
         address = site_ps.get((ps.site, ps.name), "0.0.0.0")
         site = next((s for s in estate.sites if s.name == ps.site), None)
         throttle = site.bandwidth_mbps if site is not None else None
@@ -163,14 +160,14 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
         machine = estate.machine(name)
         group = groups[name]
         same_site = [p for p in plan.process_servers if p.site == ps.site]
-        addresses = [f"{site_ps.get((p.site, p.name), p.name)}:{PS_PORT}"
-                     for p in sorted(same_site, key=lambda p: p.name != ps.name)]
+        ps_addresses = [f"{site_ps.get((p.site, p.name), p.name)}:{PS_PORT}"
+                        for p in sorted(same_site, key=lambda p: p.name != ps.name)]
         disks = [{"stream": stream_name(name, d.name), "device": d.device or f"/dev/disk/by-label/{d.name}",
                   "mount_points": d.mount_points} for d in machine.disks]
         app = group.policy.app_consistent_every
-        coordinator = coordinators.get(group.name)
+        coordinator: Any = coordinators.get(group.name)
         out[f"{name}/agent.toml"] = render(
-            "agent/agent.toml.j2", machine=machine, group=group, ps_addresses=addresses, disks=disks,
+            "agent/agent.toml.j2", machine=machine, group=group, ps_addresses=ps_addresses, disks=disks,
             crash_every_s=int(group.policy.crash_consistent_every.total_seconds()),
             app_every_s=int(app.total_seconds()) if app else None,
             group_id=group.name if group.policy.multi_vm_consistency else None,
@@ -178,6 +175,14 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
                          if coordinator is not None else None))
         out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name)
     return out
+
+
+def _group_view(group: Any, site: str) -> dict[str, Any]:
+    """What process-server.toml says of a multi-VM group it coordinates."""
+    app = group.policy.app_consistent_every
+    return {"name": group.name, "members": list(group.members), "site": site,
+            "crash_every_s": int(group.policy.crash_consistent_every.total_seconds()),
+            "app_every_s": int(app.total_seconds()) if app else None}
 
 
 def _coordinators(estate: Any, plan: Any, mt_of: Mapping[str, Any]) -> dict[str, Any]:
