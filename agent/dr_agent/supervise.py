@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from dr_agent.contract import Layout
 from dr_agent.errors import ConfigError
 
 # systemd.service(5) defaults: RestartSec=100ms; DefaultTimeoutStopSec=90s (systemd-system.conf(5)).
@@ -52,6 +53,13 @@ _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 # Seconds a detaching caller waits for the daemon to report that it runs.
 DETACH_PATIENCE_S = 10.0
+
+
+def run_files(layout: Layout, unit_name: str) -> tuple[Path, Path]:
+    """Where a machine's supervised unit keeps its pidfile and its log: `<root>/run/dr-agent/
+    <unit>.pid` and `<state_dir>/log/<unit>.log` (`dr agent push` starts units so)."""
+    stem = unit_name.removesuffix(".service")
+    return Path(layout.base / "run/dr-agent" / f"{stem}.pid"), Path(layout.state_dir / "log" / f"{stem}.log")
 
 
 @dataclass(frozen=True)
