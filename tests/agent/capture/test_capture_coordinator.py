@@ -11,6 +11,8 @@ each other across machines.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import struct
 import threading
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from dr_agent.catalog import Catalog, Point
 from dr_agent.contract import PS_PORT, ProcessServerHealth, stream_name
 from dr_agent.coordination import GroupMember, coordinator_address
@@ -29,7 +32,8 @@ from dr_agent.process_server import ProcessServer, ProcessServerConfig
 from dr_agent.ps_coordinator import GroupConfig
 from dr_agent.sink import ProcessServerSink
 
-from tests.agent.pipeline.pipeline_harness import service_pair
+from dr.cli import cli
+from tests.agent.pipeline.pipeline_harness import REPO, service_pair
 
 GROUP = "sharepoint"
 MACHINES = ("web01", "app01", "sql01")
@@ -92,14 +96,43 @@ def group_table(members: tuple[str, ...] = MACHINES, *, every_s: float = 1, paus
             f"hold_timeout_s = {hold_timeout_s}\n")
 
 
+def rendered_process_server(root: Path, local: str) -> tuple[str, str, tuple[str, ...]]:
+    """process-server.toml as `dr replica configs` renders it for the linux estate's ps-dublin,
+    the coordinator of multi-VM group web-tier (whose policy here takes crash points every second),
+    with the lines that place it on a machine (listen, identity, cache, master target, metrics)
+    taken from `local`; and the group's name and members."""
+    spec = root / "spec"
+    shutil.copytree(REPO / "examples/linux-estate", spec)
+    text = (spec / "dr.yaml").read_text()
+    every_second = "      multi_vm_consistency: true\n      crash_consistent_every: 1s\n"
+    (spec / "dr.yaml").write_text(text.replace("      multi_vm_consistency: true\n", every_second, 1))
+    res = CliRunner().invoke(cli, ["replica", "configs", str(spec / "dr.yaml"), "--out", str(root / "configs")])
+    assert res.exit_code == 0, res.output
+    rendered = (root / "configs/ps-dublin/process-server.toml").read_text()
+    here = tomllib.loads(local)["process_server"]
+    for key in ("listen", "identity", "cache_dir", "master_target", "master_target_hostname", "metrics"):
+        value = f'{key} = "{here[key]}"' if key in here else ""
+        rendered = re.sub(rf"(?m)^{key} = .*$", value, rendered)
+    (group,) = tomllib.loads(rendered)["process_server"]["groups"]
+    assert group["crash_consistent_every_s"] == 1
+    return rendered, group["name"], tuple(group["members"])
+
+
 class Site:
     """A master target and a process server (processes), and the group's machines in this process."""
 
-    def __init__(self, root: Path, pki: Any, stack: ExitStack, *, groups: str) -> None:
+    def __init__(self, root: Path, pki: Any, stack: ExitStack, *, groups: str | None = None) -> None:
+        """`groups`: [[process_server.groups]] tables for the process server; None: the rendered
+        configuration of a process server that coordinates a group (`rendered_process_server`)."""
         self.root, self.pki, self.stack = root, pki, stack
         self.mt, self.ps, self.ps_port = service_pair(root, pki)
-        with (root / "ps.toml").open("a") as f:
-            f.write(groups)
+        self.group, self.members = GROUP, MACHINES
+        if groups is None:
+            text, self.group, self.members = rendered_process_server(root, (root / "ps.toml").read_text())
+            (root / "ps.toml").write_text(text)
+        else:
+            with (root / "ps.toml").open("a") as f:
+                f.write(groups)
         self.mt.start()
         stack.callback(self.mt.stop)
         self.ps.start()
@@ -116,7 +149,7 @@ class Site:
         return Machine(name, sinks)
 
     def member(self, machine: Machine, *, port: int | None = None) -> GroupMember:
-        m = GroupMember([("127.0.0.1", port or self.ps_port)], self.pki.agent, agent=machine.name, group=GROUP,
+        m = GroupMember([("127.0.0.1", port or self.ps_port)], self.pki.agent, agent=machine.name, group=self.group,
                         participant=machine, server_hostname="127.0.0.1")
         self.stack.callback(m.close)
         return m
@@ -126,7 +159,7 @@ class Site:
         cat = Catalog(self.root / "mt/catalog.sqlite")
         try:
             out: dict[str, list[Point]] = {}
-            for p in cat.points(GROUP):
+            for p in cat.points(self.group):
                 out.setdefault(p.id, []).append(p)
             return out
         finally:
@@ -191,8 +224,8 @@ def stack() -> Iterator[ExitStack]:
 
 
 def test_group_points_put_one_id_on_every_disk_of_every_member(tmp_path: Path, pki: Any, stack: ExitStack) -> None:
-    site = Site(tmp_path, pki, stack, groups=group_table())
-    machines = [site.machine(name) for name in MACHINES]
+    site = Site(tmp_path, pki, stack)  # rendered by `dr replica configs`
+    machines = [site.machine(name) for name in site.members]
     members = [site.member(m) for m in machines]
     for member in members:
         assert member.wait_connected(DEADLINE_S), f"{member.agent} did not join"
@@ -205,16 +238,16 @@ def test_group_points_put_one_id_on_every_disk_of_every_member(tmp_path: Path, p
     writer.join(10)
 
     assert listening_sockets_of_this_process() == []  # the source side only dials
-    streams = {stream_name(m, d) for m in MACHINES for d in DISKS}
+    streams = {stream_name(m, d) for m in site.members for d in DISKS}
     for point_id, points in site.group_points().items():
         assert {p.disk for p in points} == streams, f"point {point_id} is not on every disk"
-        assert {(p.group_id, p.kind) for p in points} == {(GROUP, "crash")}
+        assert {(p.group_id, p.kind) for p in points} == {(site.group, "crash")}
         at = {p.disk: counter_at(p) for p in points}
-        web, app, sql = (at[stream_name(m, "c")] for m in MACHINES)
-        # writes go web01 -> app01 -> sql01, each taken before the next: a consistent cut never
+        first, second, third = (at[stream_name(m, "c")] for m in site.members)
+        # writes go to the members in order, each taken before the next: a consistent cut never
         # shows a later machine ahead of an earlier one, nor more than one step apart
-        assert web >= app >= sql >= web - 1, (point_id, web, app, sql)
-        assert all(at[stream_name(m, "data")] == at[stream_name(m, "c")] for m in MACHINES)
+        assert first >= second >= third >= first - 1, (point_id, first, second, third)
+        assert all(at[stream_name(m, "data")] == at[stream_name(m, "c")] for m in site.members)
     assert {k for m in machines for k in m.pauses} == {"crash"}
 
 
