@@ -1,0 +1,142 @@
+"""`dr-agent agent` under faults, run as a user runs it: one point id across a machine's disks, a
+black-holed process server under writes (fsync stays fast, the agent heals by itself), and
+SIGTERM / SIGKILL restarts in tracking mode under writes (no EIO, no read-only remount)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import MIB, Estate, need_root, populate, run, tree_hashes, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture
+def estate(tmp_path: Path, pki: Any) -> Any:
+    need_root()
+    e = Estate(tmp_path, pki)
+    e.start()
+    yield e
+    e.close()
+
+
+class Writer:
+    """The workload: files written and fsynced in a loop; every fsync's latency and any error kept."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            try:
+                with open(self.root / f"w{i % 40}.bin", "wb") as f:
+                    f.write(os.urandom(64 * 1024))
+                    started = time.monotonic()
+                    os.fsync(f.fileno())
+                    self.latencies.append(time.monotonic() - started)
+            except OSError as err:
+                self.errors.append(str(err))
+            i += 1
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _converges(estate: Estate, tmp_path: Path, stream: str, mnt: Path, agent: Any, name: str) -> None:
+    os.sync()
+    after = time.time()
+    want = tree_hashes(mnt)
+    point = estate.wait_point(stream, after, 120, agent=agent)
+    assert estate.exported_hashes(estate.export(stream, point.id, tmp_path / f"{name}.img")) == want
+
+
+def test_a_machine_s_disks_share_each_point_id(estate: Estate) -> None:
+    disks = [estate.disk(n, 32 * MIB) for n in ("sdb", "sdc")]
+    bodies = []
+    for d in disks:
+        d.mount()
+        populate(d.mnt, seed=len(bodies), count=5)
+        bodies.append(f'name = "sql_01.{d.image.stem}"\nmode = "tracking"\ndevice = "{d.dev}"\n'
+                      f'mount_points = ["{d.mnt}"]')
+    agent = estate.start_agent(estate.agent_config("sql_01", bodies, crash_consistent_every_s=1))
+    wait_for(lambda: len(estate.points("sql_01.sdc")) >= 3 and len(estate.points("sql_01.sdb")) >= 3, 90,
+             "three points on each disk", agent=agent)
+    b = {p.id for p in estate.points("sql_01.sdb")}
+    c = {p.id for p in estate.points("sql_01.sdc")}
+    assert len(b & c) >= 3, (sorted(b), sorted(c))
+
+
+def test_a_black_holed_process_server_never_holds_the_workload(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sdb")
+    disk.mount()
+    populate(disk.mnt / "before", seed=5, count=10)
+    disk.umount()
+    run("losetup", "-d", disk.dev)
+    config = estate.agent_config(
+        "web02", [f'name = "web02.sdb"\nmode = "splitter"\ndevice = "{disk.image}"\n'
+                  f'mountpoint = "{tmp_path / "fuse"}"\nmount_points = ["{disk.mnt}"]'],
+        crash_consistent_every_s=1, buffer_mb=4, io_timeout_s=2.0, connect_timeout_s=1.0,
+        reconnect_initial_s=0.2, reconnect_max_s=2.0)
+    agent = estate.start_agent(config)
+    link = tmp_path / "fuse.dev"
+    wait_for(lambda: "initial-sync -> protected" in estate.agent_log("web02"), 90, "the initial sync", agent=agent)
+    disk.dev = str(link.resolve())
+    disk.mount(str(link))
+    writer = Writer(disk.mnt / "load")
+    try:
+        time.sleep(2)
+        assert estate.ps.proc is not None
+        estate.ps.proc.send_signal(signal.SIGSTOP)  # the link is black-holed: nothing answers, nothing resets
+        time.sleep(15)  # several times every timeout of the agent's config
+        during = list(writer.latencies)
+        estate.ps.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "bitmap -> protected" in estate.agent_log("web02"), 120, "the agent to heal", agent=agent)
+    finally:
+        writer.stop()
+    assert writer.errors == []
+    assert len(during) > 50
+    p99 = sorted(during)[int(len(during) * 0.99)]
+    assert p99 < 1.0, f"fsync p99 {p99:.3f} s during the outage"
+    _converges(estate, tmp_path, "web02.sdb", disk.mnt, agent, "healed")
+    log = estate.agent_log("web02")
+    assert log.count("the process server is unreachable") >= 1 and log.count("protected -> bitmap") == 1
+
+
+def test_restarts_in_tracking_mode_never_touch_the_workload(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sdb")
+    disk.mount()
+    populate(disk.mnt / "before", seed=6, count=10)
+    config = estate.agent_config("db02", [f'name = "db02.sdb"\nmode = "tracking"\ndevice = "{disk.dev}"\n'
+                                          f'mount_points = ["{disk.mnt}"]'], crash_consistent_every_s=1)
+    writer = Writer(disk.mnt / "load")
+    try:
+        for stop in (signal.SIGKILL, signal.SIGTERM):
+            agent = estate.start_agent(config)
+            wait_for(lambda: "-> protected" in estate.agent_log("db02").rsplit("agent listening", 1)[-1], 90,
+                     "protection", agent=agent)
+            time.sleep(1.5)
+            agent.send_signal(stop)
+            agent.wait(30)
+        agent = estate.start_agent(config)
+        time.sleep(2)
+    finally:
+        writer.stop()
+    assert writer.errors == []
+    assert "ro" not in run("findmnt", "-no", "OPTIONS", str(disk.mnt)).split(",")
+    assert "resync -> protected" in estate.agent_log("db02")  # each restart compared the disk by hashes
+    _converges(estate, tmp_path, "db02.sdb", disk.mnt, agent, "restarted")
