@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--role", required=True, choices=[r.value.replace("_", "-") for r in SERVICE_ROLES])
     reg.add_argument("--out", required=True, type=Path, help="the identity directory, e.g. /etc/dr-agent/identity")
     reg.add_argument("--passphrase-env", default="DR_VAULT_KEY", help="the variable holding the vault passphrase")
-    reg.add_argument("--ca-file", type=Path, help="the vault CA (PEM) to verify the server with; "
-                                                  "default: the system's trust store")
+    reg.add_argument("--ca-file", type=Path, help="the vault CA (PEM) to verify the server with; default: the "
+                                                  "server's, once it proves it holds the vault passphrase")
     reg.add_argument("--machine", help="an agent: the spec machine it protects (default: --name)")
     reg.add_argument("--site", help="the site this component is at (default: the spec machine's)")
     reg.add_argument("--address", action="append", default=[], help="a DNS name or IP in the certificate")

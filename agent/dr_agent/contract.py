@@ -12,7 +12,7 @@ file layout or message shape that two parts share is defined here once; nothing 
     wire messages Hello, Welcome, Ack, Fallback, Error, HashesRequest, Resynced: typed JSON bodies of
                   the data path's control frames; `parse(cls, body)` refuses anything else with
                   ProtocolError
-    control plane HEARTBEAT_INTERVAL_S, the API paths, Registration / RegistrationAnswer,
+    control plane HEARTBEAT_INTERVAL_S, the API paths, VaultCa, Registration / RegistrationAnswer,
                   MasterTargetHealth, CatalogReport (per stream: ReplicaLocation, CatalogPoint)
     coordinator   Join, GroupState, Pause, Mark, PointStep, Failed: the multi-VM coordinator's bodies
                   (hosted by the process server); ProcessServerHealth
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import hmac
 import re
 import types
 import typing
@@ -334,6 +336,13 @@ CONTROL_BACKOFF_MAX_S = 60.0
 # (seconds; our choice: a restarted server with an empty store is complete again within minutes).
 CATALOG_REFRESH_S = 300.0
 REGISTER_PATH = "/api/v1/register"
+# The vault CA, with the server's proof that it knows the vault passphrase (no token needed): a
+# component without the CA yet verifies it with the passphrase before sending the passphrase.
+CA_PATH = "/api/v1/ca"
+# scrypt parameters of the vault passphrase (n=2**14, r=8, p=1: the values Python's docs and
+# RFC 7914 give for interactive logins; about 50 ms here). The server keeps only scrypt(passphrase,
+# salt); the CA proof is keyed with it, so both sides derive the same key.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 CATALOG_PATH = "/api/v1/catalog"
 HEARTBEAT_PATHS: dict[Role, str] = {
     Role.AGENT: "/api/v1/heartbeat/agent",
@@ -365,6 +374,33 @@ class Registration(Message):
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_json().items() if v not in (None, [])}
+
+
+def passphrase_key(passphrase: str, salt: bytes) -> bytes:
+    """scrypt(passphrase, salt): what the server stores of the vault passphrase, and the CA proof's key."""
+    return hashlib.scrypt(passphrase.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+
+
+def ca_proof(key: bytes, ca_pem: str) -> str:
+    """HMAC-SHA256 of the CA certificate under the passphrase key (hex)."""
+    return hmac.new(key, ca_pem.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class VaultCa(Message):
+    """`GET CA_PATH`: the vault CA and the proof that the server holds the vault passphrase."""
+
+    NAME: ClassVar[str] = "VAULT_CA"
+    ca_pem: str
+    salt: str                               # hex: the passphrase record's salt
+    proof: str                              # hex: ca_proof(passphrase_key(passphrase, salt), ca_pem)
+
+    def verify(self, passphrase: str) -> bool:
+        try:
+            salt = bytes.fromhex(self.salt)
+        except ValueError:
+            return False
+        return hmac.compare_digest(ca_proof(passphrase_key(passphrase, salt), self.ca_pem), self.proof)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@
 
 Standard library only (urllib, ssl): the agent package stays installable with few dependencies.
 Every other call carries `Authorization: Bearer <token>`; the server is verified against the vault
-CA (`ca.pem` of the identity), or a CA file the caller names.
+CA (`ca.pem` of the identity), or a CA file the caller names. A machine that has no CA yet fetches
+it from the server with the server's proof that it holds the vault passphrase (contract VaultCa),
+and sends the passphrase only over TLS verified by that CA.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dr_agent.contract import (
+    CA_PATH,
     CATALOG_PATH,
     CATALOG_REFRESH_S,
     CONTROL_BACKOFF_MAX_S,
@@ -41,6 +44,7 @@ from dr_agent.contract import (
     Registration,
     RegistrationAnswer,
     Role,
+    VaultCa,
     parse_role,
 )
 from dr_agent.errors import AuthError, ConfigError, ProtocolError, TransportError
@@ -71,15 +75,16 @@ def _context(ca_file: Path | None) -> ssl.SSLContext:
         raise ConfigError(f"the CA file {ca_file} cannot be read as PEM certificates ({err}): fix --ca-file") from None
 
 
-def _call(server: str, path: str, body: dict[str, Any], *, ctx: ssl.SSLContext | None,
+def _call(server: str, path: str, body: dict[str, Any] | None, *, ctx: ssl.SSLContext | None,
           token: str | None = None) -> Any:
-    """POST a JSON body; the JSON answer (None for 204). AuthError/ProtocolError when refused for
-    good, _Unreachable when another try may succeed."""
+    """POST a JSON body (GET without one); the JSON answer (None for 204). AuthError/ProtocolError
+    when refused for good, _Unreachable when another try may succeed."""
     url = server.rstrip("/") + path
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S,
                                     context=ctx if url.startswith("https:") else None) as answer:
@@ -135,12 +140,14 @@ def register(server: str, passphrase: str, *, name: str, role: Role | str, out: 
     body = Registration(passphrase=passphrase, name=name, role=role.value, machine=machine, site=site,
                         address=addresses[0] if addresses else None, alt_names=tuple(addresses[1:]),
                         csr_pem=certificate_request(name, key_pem)).to_json()
-    ctx = _context(ca_file)
+    ctx = _context(ca_file) if ca_file else None
     give_up = clock() + deadline_s
     attempt = 0
     while True:
         attempt += 1
         try:
+            if ctx is None:
+                ctx = _proven_ca(server, passphrase)
             answer = RegistrationAnswer.from_json(_call(server, REGISTER_PATH, body, ctx=ctx))
             break
         except _Unreachable as err:
@@ -159,6 +166,19 @@ def register(server: str, passphrase: str, *, name: str, role: Role | str, out: 
     token_file = out / TOKEN_FILE
     write_private(token_file, (answer.token + "\n").encode())
     return Registered(identity=ident, token_file=token_file, attempts=attempt)
+
+
+def _proven_ca(server: str, passphrase: str) -> ssl.SSLContext:
+    """A context trusting the vault CA the server hands out, once the server has proven it holds the
+    vault passphrase (contract VaultCa): the passphrase is sent only over TLS verified by it."""
+    first = ssl.create_default_context()
+    first.check_hostname = False
+    first.verify_mode = ssl.CERT_NONE  # only for the CA itself, which the proof then authenticates
+    vault = VaultCa.from_json(_call(server, CA_PATH, None, ctx=first))
+    if not vault.verify(passphrase):
+        raise AuthError(f"the server at {server} cannot prove it holds the vault passphrase: the passphrase is "
+                        "wrong, or this is not the configuration server; check both (or give --ca-file)")
+    return ssl.create_default_context(cadata=vault.ca_pem)
 
 
 def read_token(identity_dir: Path) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-from dr_agent.contract import CATALOG_PATH, HEARTBEAT_PATHS, REGISTER_PATH, Role
+from dr_agent.contract import CA_PATH, CATALOG_PATH, HEARTBEAT_PATHS, REGISTER_PATH, Role
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -118,6 +118,12 @@ def create_app(server: ConfigServer) -> FastAPI:
 
     Who = Annotated[Principal, Depends(principal)]
     Operator = Annotated[Principal, Depends(operator)]
+
+    @app.get(CA_PATH, tags=["registration"])
+    def vault_ca() -> dict[str, Any]:
+        """The vault CA (PEM) with the server's proof that it holds the vault passphrase
+        (HMAC-SHA256 keyed with scrypt(passphrase, salt)): check it before sending the passphrase."""
+        return dict(server.vault_ca().to_json())
 
     @app.post(REGISTER_PATH, response_model=RegisterResponse, tags=["registration"])
     def register(body: RegisterRequest) -> RegisterResponse:

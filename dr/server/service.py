@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_agent.contract import Role, parse_stream
+from dr_agent.contract import Role, VaultCa, ca_proof, parse_stream, passphrase_key
 from dr_agent.errors import AgentError
 
 from dr.errors import DrError
@@ -31,9 +31,6 @@ from dr.server.schemas import (
 )
 from dr.server.store import Store, dumps
 
-# scrypt cost for the vault passphrase (n=2**14, r=8, p=1: the parameters Python's docs and
-# RFC 7914 give for interactive logins, about 50 ms here).
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 # Events kept on the dashboard's front page.
 RECENT_EVENTS = 50
 
@@ -55,7 +52,8 @@ class Conflict(DrError):
 
 
 def _hash_passphrase(passphrase: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(passphrase.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    """scrypt with the contract's parameters: the CA proof (`vault_ca`) is keyed with the same."""
+    return bytes(passphrase_key(passphrase, salt))
 
 
 def _token_hash(token: str) -> str:
@@ -326,6 +324,16 @@ class ConfigServer:
                         unknown.append(disk.stream)
                         continue
                     disks[spec_disk[1]] = disk.model_dump(exclude={"stream", "rpo_seconds"})
+    def vault_ca(self) -> VaultCa:
+        """The vault CA and the proof that this server holds the vault passphrase, for a component
+        that has no CA yet (it checks the proof before it sends the passphrase)."""
+        record = self.store.get_meta("vault_passphrase")
+        if record is None:
+            raise Conflict("the vault is not initialised yet: start the server with `dr config-server start`")
+        _, salt, digest = record.split("$")
+        pem = certs.ca_pem(self.store)
+        return VaultCa(ca_pem=pem, salt=salt, proof=ca_proof(bytes.fromhex(digest), pem))
+
                     if disk.rpo_seconds is not None:
                         tx.upsert("disks", {"machine": machine, "disk": spec_disk[1], "rpo_seconds": disk.rpo_seconds,
                                             "reported": now, "reporter": who.name}, keys=("machine", "disk"))
@@ -429,7 +437,8 @@ class ConfigServer:
         return None if row["snapshot"] is None else str(row["snapshot"])
 
     def recovery_points(self, machine: str, disk: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT machine, disk, point_id, time, kind, group_id, processed FROM recovery_points WHERE machine = ?"
+        sql = ("SELECT machine, disk, point_id, time, kind, group_id, processed, snapshot FROM recovery_points "
+               "WHERE machine = ?")
         params: list[Any] = [machine]
         if disk is not None:
             sql += " AND disk = ?"
