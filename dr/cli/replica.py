@@ -162,8 +162,11 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
         same_site = [p for p in plan.process_servers if p.site == ps.site]
         ps_addresses = [f"{site_ps.get((p.site, p.name), p.name)}:{PS_PORT}"
                         for p in sorted(same_site, key=lambda p: p.name != ps.name)]
+        # a disk with file systems on it is in use: tracking mode (out of the I/O path, no change to
+        # the workload's mounts); one without is presented by the agent itself (splitter)
         disks = [{"stream": stream_name(name, d.name), "device": d.device or f"/dev/disk/by-label/{d.name}",
-                  "mount_points": d.mount_points} for d in machine.disks]
+                  "mount_points": d.mount_points, "mode": "tracking" if d.mount_points else "splitter"}
+                 for d in machine.disks]
         app = group.policy.app_consistent_every
         coordinator: Any = coordinators.get(group.name)
         out[f"{name}/agent.toml"] = render(
@@ -173,7 +176,8 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
             group_id=group.name if group.policy.multi_vm_consistency else None,
             coordinator=(f"{site_ps.get((coordinator.site, coordinator.name), coordinator.name)}:{PS_PORT}"
                          if coordinator is not None else None))
-        out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name)
+        out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name,
+                                                 splitter=any(d["mode"] == "splitter" for d in disks))
     return out
 
 

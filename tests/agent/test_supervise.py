@@ -125,7 +125,7 @@ def test_the_rendered_unit_is_read_as_systemd_reads_it(tmp_path: Path) -> None:
     unit = parse_unit(path)
     assert unit.exec_start[0].endswith("/dr-agent") and unit.exec_start[1] == "agent"
     assert unit.environment_files == ((Path("/etc/dr-agent/env"), True),)
-    assert unit.restart == "always" and unit.restart_s == 2.0 and unit.timeout_stop_s == 60.0
+    assert unit.restart == "on-failure" and unit.restart_s == 5.0 and unit.timeout_stop_s == 30.0
     assert parse_time_span("1min 30s", what="x") == 90.0 and parse_time_span("500ms", what="x") == 0.5
     with pytest.raises(ConfigError, match="not a time span"):
         parse_time_span("soon", what="RestartSec")
