@@ -14,10 +14,14 @@ SIZE_HELP = ("size of every source disk in the lab (sparse image; the lab choose
              "whose disks are far larger): 64M by default, at least 16M")
 
 
-def _lab(spec: Path) -> Any:
+def _lab(spec: Path, root: Path | None) -> Any:
     from dr.lab import Lab
 
-    return Lab.load(spec)
+    return Lab.load(spec, root=root)
+
+
+ROOT_OPTION = click.option("--root", type=click.Path(path_type=Path, file_okay=False), envvar="DR_LAB_ROOT",
+                           help="where labs live, one directory per estate (env DR_LAB_ROOT; default /var/lib/dr-lab)")
 
 
 def _progress(message: str) -> None:
@@ -61,9 +65,10 @@ def lab() -> None:
 @lab.command("up")
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--disk-size", default="64M", show_default=True, help=SIZE_HELP)
+@ROOT_OPTION
 @click.option("--no-push", is_flag=True, help="leave the agents uninstalled (push them later with dr agent push)")
 @format_option("text", "json")
-def up_cmd(spec: Path, disk_size: str, no_push: bool, fmt: str) -> None:
+def up_cmd(spec: Path, root: Path | None, disk_size: str, no_push: bool, fmt: str) -> None:
     """Bring the estate up (idempotent: what runs already is kept).
 
     \b
@@ -73,7 +78,7 @@ def up_cmd(spec: Path, disk_size: str, no_push: bool, fmt: str) -> None:
     from dr.lab.disks import parse_size
 
     size = parse_size(disk_size)
-    status = _lab(spec).up(disk_size=size, progress=_progress, push=not no_push)
+    status = _lab(spec, root).up(disk_size=size, progress=_progress, push=not no_push)
     if fmt == "json":
         echo_json(status.to_json())
     else:
@@ -82,10 +87,11 @@ def up_cmd(spec: Path, disk_size: str, no_push: bool, fmt: str) -> None:
 
 @lab.command("status")
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+@ROOT_OPTION
 @format_option("text", "json")
-def status_cmd(spec: Path, fmt: str) -> None:
+def status_cmd(spec: Path, root: Path | None, fmt: str) -> None:
     """What runs in the lab, where (exit 0 even when parts are stopped: read `all_running`)."""
-    status = _lab(spec).status()
+    status = _lab(spec, root).status()
     if fmt == "json":
         echo_json(status.to_json())
     else:
@@ -94,10 +100,11 @@ def status_cmd(spec: Path, fmt: str) -> None:
 
 @lab.command("down")
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
-def down_cmd(spec: Path) -> None:
+@ROOT_OPTION
+def down_cmd(spec: Path, root: Path | None) -> None:
     """Stop everything and remove it: processes, namespaces, mounts, loop devices, bridge, files.
     Works after an `up` that failed half-way, and when nothing is up."""
-    removed = _lab(spec).down(progress=_progress)
+    removed = _lab(spec, root).down(progress=_progress)
     click.echo(f"lab down: removed {len(removed)} item(s)" if removed else "lab down: nothing was up")
 
 

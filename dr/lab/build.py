@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dr.lab.errors import LabError
 
+AGENT_EXTRAS = "capture,metrics"    # what a source machine's agent needs (FUSE for the splitter, metrics)
 IGNORE = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
                                 ".pytest_cache", "*.pyc")
 
@@ -29,6 +30,11 @@ class Artifacts:
     agent_wheel: Path
     dr_wheel: Path
     venv: Path
+
+    @property
+    def agent_wheelhouse(self) -> Path:
+        """The agent wheel and every dependency's wheel: what `dr agent push --wheel` is given."""
+        return self.agent_wheel.parent.parent / "agent-wheels"
 
     @property
     def dr(self) -> Path:
@@ -84,6 +90,15 @@ def build(directory: Path, *, log: Path) -> Artifacts:
     _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(dr_src)], "building the dr wheel", log)
     agent_wheel = next(wheels.glob("dr_agent-*.whl"))
     dr_wheel = next(wheels.glob("dr_as_code-*.whl"))
+    # what a source machine installs: the agent wheel and its dependencies' wheels (the machines
+    # have no package index: the lab's network reaches nothing outside the lab)
+    house = directory / "agent-wheels"
+    house.mkdir(exist_ok=True)
+    for old in house.glob("dr_agent-*.whl"):
+        old.unlink()
+    shutil.copy2(agent_wheel, house / agent_wheel.name)
+    _run([*pip, "wheel", "-w", str(house), f"{house / agent_wheel.name}[{AGENT_EXTRAS}]"],
+         "collecting the agent's dependency wheels", log)
     if not (venv / "bin" / "python").exists():
         _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], "creating the lab's venv", log)
     _run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",

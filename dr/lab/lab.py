@@ -23,6 +23,7 @@ The drill (and anything else that drives a lab that is up) uses:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,10 @@ from dr.lab.topology import LAB_ROOT, Node, NodeKind, Topology, topology
 from dr.lab.workload import Manifest, Workload
 
 Progress = Callable[[str], None]
+ROOT_ENV = "DR_LAB_ROOT"   # where labs live (default LAB_ROOT, /var/lib/dr-lab): one directory per estate
 PUSH_TIMEOUT_S = 900.0     # seconds `dr agent push` gets for the whole estate
+SETTLE_S = 5.0             # seconds every component must run without a gap before `up` says it is up
+SETTLE_TIMEOUT_S = 60.0    # seconds `up` waits for that
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,12 @@ class Lab:
         self.topology = topo
 
     @classmethod
-    def load(cls, spec: Path, *, root: Path = LAB_ROOT) -> Lab:
+    def load(cls, spec: Path, *, root: Path | None = None) -> Lab:
+        """The lab of `spec` under `root` (default $DR_LAB_ROOT, else /var/lib/dr-lab)."""
         from dr.plan import make_plan
         from dr.validate import load_valid
+
+        root = root or Path(os.environ.get(ROOT_ENV) or LAB_ROOT)
 
         estate, _warnings = load_valid(spec)
         plan = make_plan(estate)
@@ -231,8 +238,6 @@ class Lab:
                 found = services.processes(node, services.MATCHERS[kind])
                 for f in found:
                     try:
-                        import os
-
                         os.kill(f.pid, sig)
                     except ProcessLookupError:
                         pass
@@ -319,7 +324,40 @@ class Lab:
         if push:
             st = self._push(st, art, progress)
         st = self._save(st.with_step("up"))
-        return self.status()
+        return self._settled(progress, expect_agents=push)
+
+    def _settled(self, progress: Progress, *, expect_agents: bool) -> LabStatus:
+        """The status once every component has run for SETTLE_S (a service that crash-loops under its
+        supervisor is caught here, not by the first user): LabError naming what does not run, and its log."""
+        progress(f"waiting until every component has run for {SETTLE_S:.0f} s")
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        steady_since: float | None = None
+        down: list[Component] = []
+        while time.monotonic() < deadline:
+            status = self.status()
+            down = [c for c in status.components if not c.running and (expect_agents or c.kind != "agent")]
+            if down:
+                steady_since = None
+            elif steady_since is None:
+                steady_since = time.monotonic()
+            elif time.monotonic() - steady_since >= SETTLE_S:
+                return status
+            time.sleep(0.5)
+        names = ", ".join(f"{c.name} (log: {self.log_of(c.name)})" for c in down)
+        raise LabError(f"not running after {SETTLE_TIMEOUT_S:.0f} s: {names}; `dr lab status` shows the rest")
+
+    def log_of(self, component: str) -> Path:
+        """Where a component's output goes (on the host)."""
+        logs = self.directory / "logs"
+        kind, _, name = component.partition(":")
+        if kind == "agent":
+            return machine.root_of(self.topology, self.node(name)) / "log" / "dr-agent.log"
+        if kind in ("sshd", "workload"):
+            return logs / f"{kind}-{name}.log"
+        if component in self.servers:
+            unit = services.UNIT_FILES[self.node(component).kind]
+            return machine.root_of(self.topology, self.node(component)) / "var" / f"{unit}.log"
+        return logs / f"{component}.log"
 
     def _save(self, st: LabState) -> LabState:
         return lab_state.save(self.directory, st)
@@ -350,11 +388,12 @@ class Lab:
             progress(f"agents: {why}")
             return self._save(dataclasses.replace(st, agents={**st.agents, **{m: why for m in targets}}))
         argv = [str(art.dr), "agent", "push", *targets, "--spec", str(self.spec), "--configs", str(self.configs),
-                "--wheel", str(art.agent_wheel)]
+                "--wheel", str(art.agent_wheelhouse)]
         optional = {"--user": "root", "--key-file": str(self.ssh_key), "--known-hosts": str(self.known_hosts),
                     "--server": self.config_server_url, "--ca-file": str(self.ca_file),
                     "--passphrase-env": services.PASSPHRASE_ENV}
         argv += [x for opt, value in optional.items() if opt in help_text.stdout for x in (opt, value)]
+        argv += [x for m in targets for x in ("--address", f"{m}={self.node(m).ip}")]
         progress(f"agents: dr agent push {' '.join(targets)}")
         log = self.directory / "logs" / "push.log"
         env = {services.PASSPHRASE_ENV: self.passphrase_file.read_text().strip()}

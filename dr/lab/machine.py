@@ -29,6 +29,7 @@ PRIVATE_PATHS: tuple[tuple[str, str], ...] = (
     ("var", str(HOST_LAYOUT.state_dir)),
     ("opt", str(HOST_LAYOUT.venv)),
     ("run", "/run/dr-agent"),
+    ("log", "/var/log/dr-agent"),  # where `dr agent push` has the supervisor log
     ("bin", "/usr/local/bin"),     # the units' ExecStart=/usr/local/bin/dr-agent: each machine's own
 )
 

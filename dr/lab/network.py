@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dr.lab.errors import LabError
 from dr.lab.host import quiet, run
 from dr.lab.topology import Node, Topology
 
@@ -19,6 +20,12 @@ NETNS_RUN = Path("/run/netns")
 
 def bring_up(topo: Topology) -> None:
     """Create what is missing (idempotent: a second `up` finds everything in place)."""
+    prefix = topo.gateway.rsplit(".", 1)[0] + "."
+    for line in run(["ip", "-o", "-4", "addr", "show"], what="list the host's addresses").stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3].startswith(prefix) and fields[1] != topo.bridge:
+            raise LabError(f"{topo.subnet} is already used by {fields[1]} (another lab?): run `dr lab down` for "
+                           "that estate, or use another --root")
     if not Path(f"/sys/class/net/{topo.bridge}").exists():
         run(["ip", "link", "add", topo.bridge, "type", "bridge"], what=f"create the lab bridge {topo.bridge}")
         run(["ip", "addr", "add", f"{topo.gateway}/24", "dev", topo.bridge], what="address the lab bridge")

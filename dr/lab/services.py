@@ -74,7 +74,8 @@ MATCHERS: dict[str, Callable[[tuple[str, ...]], bool]] = {
     "process_server": _is("process-server", "--config"),
     "master_target": _is("master-target", "--config"),
     "agent": _is("agent", "--config"),
-    "sshd": lambda a: bool(a) and os.path.basename(a[0]).startswith("sshd") and "-f" in a,
+    # sshd rewrites its title ("sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] ..."); sessions lack CONFIG
+    "sshd": lambda a: "sshd" in a[0] and "sshd_config" in " ".join(a),
     "workload": _is("dr.lab.workload"),
     "supervisor": lambda a: "supervise" in a,
 }

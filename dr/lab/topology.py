@@ -143,8 +143,10 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-def estate_key(estate: str) -> str:
-    return hashlib.sha256(estate.encode()).hexdigest()[:6]
+def estate_key(estate: str, root: Path = LAB_ROOT) -> str:
+    """Six hex digits naming the lab of `estate` under `root` (another root: another lab, other names)."""
+    text = estate if root == LAB_ROOT else f"{estate}\0{root}"
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def _label(disk: str) -> str:
@@ -153,7 +155,7 @@ def _label(disk: str) -> str:
 
 def topology(estate: Any, plan: Any, *, root: Path = LAB_ROOT) -> Topology:
     """The lab of a loaded estate and its plan."""
-    key = estate_key(estate.estate)
+    key = estate_key(estate.estate, root)
     octet = SUBNET_THIRD_OCTETS[int(key, 16) % len(SUBNET_THIRD_OCTETS)]
     nodes: list[Node] = []
     base = ipaddress.ip_address(f"{SUBNET_PREFIX}.{octet}.0")

@@ -113,6 +113,8 @@ def serve(settings: Settings, stop: threading.Event) -> int:
             else:
                 reply = {"id": seen, "ok": False, "error": f"unknown op {op!r}"}
             reply["paused"] = paused
+            _write_json(settings.control / "status.json",   # before the reply: a client reads it next
+                        {"pid": os.getpid(), "paused": paused, "writes": writes, "time": time.time()})
             _write_json(settings.control / "reply.json", reply)
         if not paused and disks and now >= next_write:
             disk = disks[writes % len(disks)]
