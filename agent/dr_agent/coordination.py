@@ -12,8 +12,9 @@ agent dials it on PS_PORT over mutual TLS, with the frames and typed bodies of t
 (JOIN, GROUP, PAUSE, MARK, RESUME, ABORT; answered PAUSED, MARKED, RESUMED or FAILED). The
 participant is the agent's machine:
 
-* `pause(kind)`: hold every disk's apply path after the change in flight, flushed ("app": run the
-  pre-scripts and freeze the file systems first);
+* `pause(kind, point_id=...)`: hold every disk's apply path after the change in flight, flushed
+  ("app": run the pre-scripts, with DR_POINT_ID = `point_id`, and freeze the file systems first);
+  `point_id` is the id MARK will carry;
 * `mark(bookmark_id, group_id)`: the same bookmark id on every disk of the machine;
 * `resume()`: thaw, run the post-scripts, let writes through. Called after every `pause`, whatever
   happened: after RESUME, after ABORT, when a pause failed, when the hold timeout passed without
@@ -50,7 +51,7 @@ DIAL_TIMEOUT_S = 5.0
 class GroupParticipant(Protocol):
     """The agent's machine as a multi-VM group point sees it (see the module docstring)."""
 
-    def pause(self, kind: str) -> None: ...
+    def pause(self, kind: str, point_id: str | None = None) -> None: ...
 
     def mark(self, bookmark_id: str, group_id: str) -> None: ...
 
@@ -222,7 +223,7 @@ class GroupMember:
                 if self._paused is not None:  # a new point while held for an old one: that one is dead
                     self._release(None, f"point {pause.point} replaces point {self._paused}")
                 try:
-                    self._participant.pause(pause.kind)
+                    self._participant.pause(pause.kind, point_id=pause.point)
                 except BaseException:
                     self._resume_participant()
                     raise

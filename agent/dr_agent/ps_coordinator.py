@@ -133,6 +133,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._schedule, args=(g,), name=f"coord-{g.name}", daemon=True)
                          for g in groups]
+        # keepalives in their own thread: a point may wait minutes for an app point's pre-scripts
+        self._threads.append(threading.Thread(target=self._keepalive, name="coord-ping", daemon=True))
         for t in self._threads:
             t.start()
 
@@ -201,14 +203,10 @@ class Coordinator:
         now = time.monotonic()
         next_crash = now + group.crash_consistent_every_s
         next_app = now + group.app_consistent_every_s if group.app_consistent_every_s else float("inf")
-        next_ping = now + PING_INTERVAL_S
-        while not self._stop.wait(max(0.0, min(next_crash, next_app, next_ping) - time.monotonic())):
+        while not self._stop.wait(max(0.0, min(next_crash, next_app) - time.monotonic())):
             now = time.monotonic()
-            if now >= next_ping:
-                self._ping(group.name)
-                next_ping = now + PING_INTERVAL_S
             if now < min(next_crash, next_app):
-                continue
+                continue  # woke a little early
             kind = "app" if now >= next_app else "crash"
             self.take(group.name, kind)
             now = time.monotonic()
@@ -216,14 +214,16 @@ class Coordinator:
                 next_app = now + (group.app_consistent_every_s or 0.0)
             next_crash = now + group.crash_consistent_every_s
 
-    def _ping(self, group: str) -> None:
-        with self._lock:
-            conns = [m.conn for (g, _), m in self._members.items() if g == group]
-        for conn in conns:
-            try:
-                conn.send_json(FrameType.PING, {})
-            except AgentError:
-                pass
+    def _keepalive(self) -> None:
+        """PING every member now and then: a member's connection never idles out between points."""
+        while not self._stop.wait(PING_INTERVAL_S):
+            with self._lock:
+                conns = [m.conn for m in self._members.values()]
+            for conn in conns:
+                try:
+                    conn.send_json(FrameType.PING, {})
+                except AgentError:
+                    pass
 
     def take(self, group: str, kind: str = "crash") -> GroupPoint | None:
         """A scheduled point: taken when every member is connected, else the reason is recorded
@@ -283,7 +283,7 @@ class Coordinator:
                 self._send(conns, FrameType.ABORT, PointStep(point))
                 raise CoordinationAborted(f"group {group}: {kind} point {point} aborted: {problem}; every member "
                                           "resumed and no bookmark was inserted")
-            self._send(conns, FrameType.MARK, Mark(point, point, group))
+            self._send(conns, FrameType.MARK, Mark(point, point, group))  # the bookmark id is the point's id
             problem = self._collect(conns, point, FrameType.MARKED, time.monotonic() + STEP_TIMEOUT_S)
             self._send(conns, FrameType.RESUME, PointStep(point))
             self._collect(conns, point, FrameType.RESUMED, time.monotonic() + STEP_TIMEOUT_S)

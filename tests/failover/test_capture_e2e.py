@@ -80,7 +80,7 @@ class SnapshotAtMark:
     def __init__(self, disks: list[SourceDisk]) -> None:
         self.disks = disks
 
-    def pause(self, kind: str) -> None:
+    def pause(self, kind: str, point_id: str | None = None) -> None:
         for i, disk in enumerate(self.disks):
             try:
                 disk.splitter.pause()

@@ -64,7 +64,8 @@ class Machine:
                 sink.write(0, COUNTER.pack(n).ljust(4096, b"\0"))
             self.written = n
 
-    def pause(self, kind: str) -> None:
+    def pause(self, kind: str, point_id: str | None = None) -> None:
+        assert point_id, "the point's id is known when it pauses (the pre-scripts' DR_POINT_ID)"
         self.pauses.append(kind)
         if self.stuck.is_set():
             self._unstuck.wait(DEADLINE_S)  # a change in flight that takes far too long
@@ -236,6 +237,9 @@ def test_group_points_put_one_id_on_every_disk_of_every_member(tmp_path: Path, p
     wait_for("three group points", lambda: len(site.group_points()) >= 3)
     stop.set()
     writer.join(10)
+    for m in machines:  # every bookmark sent is in the catalog once the master target applied it
+        for sink in m.sinks:
+            sink.wait_applied(DEADLINE_S)
 
     assert listening_sockets_of_this_process() == []  # the source side only dials
     streams = {stream_name(m, d) for m in site.members for d in DISKS}
@@ -271,6 +275,9 @@ def test_a_member_that_does_not_pause_aborts_the_point_for_everyone(tmp_path: Pa
     assert site.group_points() == {}  # MARK is sent only once everyone paused: no id anywhere
     stuck.unstick()
     wait_for("a group point after the stuck member recovered", lambda: len(site.group_points()) >= 1)
+    for m in machines:
+        for sink in m.sinks:
+            sink.wait_applied(DEADLINE_S)
     for points in site.group_points().values():
         assert len(points) == len(MACHINES) * len(DISKS)
     stuck.write(8)  # and the stuck machine runs again
@@ -361,8 +368,8 @@ def test_a_held_member_resumes_by_itself_when_the_coordinator_falls_silent(tmp_p
     held = threading.Event()
     real_pause = machine.pause
 
-    def pause_and_freeze(kind: str) -> None:
-        real_pause(kind)
+    def pause_and_freeze(kind: str, point_id: str | None = None) -> None:
+        real_pause(kind, point_id)
         if not held.is_set():
             held.set()
             assert site.ps.proc is not None
