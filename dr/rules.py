@@ -10,12 +10,13 @@ Every message says what was found, what is allowed, and how to fix it.
 from __future__ import annotations
 
 import difflib
+import pathlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 from dr.findings import Finding, Path, Severity
 from dr.matrix import SupportMatrix, support_matrix
-from dr.model import Estate, EsxiHost, Machine, VCenter
+from dr.model import Action, Estate, EsxiHost, Machine, RecoveryPlan, VCenter
 from dr.osinfo import parse_os
 
 Problem = tuple[Path, Severity, str]
@@ -324,4 +325,48 @@ def check(
     if azure.storage_redundancy not in matrix.azure.geo_redundant:
         add(("azure", "storage_redundancy"), "error", f"{azure.storage_redundancy} is not geo-redundant; replica "
             f"storage must be one of {', '.join(matrix.azure.geo_redundant)}")
+    return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# Files a recovery plan names (runbooks beside the spec, scripts relative to it): a missing one
+# would stop a failover at that step, so validation and `dr failover` look before anything runs.
+
+
+def _plan_actions(plan: RecoveryPlan) -> Iterator[tuple[int, str, int, Action]]:
+    for g_i, pgroup in enumerate(plan.groups):
+        for when in ("before", "after"):
+            for a_i, action in enumerate(getattr(pgroup, when)):
+                yield g_i, when, a_i, action
+
+
+def _action_file_problem(action: Action, base: pathlib.Path) -> str | None:
+    from dr.failover.actions import find_runbook
+    from dr.failover.provider import FailoverError
+
+    if action.runbook is not None:
+        try:
+            find_runbook(base, action.runbook)
+        except FailoverError as err:
+            return str(err)
+    elif action.script is not None and not (base / action.script).is_file():
+        return f"script {action.script!r} not found: expected {base / action.script} (paths are relative to the spec)"
+    return None
+
+
+def missing_action_files(plan: RecoveryPlan, base: pathlib.Path) -> list[str]:
+    """One message per runbook or script of the plan that is not there (`base`: the spec's folder)."""
+    return [problem for _, _, _, action in _plan_actions(plan)
+            if (problem := _action_file_problem(action, base)) is not None]
+
+
+def action_files(estate: Estate, base: pathlib.Path) -> list[Finding]:
+    """Every runbook and script a recovery plan names and that does not exist, as errors."""
+    findings: list[Finding] = []
+    for p_i, plan in enumerate(estate.recovery_plans):
+        for g_i, when, a_i, action in _plan_actions(plan):
+            problem = _action_file_problem(action, base)
+            if problem is not None:
+                findings.append(Finding("error", ("recovery_plans", p_i, "groups", g_i, when, a_i, action.kind),
+                                        problem))
     return findings

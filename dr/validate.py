@@ -234,21 +234,32 @@ def check_estate(estate: Estate) -> Report:
     return Report(estate, sorted(rules.check(estate), key=sort_key))
 
 
-def validate_path(path: str | Path) -> Report:
-    """Load and validate a `.yaml`/`.yml` or `.py` spec. Raises SpecUnreadable for unreadable input."""
+def validate_path(path: str | Path, *, action_files: bool = True) -> Report:
+    """Load and validate a `.yaml`/`.yml` or `.py` spec. Raises SpecUnreadable for unreadable input.
+
+    `action_files`: also check that every runbook and script a recovery plan names exists beside the
+    spec (`dr validate` and `dr failover` do; commands that never run a plan need not)."""
     p = Path(path)
     if p.suffix == ".py":
         estate = load_python(p)
         if not isinstance(estate, Estate):
             raise SpecUnreadable(f"{p}: `estate` is a {type(estate).__name__}, expected dr.Estate(...)")
-        return check_estate(estate)
-    document = load_document(p)
-    return check_data(document.data, document.source, document.path)
+        report = check_estate(estate)
+    else:
+        document = load_document(p)
+        report = check_data(document.data, document.source, document.path)
+    if not action_files or report.estate is None:
+        return report
+    extra = [_place(f, report.source) for f in rules.action_files(report.estate, p.resolve().parent)]
+    if not extra:
+        return report
+    return Report(report.estate, sorted([*report.findings, *extra], key=sort_key), report.source, report.path)
 
 
-def load_valid(path: str | Path) -> tuple[Estate, list[Finding]]:
-    """The estate of a valid spec and its warnings; SpecInvalid (with every finding) otherwise."""
-    report = validate_path(path)
+def load_valid(path: str | Path, *, action_files: bool = False) -> tuple[Estate, list[Finding]]:
+    """The estate of a valid spec and its warnings; SpecInvalid (with every finding) otherwise.
+    `action_files`: as for `validate_path` (off by default: only commands that run a plan need it)."""
+    report = validate_path(path, action_files=action_files)
     if not report.ok or report.estate is None:
         raise SpecInvalid(report.findings)
     return report.estate, report.warnings

@@ -33,9 +33,9 @@ def _spec_path(option: Path | None) -> Path:
     return option or Path(os.environ.get("DR_SPEC", "dr.yaml"))
 
 
-def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | None, *, quiet: bool,
+def _runner(spec: Path, state: str | None, storage: str | None, *, quiet: bool,
             shutdown: str = "manual") -> Any:
-    from dr.failover.datapath import AgentExporter
+    from dr.failover.datapath import ReplicaExporter
     from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog
     from dr.failover.runner import Runner
     from dr.server.service import ConfigServer
@@ -47,10 +47,9 @@ def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | 
     connection = storage or os.environ.get(STORAGE_ENV)
     if not connection:
         raise UsageError(f"where do recovered disks go? give --storage CONNECTION_STRING or export {STORAGE_ENV}")
-    catalog = catalog or (Path(os.environ["DR_CATALOG"]) if os.environ.get("DR_CATALOG") else None)
-    if catalog is None:
-        raise UsageError("which replicas? give --catalog (the master target's catalog.sqlite) or export DR_CATALOG")
-    replicas = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or connection
+    # Points, and where each point's bytes are, come from the configuration server's catalog (what
+    # the master targets report); page blob replicas are read with DR_STORAGE_<ACCOUNT> as on them.
+    server = ConfigServer(store=store, estate=estate)
     source = None
     if shutdown == "vcenter":
         from dr.failover.source import VsphereSource, sources_from_spec
@@ -59,7 +58,7 @@ def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | 
     env = Environment(
         catalog=StoreCatalog(store=store),
         source=source,
-        exporter=AgentExporter(catalog_path=catalog, connection_string=replicas),
+        exporter=ReplicaExporter(server=server),
         disks=BlobDiskStore(connection_string=connection),
         workdir=Path(os.environ.get("DR_WORKDIR", "/var/tmp")) / "dr-failover",
     )
@@ -69,7 +68,7 @@ def _runner(spec: Path, state: str | None, storage: str | None, catalog: Path | 
             while not click.confirm(f"{text}. Done?", default=False):
                 pass
             return True
-    return Runner(server=ConfigServer(store=store, estate=estate), env=env, spec_path=spec,
+    return Runner(server=server, env=env, spec_path=spec,
                   echo=(lambda _line: None) if quiet else click.echo, prompt=prompt)
 
 
@@ -90,9 +89,6 @@ common = [
     click.option("--spec", type=click.Path(path_type=Path), help=SPEC_HELP),
     click.option("--state", help=STATE_HELP),
     click.option("--storage", help=STORAGE_HELP),
-    click.option("--catalog", type=click.Path(path_type=Path),
-                 help="the master target's catalog.sqlite, to export replicas from (env DR_CATALOG); page blob "
-                      "replicas are read with $AZURE_STORAGE_CONNECTION_STRING, else --storage"),
     format_option("text", "json"),
 ]
 
@@ -130,12 +126,15 @@ def failover() -> None:
               help="latest | latest-processed | latest-app | latest-multi-vm | a time (2026-11-24T23:00:00Z)")
 @click.option("--dry-run", is_flag=True, help="print the exact steps and change nothing")
 @click.option("--resume", "resume", metavar="JOB", help="continue a stopped job at its failed step")
+@click.option("--accept-spec-change", is_flag=True,
+              help="with --resume: run the remaining steps with the spec as it is now, though it changed "
+                   "since the job started")
 @click.option("--shutdown", type=click.Choice(["manual", "vcenter"]), default="manual", show_default=True,
               help="how source machines are shut down (planned/unplanned): confirmed by an operator, or "
                    "through the site's vCenter (its password reference must resolve)")
 @_common
 def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bool, resume: str | None,
-            shutdown: str, spec: Path | None, state: str | None, storage: str | None, catalog: Path | None,
+            accept_spec_change: bool, shutdown: str, spec: Path | None, state: str | None, storage: str | None,
             fmt: str) -> None:
     from dr.failover.points import Choice
     from dr.failover.steps import failover_steps, find_plan, render
@@ -147,19 +146,27 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
         from dr.server.settings import open_state
 
         job = Jobs(store=open_state(state)).get(resume)
-        runner = _runner(spec or Path(job.spec), state, storage, catalog, quiet=fmt == "json", shutdown=shutdown)
-        _render_job(runner.run(resume), fmt)
+        runner = _runner(spec or Path(job.spec), state, storage, quiet=fmt == "json", shutdown=shutdown)
+        _render_job(runner.run(resume, accept_spec_change=accept_spec_change), fmt)
         return
+    if accept_spec_change:
+        raise UsageError("--accept-spec-change goes with --resume JOB (a new job starts with the spec as it is)")
     if not plan or not failover_type:
         raise UsageError("give the plan and its type: dr failover PLAN --type test|planned|unplanned "
                          "(or --resume JOB)")
     choice = Choice.parse(point)
     spec_path = _spec_path(spec)
     if dry_run:
+        from dr.failover.steps import PlanNotRunnable
+        from dr.rules import missing_action_files
         from dr.validate import load_valid
 
         estate, _ = load_valid(spec_path)
-        steps = failover_steps(estate, find_plan(estate, plan), failover_type, choice,  # type: ignore[arg-type]
+        plan_spec = find_plan(estate, plan)
+        missing = missing_action_files(plan_spec, spec_path.resolve().parent)
+        if missing:
+            raise PlanNotRunnable(f"plan {plan}: {'; '.join(missing)}")
+        steps = failover_steps(estate, plan_spec, failover_type, choice,  # type: ignore[arg-type]
                                automatic_shutdown=shutdown == "vcenter")
         if fmt == "json":
             echo_json([{"idx": i, "kind": s.kind, "title": s.title, "group": s.group, "machine": s.machine}
@@ -169,7 +176,7 @@ def run_cmd(plan: str | None, failover_type: str | None, point: str, dry_run: bo
             for line in render(steps):
                 click.echo(line)
         return
-    runner = _runner(spec_path, state, storage, catalog, quiet=fmt == "json", shutdown=shutdown)
+    runner = _runner(spec_path, state, storage, quiet=fmt == "json", shutdown=shutdown)
     job_id = runner.start_failover(plan, failover_type, choice)
     _render_job(runner.run(job_id), fmt)
 
@@ -196,7 +203,7 @@ def _with_reverse_replication(runner: Any, storage: str | None, extra: dict[str,
 def _follow_up(verb: str) -> Any:
     @click.argument("job")
     @_common
-    def command(job: str, spec: Path | None, state: str | None, storage: str | None, catalog: Path | None,
+    def command(job: str, spec: Path | None, state: str | None, storage: str | None,
                 fmt: str, **extra: Any) -> None:
         from dr.server.jobs import Jobs
         from dr.server.settings import open_state
@@ -208,7 +215,7 @@ def _follow_up(verb: str) -> Any:
 
             estate, _ = load_valid(spec or Path(record.spec))
             failback_steps(estate, find_plan(estate, record.plan))
-        runner = _runner(spec or Path(record.spec), state, storage, catalog, quiet=fmt == "json")
+        runner = _runner(spec or Path(record.spec), state, storage, quiet=fmt == "json")
         if verb == "failback":
             runner = _with_reverse_replication(runner, storage, extra)
         if verb == "commit":
@@ -276,14 +283,18 @@ def confirm_cmd(job: str, step: int, by: str, state: str | None) -> None:
 @click.argument("job")
 @click.option("--state", help=STATE_HELP)
 @click.option("--log", "with_log", is_flag=True, help="also print the job's log")
+@click.option("--pinned-spec", is_flag=True,
+              help="print only the spec the job started with (the estate as JSON, which dr reads as YAML)")
 @format_option("text", "json")
-def show_cmd(job: str, state: str | None, with_log: bool, fmt: str) -> None:
-    """Show a job's steps, their states and why it stopped.
+def show_cmd(job: str, state: str | None, with_log: bool, pinned_spec: bool, fmt: str) -> None:
+    """Show a job's steps, their states, why it stopped, and which runner holds it.
 
     \b
     Example:
         dr failover show 20261124-230000-ab12cd --log
+        dr failover show 20261124-230000-ab12cd --pinned-spec > dr.yaml
     """
+    import time
     from datetime import UTC, datetime
 
     from dr.server.jobs import Jobs
@@ -291,13 +302,27 @@ def show_cmd(job: str, state: str | None, with_log: bool, fmt: str) -> None:
 
     jobs = Jobs(store=open_state(state))
     record = jobs.get(job)
+    if pinned_spec:
+        pin = jobs.pin(job)
+        if pin is None:
+            raise UsageError(f"job {job} was started by a dr that did not pin its spec: nothing to print")
+        click.echo(pin.estate)
+        return
+    lease = jobs.lease(job)
+    now = time.time()
     if fmt == "json":
         data = record.as_dict()
+        data["runner"] = None if lease is None else {
+            "holder": lease.holder, "since": lease.since, "expires": lease.expires, "expired": lease.expires < now}
         if with_log:
             data["log"] = jobs.log_lines(job)
         echo_json(data)
         return
     _render_job(record, fmt)
+    if lease is not None:
+        click.echo(f"runner: {lease.describe(now)}")
+    elif record.state in ("running", "waiting"):
+        click.echo(f"runner: none holds the job (it stopped without finishing): `dr failover --resume {job}`")
     if with_log:
         for line in jobs.log_lines(job):
             stamp = datetime.fromtimestamp(line["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -5,10 +5,21 @@ which step and why, raises a `failover_failed` alert, and leaves every finished 
 `dr failover --resume JOB` continues at the failed step (a retried step must be idempotent: exports
 overwrite, uploads replace, scripts should tolerate a second run). A manual step waits until it is
 confirmed at the terminal or through the API (`POST /api/v1/jobs/JOB/steps/N/confirm`).
+
+Operator mistakes it refuses: a second runner on a job (the job's lease, `dr.server.jobs`); a
+planned or unplanned failover of a plan that is failed over already (until that job is committed or
+failed back); a resume with a spec that changed since the job started (unless accepted: the job
+pins the estate it started with); a runbook or script the plan names that does not exist; a
+failback of a plan that says `failback: false`. A commit keeps the point the disks hold, which a
+change of point may have moved.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dr.errors import EXIT_INVALID, DrError
 from dr.failover import actions
 from dr.failover.points import Choice, Point, choose
 from dr.failover.provider import Environment, FailoverError, provisioning_report, recovery_group, recovery_network
@@ -33,7 +45,7 @@ from dr.failover.steps import (
 )
 from dr.model import Estate, RecoveryPlan
 from dr.server import alerts
-from dr.server.jobs import JobRecord, Jobs, NewStep, StepRecord
+from dr.server.jobs import LEASE_RENEW_S, LEASE_TTL_S, JobRecord, Jobs, NewStep, SpecPin, StepRecord
 from dr.server.service import ConfigServer, Conflict
 
 # How often a waiting manual step re-reads the store for a confirmation (seconds).
@@ -42,6 +54,47 @@ CONFIRM_POLL_S = 0.5
 
 def _none(_: str) -> None:
     return None
+
+
+class SpecChanged(DrError):
+    """The spec is not the one a job started with (resume with --accept-spec-change to use it anyway)."""
+
+    exit_code = EXIT_INVALID
+
+
+class LeaseLost(DrError):
+    """This runner's lease on a job expired and another runner took the job over."""
+
+
+def spec_pin(estate: Estate) -> SpecPin:
+    """The estate as canonical JSON and its SHA-256: what a job pins (layout and comments do not count)."""
+    text = json.dumps(estate.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True,
+                      separators=(",", ":"))
+    return SpecPin(digest=hashlib.sha256(text.encode()).hexdigest(), estate=text)
+
+
+def spec_differences(pinned: SpecPin, now: SpecPin) -> list[str]:
+    """The top-level sections (and named items) that differ between two pins, for messages."""
+    old, new = json.loads(pinned.estate), json.loads(now.estate)
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, list) and isinstance(after, list):
+            names_old = {i.get("name") for i in before if isinstance(i, dict)}
+            names_new = {i.get("name") for i in after if isinstance(i, dict)}
+            gone, added = sorted(str(n) for n in names_old - names_new), sorted(str(n) for n in names_new - names_old)
+            if gone or added:
+                out.append(f"{key}: " + ", ".join([*(f"-{n}" for n in gone), *(f"+{n}" for n in added)]))
+                continue
+        out.append(key)
+    return out
+
+
+def runner_name() -> str:
+    """Who holds a lease: host and process id (what an operator needs to find that runner)."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,12 +123,30 @@ class Runner:
     # ------------------------------------------------------------------ creating jobs
     def _create(self, *, kind: str, plan: RecoveryPlan, options: dict[str, Any], steps: list[NewStep]) -> str:
         job_id = self.jobs.create(kind=kind, plan=plan.name, spec=str(self.spec_path.resolve()),
-                                  options=options, steps=steps)
+                                  options=options, steps=steps, pin=spec_pin(self.estate))
         self.echo(f"job {job_id}: {kind} of plan {plan.name}, {len(steps)} steps")
         return job_id
 
+    def check_actions(self, plan: RecoveryPlan) -> None:
+        """Refuse a plan whose runbooks or scripts do not exist (it would stop at that step)."""
+        from dr.rules import missing_action_files
+
+        missing = missing_action_files(plan, self.spec_path.resolve().parent)
+        if missing:
+            raise PlanNotRunnable(f"plan {plan.name}: {'; '.join(missing)}")
+
     def start_failover(self, plan_name: str, failover_type: FailoverType, choice: Choice) -> str:
         plan = find_plan(self.estate, plan_name)
+        self.check_actions(plan)
+        if failover_type != "test":
+            holder = self.jobs.holding(plan.name)
+            if holder is not None:
+                raise PlanNotRunnable(
+                    f"plan {plan.name} is failed over already by job {holder.id} ({holder.kind}, {holder.state}): "
+                    f"a second failover would overwrite its recovery disks; commit it (`dr failover commit "
+                    f"{holder.id}`) or fail it back first" + (
+                        f", or finish it (`dr failover --resume {holder.id}`)" if holder.state != "succeeded" else "")
+                )
         steps = failover_steps(self.estate, plan, failover_type, choice,
                                automatic_shutdown=self.env.source is not None)
         return self._create(kind=f"{failover_type}-failover", plan=plan,
@@ -99,10 +170,34 @@ class Runner:
         return self._create(kind="cleanup", plan=plan, options={"source_job": job_id, "type": "test"},
                             steps=cleanup_steps(self.estate, plan))
 
+    def held_points(self, job: JobRecord) -> dict[str, dict[str, Any]]:
+        """The point each machine's recovery disks hold now: the newest materialization of the failover
+        or of a later change of point. Refused while a change of point is unfinished (mixed points)."""
+        changes = [c for c in self.jobs.children(job.id) if c.kind == "change-point"]
+        for change in changes:
+            if change.state != "succeeded":
+                raise PlanNotRunnable(
+                    f"change-point job {change.id} of job {job.id} is {change.state}: the disks may hold mixed "
+                    f"points; finish it (`dr failover --resume {change.id}`) before a commit"
+                )
+        held: dict[str, tuple[float, dict[str, Any]]] = {}
+        for record in (job, *changes):
+            for step in record.steps:
+                if step.kind == "failover_machine" and step.state == "succeeded" and "point" in step.detail:
+                    assert step.machine is not None
+                    finished = step.finished or 0.0
+                    if step.machine not in held or finished >= held[step.machine][0]:
+                        held[step.machine] = (finished, dict(step.detail["point"]))
+        return {machine: point for machine, (_, point) in held.items()}
+
     def start_commit(self, job_id: str) -> str:
         job, plan = self._source_job(job_id, allowed=("planned-failover", "unplanned-failover"), verb="commit")
+        held = self.held_points(job)
+        steps = [NewStep(kind=s.kind, title=s.title, group=s.group, machine=s.machine,
+                         detail={**s.detail, **({"point": held[s.machine]} if s.machine in held else {})})
+                 for s in commit_steps(plan)]
         return self._create(kind="commit", plan=plan, options={"source_job": job_id, "type": job.options["type"]},
-                            steps=commit_steps(plan))
+                            steps=steps)
 
     def start_change_point(self, job_id: str, choice: Choice) -> str:
         job, plan = self._source_job(job_id, allowed=("test-failover", "planned-failover", "unplanned-failover"),
@@ -118,20 +213,78 @@ class Runner:
                             steps=change_point_steps(self.estate, plan, job.options["type"], choice))
 
     def start_failback(self, job_id: str) -> str:
-        # The plan is checked first: a physical machine is refused whatever the job's state.
-        steps = failback_steps(self.estate, find_plan(self.estate, self.jobs.get(job_id).plan))
+        # The plan is checked first: a physical machine, or `failback: false`, is refused whatever the job's state.
+        plan = find_plan(self.estate, self.jobs.get(job_id).plan)
+        steps = failback_steps(self.estate, plan)
+        self.check_actions(plan)
         _, plan = self._source_job(job_id, allowed=("planned-failover", "unplanned-failover"), verb="failback")
         return self._create(kind="failback", plan=plan,
                             options={"source_job": job_id, "type": "planned", "direction": "azure-to-primary"},
                             steps=steps)
 
     # ------------------------------------------------------------------ running
-    def run(self, job_id: str) -> JobRecord:
-        """Run (or resume) a job to its end. Raises FailoverError when a step fails; any other error
-        (the store unreachable, an interrupt) leaves the job failed with the reason, resumable."""
+    def run(self, job_id: str, *, accept_spec_change: bool = False) -> JobRecord:
+        """Run (or resume) a job to its end, holding its lease. Raises JobBusy when another runner holds
+        it, SpecChanged when the spec differs from the job's pin (unless `accept_spec_change`),
+        FailoverError when a step fails; any other error (the store unreachable, an interrupt) leaves
+        the job failed with the reason, resumable."""
+        jobs = self.jobs
+        lease = jobs.acquire(job_id, holder=runner_name())
+        lost = threading.Event()
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LEASE_RENEW_S):
+                try:
+                    if not jobs.renew(lease, ttl_s=LEASE_TTL_S):
+                        lost.set()
+                        return
+                except Exception:  # the store is away for a moment: the next renewal retries
+                    continue
+
+        renewer = threading.Thread(target=renew, name="dr-lease", daemon=True)
         try:
-            return self._run(job_id)
-        except (FailoverError, PlanNotRunnable):
+            self._check_spec(jobs.get(job_id), accept=accept_spec_change)
+            renewer.start()
+            return self._run_guarded(job_id, lost)
+        finally:
+            stop.set()
+            if renewer.is_alive():
+                renewer.join(timeout=LEASE_RENEW_S)
+            if not lost.is_set():
+                try:
+                    jobs.release(lease)
+                except Exception:  # it expires by itself
+                    pass
+
+    def _check_spec(self, job: JobRecord, *, accept: bool) -> None:
+        pinned = self.jobs.pin(job.id)
+        now = spec_pin(self.estate)
+        if pinned is None or pinned.digest == now.digest:
+            return
+        what = ", ".join(spec_differences(pinned, now)) or "its content"
+        if not accept:
+            raise SpecChanged(
+                f"the spec changed since job {job.id} started ({what}): put it back as it was (the job keeps a "
+                f"copy: `dr failover show {job.id} --pinned-spec`), or resume with --accept-spec-change to run "
+                "the remaining steps with the spec as it is now"
+            )
+        find_plan(self.estate, job.plan)
+        names = {m.name for m in self.estate.machines}
+        gone = sorted({s.machine for s in job.steps if s.machine and s.state != "succeeded"} - names)
+        if gone:
+            raise SpecChanged(
+                f"the spec changed since job {job.id} started ({what}) and no longer has machine(s) "
+                f"{', '.join(gone)} that its remaining steps act on: resume with the spec the job started with "
+                f"(`dr failover show {job.id} --pinned-spec`)"
+            )
+        self.jobs.repin(job.id, now)
+        self.jobs.log(job.id, f"the spec changed since the job started ({what}): accepted by the operator")
+
+    def _run_guarded(self, job_id: str, lost: threading.Event) -> JobRecord:
+        try:
+            return self._run(job_id, lost)
+        except (FailoverError, PlanNotRunnable, LeaseLost):
             raise
         except BaseException as err:
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
@@ -142,7 +295,7 @@ class Runner:
                 pass
             raise
 
-    def _run(self, job_id: str) -> JobRecord:
+    def _run(self, job_id: str, lost: threading.Event) -> JobRecord:
         job = self.jobs.get(job_id)
         if job.state == "succeeded":
             self.echo(f"job {job_id} has already succeeded: nothing to do")
@@ -157,6 +310,9 @@ class Runner:
         self.jobs.set_job(job_id, "running")
         index = 0
         while index < len(todo):
+            if lost.is_set():
+                raise LeaseLost(f"this runner's lease on job {job_id} expired and another runner took the job "
+                                f"over before step {todo[index].idx}: `dr failover show {job_id}` says who")
             batch = [todo[index]]
             if batch[0].kind in ("failover_machine", "failback_machine"):
                 while (index + len(batch) < len(todo) and todo[index + len(batch)].kind == batch[0].kind
@@ -246,7 +402,9 @@ class Runner:
             return f"resource group {rg}: {removed} disk(s) removed"
         if kind == "commit":
             assert step.machine is not None
-            chosen = self._chosen(self.jobs.get(job.options["source_job"]))[step.machine]
+            # The point the disks hold (recorded when the commit was started); a job written before that
+            # was recorded commits the failover's own choice.
+            chosen = step.detail.get("point") or self._chosen(self.jobs.get(job.options["source_job"]))[step.machine]
             machine = self.estate.machine(step.machine)
             done = self.env.catalog.commit(machine, chosen["point_id"])
             if self.env.replication is not None:
@@ -354,8 +512,11 @@ class Runner:
         return {
             "estate": self.estate.estate, "plan": plan.name, "job": job.id, "failover_type": failover_type,
             "direction": job.options.get("direction", "primary-to-azure"), "group": group,
+            "group_machines": next((list(g.machines) for g in plan.groups if g.name == group), []),
             "resource_group": recovery_group(self.estate, plan, failover_type),
             "network": recovery_network(self.estate, failover_type), "machines": machines,
+            "traffic_manager": None if plan.traffic_manager is None
+            else plan.traffic_manager.model_dump(mode="json", exclude_none=True),
         }
 
     def _action(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:

@@ -135,13 +135,19 @@ def change_point_steps(estate: Estate, plan: RecoveryPlan, failover_type: Failov
 def failback_steps(estate: Estate, plan: RecoveryPlan) -> list[NewStep]:
     """Reprotect (reverse replication to the on-premises master target), then fail back in plan order.
 
-    Refused when any machine of the plan is physical: ASR fails back only to VMware VMs (the seed)."""
+    Refused when any machine of the plan is physical: ASR fails back only to VMware VMs (the seed);
+    and when the plan says `failback: false`."""
     physical = [m for m in plan_machines(plan) if estate.machine(m).kind == "physical"]
     if physical:
         raise PlanNotRunnable(
             f"failback of physical machine(s) {', '.join(physical)} is not supported: a physical server "
             "fails back only to a VMware VM (as in ASR); recover it to a vSphere VM and protect that, "
             "or rebuild the server from its Azure VM"
+        )
+    if not plan.failback:
+        raise PlanNotRunnable(
+            f"plan {plan.name} says failback: false: its machines stay in Azure; to fail back, set "
+            "`failback: true` on the plan in the spec (VMware machines only) and run the failback again"
         )
     steps = [NewStep(kind="reprotect", machine=name,
                      title=f"reprotect {name}: reverse replication from Azure to the on-premises master target")

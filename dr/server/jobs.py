@@ -5,6 +5,12 @@ pending -> running -> succeeded | failed | skipped, and `waiting` for a manual s
 confirms it (at the terminal or through the API). Because every transition is committed before the
 next step starts, a job interrupted anywhere (a failed script, a killed runner) resumes from the
 first step that has not succeeded.
+
+One runner runs a job at a time: it holds the job's lease (who, since when, until when) and renews
+it while it runs; a second runner is refused with the holder's name. A runner that died stops
+renewing, and once its lease expired the job may be resumed elsewhere (`dr failover show` says so).
+A job also pins the spec it started with (the estate as JSON, and its digest), so a resume notices
+a spec that changed under it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,45 @@ from typing import Any, Literal
 
 from dr.server.service import Conflict, NotFound
 from dr.server.store import Store, dumps
+
+# A job's lease lasts this long without a renewal (seconds; our choice: a runner renews every
+# LEASE_RENEW_S, so three missed renewals in a row mean the runner is gone).
+LEASE_TTL_S = 30.0
+LEASE_RENEW_S = LEASE_TTL_S / 3
+# Job kinds that leave a plan failed over in Azure, and those that end that state.
+FAILOVER_KINDS = ("planned-failover", "unplanned-failover")
+RELEASING_KINDS = ("commit", "failback")
+
+
+class JobBusy(Conflict):
+    """Another runner holds the job's lease (HTTP 409 at the API)."""
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    job_id: str
+    holder: str
+    token: str
+    since: float
+    expires: float
+
+    def describe(self, now: float) -> str:
+        if self.expires < now:
+            return (f"held by {self.holder} since {_stamp(self.since)}; its lease expired at {_stamp(self.expires)} "
+                    f"(that runner is gone: `dr failover --resume {self.job_id}` takes the job over)")
+        return f"held by {self.holder} since {_stamp(self.since)} (lease renewed until {_stamp(self.expires)})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecPin:
+    """The spec a job started with: the estate as canonical JSON, and its SHA-256."""
+
+    digest: str
+    estate: str
 
 JobState = Literal["pending", "running", "waiting", "failed", "succeeded"]
 StepState = Literal["pending", "running", "waiting", "failed", "succeeded", "skipped"]
@@ -79,7 +124,7 @@ class Jobs:
     clock: Callable[[], float] = field(default=time.time)
 
     def create(self, *, kind: str, plan: str, spec: str, options: dict[str, Any],
-               steps: Sequence[NewStep]) -> str:
+               steps: Sequence[NewStep], pin: SpecPin | None = None) -> str:
         job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock())) + "-" + secrets.token_hex(3)
         now = self.clock()
         with self.store.transaction() as tx:
@@ -94,6 +139,9 @@ class Jobs:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
                     (job_id, idx, step.kind, step.title, step.group, step.machine, dumps(step.detail)),
                 )
+            if pin is not None:
+                tx.execute("INSERT INTO job_specs (job_id, digest, estate) VALUES (?, ?, ?)",
+                           (job_id, pin.digest, pin.estate))
         self.log(job_id, f"job created: {kind} of plan {plan}, {len(steps)} steps")
         return job_id
 
@@ -170,3 +218,68 @@ class Jobs:
     def log_lines(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.store.query("SELECT time, line FROM job_log WHERE job_id = ? ORDER BY id", (job_id,))
         return [dict(r.values) for r in rows]
+
+    # ------------------------------------------------------------------ who holds a job, and a plan
+    def acquire(self, job_id: str, *, holder: str, ttl_s: float = LEASE_TTL_S) -> Lease:
+        """Take the job's lease, or raise JobBusy naming who holds it (an expired lease is taken over)."""
+        self.get(job_id)  # NotFound first
+        token = secrets.token_hex(16)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO job_leases (job_id, holder, token, since, expires) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET holder = excluded.holder, token = excluded.token, "
+                "since = excluded.since, expires = excluded.expires WHERE job_leases.expires < ?",
+                (job_id, holder, token, now, now + ttl_s, now),
+            )
+            rows = tx.query("SELECT holder, token, since, expires FROM job_leases WHERE job_id = ?", (job_id,))
+        row = rows[0]
+        lease = Lease(job_id=job_id, holder=row["holder"], token=row["token"], since=row["since"],
+                      expires=row["expires"])
+        if lease.token != token:
+            raise JobBusy(f"job {job_id} is being run by {lease.holder} since {_stamp(lease.since)}: one runner "
+                          f"per job; wait for it (`dr failover show {job_id}`), or if it died, resume after its "
+                          f"lease expires at {_stamp(lease.expires)}")
+        return lease
+
+    def renew(self, lease: Lease, *, ttl_s: float = LEASE_TTL_S) -> bool:
+        """Extend a held lease; False when it is no longer ours (it expired and another runner took it)."""
+        with self.store.transaction() as tx:
+            tx.execute("UPDATE job_leases SET expires = ? WHERE job_id = ? AND token = ?",
+                       (self.clock() + ttl_s, lease.job_id, lease.token))
+            rows = tx.query("SELECT token FROM job_leases WHERE job_id = ?", (lease.job_id,))
+        return bool(rows) and rows[0]["token"] == lease.token
+
+    def release(self, lease: Lease) -> None:
+        self.store.execute("DELETE FROM job_leases WHERE job_id = ? AND token = ?", (lease.job_id, lease.token))
+
+    def lease(self, job_id: str) -> Lease | None:
+        row = self.store.one("SELECT holder, token, since, expires FROM job_leases WHERE job_id = ?", (job_id,))
+        if row is None:
+            return None
+        return Lease(job_id=job_id, holder=row["holder"], token=row["token"], since=row["since"],
+                     expires=row["expires"])
+
+    def pin(self, job_id: str) -> SpecPin | None:
+        row = self.store.one("SELECT digest, estate FROM job_specs WHERE job_id = ?", (job_id,))
+        return None if row is None else SpecPin(digest=row["digest"], estate=row["estate"])
+
+    def repin(self, job_id: str, pin: SpecPin) -> None:
+        with self.store.transaction() as tx:
+            tx.upsert("job_specs", {"job_id": job_id, "digest": pin.digest, "estate": pin.estate}, keys=("job_id",))
+
+    def children(self, job_id: str) -> list[JobRecord]:
+        """The jobs started from this one (commit, change-point, cleanup, failback), oldest first."""
+        rows = self.store.query("SELECT id, options FROM jobs ORDER BY created, id")
+        return [self.get(r["id"]) for r in rows if json.loads(r["options"]).get("source_job") == job_id]
+
+    def holding(self, plan: str) -> JobRecord | None:
+        """The planned or unplanned failover that has the plan failed over: not yet committed or failed back."""
+        rows = self.store.query(
+            f"SELECT id FROM jobs WHERE plan = ? AND kind IN ({', '.join('?' for _ in FAILOVER_KINDS)}) "
+            "ORDER BY created DESC, id DESC", (plan, *FAILOVER_KINDS))
+        for row in rows:
+            released = any(c.kind in RELEASING_KINDS and c.state == "succeeded" for c in self.children(row["id"]))
+            if not released:
+                return self.get(row["id"])
+        return None

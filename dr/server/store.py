@@ -12,6 +12,7 @@ Times are seconds since the epoch (float). JSON columns hold text.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -61,7 +62,16 @@ CREATE TABLE IF NOT EXISTS job_steps (
     PRIMARY KEY (job_id, idx));
 CREATE TABLE IF NOT EXISTS job_log (
     id {serial}, job_id TEXT NOT NULL, time {real} NOT NULL, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_leases (
+    job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token TEXT NOT NULL, since {real} NOT NULL,
+    expires {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS job_specs (
+    job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, estate TEXT NOT NULL);
 """
+
+# Columns added after a table was first released: (table, column, type), added to older stores.
+ADDED_COLUMNS = (("recovery_points", "snapshot", "TEXT"),
+                 ("tokens", "expires", "DOUBLE PRECISION"), ("tokens", "idle_s", "DOUBLE PRECISION"))
 
 _DIALECT = {
     "sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"},
@@ -119,6 +129,7 @@ class Store:
                 raise StoreError(
                     f"the state store's folder {path.parent} does not exist: create it or give another --state"
                 )
+            _create_private(path)
             store = cls(url=str(path), dialect="sqlite")
         store.create_schema()
         if store.dialect == "sqlite":
@@ -265,6 +276,22 @@ class Transaction:
             f"ON CONFLICT ({', '.join(keys)}) {action}"
         )
         self.execute(sql, [values[c] for c in columns])
+
+
+def _create_private(path: Path) -> None:
+    """A new SQLite store is created 0600 (tokens, the encrypted CA key and job logs are in it); SQLite
+    gives its -wal and -shm files the same mode. An existing file keeps its mode (`dr config-server
+    start` refuses one that others can read)."""
+    if path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process made it first
+        return
+    except OSError as err:
+        raise StoreError(
+            f"cannot create the state file {path}: {err.strerror}; check the folder's permissions"
+        ) from None
 
 
 def dumps(value: Any) -> str:

@@ -58,7 +58,11 @@ def test_failback_of_a_physical_machine_is_refused(sharepoint: Estate) -> None:
                                                         for m in sharepoint.machines]})
     with pytest.raises(PlanNotRunnable, match=r"failback of physical machine.s. sql01 is not supported.*VMware VM"):
         failback_steps(estate, find_plan(estate, "sharepoint"))
-    lines = render(failback_steps(sharepoint, find_plan(sharepoint, "sharepoint")))
+    # The example's plan says nothing of failback, so it has none (the model's default: failback: false).
+    with pytest.raises(PlanNotRunnable, match=r"plan sharepoint says failback: false.*set `failback: true`"):
+        failback_steps(sharepoint, find_plan(sharepoint, "sharepoint"))
+    allowed = find_plan(sharepoint, "sharepoint").model_copy(update={"failback": True})
+    lines = render(failback_steps(sharepoint, allowed))
     assert lines[0] == "  1. reprotect dc01: reverse replication from Azure to the on-premises master target"
     assert lines[-1].endswith("switch Traffic Manager profile contoso-sharepoint back to sharepoint.contoso.com")
 
