@@ -4,13 +4,16 @@
     ├── dr:azure:Network            recovery VNet + subnet (or the existing ones), the NSGs
     ├── dr:azure:KeyVault           Key Vault holding the registration passphrase (and admin password)
     ├── dr:azure:StorageTier        the plan's geo-redundant storage accounts and private containers
-    ├── dr:azure:Vault              the Recovery Services vault ("ASR vault")
     ├── dr:azure:ConfigurationServer  one per plan config server: NIC, VM, Key Vault access
     ├── dr:azure:MasterTarget       one per plan MTS: NIC, retention disk, VM, storage and Key Vault access
     └── dr:azure:RecoverySite       one per recovery plan: its failover resource group, and
         ├── dr:azure:TrafficManager     priority routing: on-premises 1, Azure 2
         ├── dr:azure:IsolatedNetwork    (test failover) a VNet with the same address space, no route out
         └── dr:azure:RecoveryVm         (failover requested) managed disks imported from replica VHDs, NICs, VM
+
+No Recovery Services vault: dr does not use Azure Site Recovery (its own data path replicates into
+the estate's storage accounts, and its configuration server is the registration root), so a vault
+would stand empty in the portal.
 
 Opened ports (the only inbound allow rules; everything else is Azure's default deny from the
 Internet): see `OPENED_PORTS`. The components never size anything: sizes come from the plan.
@@ -31,7 +34,6 @@ from pulumi_azure_native import (
     compute,
     keyvault,
     network,
-    recoveryservices,
     storage,
     trafficmanager,
 )
@@ -97,10 +99,6 @@ class Target:
     @property
     def storage_region(self) -> str:
         return self.estate.azure.storage_region or self.estate.azure.region
-
-    @property
-    def vault_region(self) -> str:
-        return self.estate.azure.vault_region or self.estate.azure.region
 
     def tagged(self, **extra: str) -> dict[str, str]:
         tags = dict(self.tags)
@@ -364,30 +362,6 @@ class StorageTier(pulumi.ComponentResource):
                     )
                 )
         self.register_outputs({name: acct.name for name, acct in self.accounts.items()})
-
-
-class Vault(pulumi.ComponentResource):
-    """The Recovery Services vault: the registration root the passphrase belongs to."""
-
-    def __init__(self, name: str, *, target: Target, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("dr:azure:Vault", name, None, opts)
-        self.vault = recoveryservices.Vault(
-            f"{name}-vault",
-            vault_name=f"{target.estate.estate}-vault",
-            resource_group_name=target.resource_group_name,
-            location=target.vault_region,
-            sku=recoveryservices.SkuArgs(name="Standard"),
-            properties=recoveryservices.VaultPropertiesArgs(
-                public_network_access="Enabled",
-                redundancy_settings=recoveryservices.VaultPropertiesRedundancySettingsArgs(
-                    standard_tier_storage_redundancy="GeoRedundant",
-                    cross_region_restore="Enabled",
-                ),
-            ),
-            tags=target.tagged(dr_role="recovery-services-vault"),
-            opts=_child(self),
-        )
-        self.register_outputs({"vault_id": self.vault.id})
 
 
 @dataclass(frozen=True)

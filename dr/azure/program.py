@@ -25,7 +25,6 @@ from dr.azure.components import (
     ServerNet,
     StorageTier,
     Target,
-    Vault,
 )
 from dr.azure.contract import StackPlan, from_contract
 from dr.azure.options import StackOptions, check, check_spec, failover_plan_name
@@ -91,7 +90,6 @@ class DrEstate(pulumi.ComponentResource):
             extra_secrets={bootstrap.storage_secret(a): c for a, c in tier.connection_strings.items()},
             opts=child,
         )
-        Vault(f"{name}-asr", target=target, opts=child)
 
         addresses = _free_addresses(estate)
         cs_addresses = {cs.name: next(addresses) for cs in plan.config_servers}

@@ -22,7 +22,6 @@ import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.compute as compute
 import pulumi_azure_native.keyvault as keyvault
 import pulumi_azure_native.network as network
-import pulumi_azure_native.recoveryservices as recoveryservices
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
 import pulumi_azure_native.trafficmanager as trafficmanager
@@ -49,7 +48,6 @@ SDK: dict[str, Any] = {  # type token -> SDK class, to ask the SDK itself which 
     "azure-native:network:PublicIPAddress": network.PublicIPAddress,
     "azure-native:storage:StorageAccount": storage.StorageAccount,
     "azure-native:storage:BlobContainer": storage.BlobContainer,
-    "azure-native:recoveryservices:Vault": recoveryservices.Vault,
     "azure-native:keyvault:Vault": keyvault.Vault,
     "azure-native:keyvault:Secret": keyvault.Secret,
     "azure-native:compute:VirtualMachine": compute.VirtualMachine,
@@ -100,7 +98,8 @@ def test_counts_and_sizes_equal_the_plan(example: tuple[str, Estate, StackPlan])
     # without a failover, no recovery VM and no imported disk exist
     assert not result.of_type("dr:azure:RecoveryVm")
     assert not [d for d in result.of_type(":compute:Disk") if d.inputs["creationData"]["createOption"] == "Import"]
-    assert len(result.of_type(":recoveryservices:Vault")) == 1
+    # dr does not use Azure Site Recovery: no Recovery Services vault that would stand empty
+    assert not [r for r in result.cloud() if "recoveryservices" in r.type]
     assert len(result.of_type("dr:azure:RecoverySite")) == len(estate.recovery_plans)
 
 
@@ -114,7 +113,6 @@ def test_every_resource_in_the_spec_region(example: tuple[str, Estate, StackPlan
                 continue
             expected = {
                 "azure-native:storage:StorageAccount": estate.azure.storage_region or estate.azure.region,
-                "azure-native:recoveryservices:Vault": estate.azure.vault_region or estate.azure.region,
                 "azure-native:trafficmanager:Profile": "global",  # a DNS service, it has no region
             }.get(r.type, estate.azure.region)
             assert r.inputs["location"] == expected, (r.name, r.inputs["location"])

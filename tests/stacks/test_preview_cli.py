@@ -60,7 +60,6 @@ def test_validate_and_plan_never_import_pulumi() -> None:
         "compute",
         "keyvault",
         "network",
-        "recoveryservices",
         "resources",
         "storage",
         "trafficmanager",
