@@ -1,27 +1,31 @@
-"""The replication data path (`dr_agent`, issue 6) plugged into the configuration server and the runner.
+"""The replication data path (`dr_agent`) plugged into the recovery-plan runner.
 
-    collect_catalog   a master target's recovery point catalog -> the configuration server's
-                      catalog (per-disk RPO and points), as the master target reports it
-    AgentExporter     the runner's Exporter: `dr_agent.export.export` of a disk at a point
+    ReplicaExporter          the runner's Exporter: a disk at a recovery point, read from where the
+                             configuration server's catalog of record says the point's bytes are
+                             (the replica's location and the point's snapshot, as its master target
+                             reports them), through `dr_agent.export.export_location`
+    AgentReverseReplication  reverse replication for failback, on the data path
 
-A spec disk (machine, disk) is the data path's stream `dr_agent.contract.stream_name`: the name
-the agent opens its sink with, the master target's replica and catalog key. `dr_agent` is imported
-inside the functions: it is the 'agent' extra.
+A spec disk (machine, disk) is the data path's stream `dr_agent.contract.stream_name`. Page blob
+replicas are read with their storage account's connection string from the environment, under the
+name the master target gets it (`dr.azure.naming.storage_env`). `dr_agent`'s services are imported
+inside the functions: they are the 'agent' extra.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dr_agent.contract import stream_name
 
-from dr.errors import MissingExtra
+from dr.azure.naming import storage_env
+from dr.errors import DrError, MissingExtra
 from dr.failover.provider import FailoverError
-from dr.model import Estate
-from dr.server.schemas import CatalogReport, DiskCatalog, RecoveryPoint
-from dr.server.service import ConfigServer, Principal
+from dr.server.service import ConfigServer
 
 
 def _agent_catalog(path: Path) -> Any:
@@ -34,55 +38,45 @@ def _agent_catalog(path: Path) -> Any:
     return Catalog(path)
 
 
-def catalog_report(estate: Estate, catalog_path: Path, *, now: float) -> CatalogReport:
-    """What a master target reports: every spec disk it replicates, its points, and its RPO (the age
-    of its newest point: nothing after it is recoverable yet)."""
-    catalog = _agent_catalog(catalog_path)
-    try:
-        known = set(catalog.disk_names())
-        disks = []
-        for machine in estate.machines:
-            for disk in machine.disks:
-                name = stream_name(machine.name, disk.name)
-                if name not in known:
-                    continue
-                points = [p for p in catalog.points(name) if p.disk == name]
-                disks.append(DiskCatalog(
-                    machine=machine.name, disk=disk.name,
-                    rpo_seconds=max(0.0, now - points[-1].time) if points else None,
-                    points=[RecoveryPoint(point_id=p.id, time=p.time, kind=p.kind, group_id=p.group_id,
-                                          processed=True) for p in points],
-                ))
-    finally:
-        catalog.close()
-    return CatalogReport(disks=disks)
-
-
-def collect_catalog(server: ConfigServer, master_target: str, catalog_path: Path) -> int:
-    """Report a master target's catalog to the configuration server; return the number of points."""
-    report = catalog_report(server.estate, catalog_path, now=server.clock())
-    server.report_catalog(Principal(name=master_target, role="master_target"), report)
-    return sum(len(d.points) for d in report.disks)
-
-
 @dataclass(frozen=True, kw_only=True)
-class AgentExporter:
-    """Materialize through the data path: the replica (file or page blob) at a catalog point."""
+class ReplicaExporter:
+    """Materialize a disk at a point from the configuration server's state: which replica (file or
+    page blob, in which account and container), and which of its snapshots holds the point. A plan
+    spanning several master targets reads each disk from its own."""
 
-    catalog_path: Path
-    connection_string: str | None = None
+    server: ConfigServer
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def connection_string(self, machine: str, disk: str, location: Mapping[str, Any]) -> str | None:
+        if location.get("kind") != "pageblob":
+            return None
+        variable = storage_env(str(location["account"]))
+        value = self.environ.get(variable)
+        if not value:
+            raise FailoverError(
+                f"{machine}/{disk}: its replica is a page blob in storage account {location['account']}: "
+                f"export {variable} with that account's connection string (as its master target has it)")
+        return value
 
     def export(self, machine: str, disk: str, point_id: str, dest: Path) -> int:
         from dr_agent.errors import AgentError
-        from dr_agent.export import export
+        from dr_agent.export import export_location
 
-        catalog = _agent_catalog(self.catalog_path)
         try:
-            export(catalog, stream_name(machine, disk), point_id, dest, connection_string=self.connection_string)
+            replica = self.server.replica(machine, disk)
+            snapshot = self.server.point_snapshot(machine, disk, point_id)
+        except DrError as err:
+            raise FailoverError(f"export of {machine}/{disk} at point {point_id}: {err}") from None
+        if snapshot is None:
+            raise FailoverError(f"export of {machine}/{disk} at point {point_id}: the catalog names no snapshot "
+                                f"for it (reported by an older master target {replica.reporter}?): upgrade it")
+        location = {**replica.location, "size": replica.size}
+        try:
+            export_location(location, snapshot, dest,
+                            connection_string=self.connection_string(machine, disk, location))
         except AgentError as err:
-            raise FailoverError(f"export of {machine}/{disk} at point {point_id} failed: {err}") from None
-        finally:
-            catalog.close()
+            raise FailoverError(f"export of {machine}/{disk} at point {point_id} from {replica.reporter}'s "
+                                f"replica failed: {err}") from None
         return dest.stat().st_size
 
 

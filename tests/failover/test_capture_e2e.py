@@ -31,15 +31,17 @@ from typing import Any
 import pytest
 from dr_agent.contract import stream_name
 
-from dr.failover.datapath import AgentExporter, collect_catalog
+from dr.azure.naming import storage_env
+from dr.failover.datapath import ReplicaExporter
 from dr.failover.points import Choice
 from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog, container_name
 from dr.failover.runner import Runner
 from dr.model import Estate
 from dr.server.jobs import Jobs
-from dr.server.service import ConfigServer
+from dr.server.schemas import CatalogReport
+from dr.server.service import ConfigServer, Principal
 from dr.server.store import Store
-from tests.failover.conftest import PASSPHRASE, blob_bytes
+from tests.failover.conftest import AZURITE_ACCOUNT, PASSPHRASE, blob_bytes
 from tests.failover.test_datapath_e2e import APPLY_TIMEOUT_S, _background, _register, _spec_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -104,8 +106,17 @@ class CaptureSite:
     server: ConfigServer
     disks: dict[tuple[str, str], SourceDisk]
     coordinator: Any
-    catalog: Path
+    master_target: Any
     replicas: str
+
+
+def _report(site: CaptureSite) -> int:
+    """What the master target's control loop posts (its own catalog report, through the API's
+    schema) taken by the configuration server; the recovery points it holds. (This test runs the
+    server in-process; tests/agent/test_control.py and test_datapath_e2e.py run the loop itself.)"""
+    report = CatalogReport.model_validate(site.master_target.catalog_report().to_json())
+    site.server.report_catalog(Principal(name="mt01", role="master_target"), report)
+    return sum(len(s.points) for s in report.streams)
 
 
 def run(*argv: str) -> str:
@@ -196,8 +207,8 @@ def capture_site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[C
             for member in members:
                 assert member.wait_connected(PAUSE_TIMEOUT_S), f"{member.agent} did not join its group"
             coordinator = ps.coordinator
-            yield CaptureSite(server=server, disks=disks, coordinator=coordinator,
-                              catalog=tmp_path / "mt" / "catalog.sqlite", replicas=replicas)
+            yield CaptureSite(server=server, disks=disks, coordinator=coordinator, master_target=mt,
+                              replicas=replicas)
     finally:
         left = _ours(tmp_path)
         assert not left, f"loop devices or mounts left behind: {left}"
@@ -253,7 +264,7 @@ def test_sharepoint_test_failover_with_capture_agents_on_loop_disks(capture_site
     dc01.splitter.bookmark("crash", id="dc01-late")
     for disk in site.disks.values():
         disk.sink.wait_applied(APPLY_TIMEOUT_S)
-    assert collect_catalog(site.server, "mt01", site.catalog) == 7 * 2 + 1
+    assert _report(site) == 7 * 2 + 1
     for (machine, name), disk in site.disks.items():
         points = site.server.recovery_points(machine, name)
         assert [(p["point_id"], p["group_id"]) for p in points][:2] == [(first, GROUP), (chosen_id, GROUP)]
@@ -277,7 +288,7 @@ def test_sharepoint_test_failover_with_capture_agents_on_loop_disks(capture_site
     writer = threading.Thread(target=keep_writing, daemon=True)
     spec = _spec_dir(tmp_path)
     env = Environment(catalog=StoreCatalog(store=site.server.store),
-                      exporter=AgentExporter(catalog_path=site.catalog, connection_string=azurite),
+                      exporter=ReplicaExporter(server=site.server, environ={storage_env(AZURITE_ACCOUNT): azurite}),
                       disks=BlobDiskStore(connection_string=azurite), workdir=tmp_path / "work")
     runner = Runner(server=site.server, env=env, spec_path=spec / "dr.yaml", poll_s=0.05)
     jobs = Jobs(store=site.server.store)
@@ -341,7 +352,7 @@ def test_sharepoint_test_failover_with_capture_agents_on_loop_disks(capture_site
     run("umount", str(data.mnt))
     data.splitter.bookmark("crash", id="after-unmount")
     data.sink.wait_applied(APPLY_TIMEOUT_S)
-    collect_catalog(site.server, "mt01", site.catalog)
+    _report(site)
     started = min(s.started for s in job.steps if s.started is not None)
     arrived = [p for p in site.server.recovery_points("sql01", "data") if p["point_id"].startswith("live-")]
     assert any(p["time"] >= started for p in arrived), "no recovery point arrived while the failover ran"

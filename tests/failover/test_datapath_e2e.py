@@ -1,12 +1,15 @@
 """The SharePoint example's recovery plan as a test failover, end to end on the local data path.
 
-Agents (the data path's sinks, one per spec disk, with certificates issued by the configuration
-server's registration) stream to a process server, which forwards to a master target writing page
-blobs into Azurite. The master target's catalog is collected by the configuration server; the
-runner picks one multi-VM point for the whole plan, materializes every disk at it through the data
-path's export into the test failover's resource group in Azurite, runs the after-actions, and
-cleanup removes the test resources. Replication goes on throughout: a writer keeps changing a disk
-and inserting points during the failover, and its replica converges afterwards.
+The configuration server (`dr config-server start`), two master targets and two process servers
+(`dr-agent` services, registered as a machine registers) run as deployed, the estate split between
+the two master targets, both writing page blobs into Azurite. Agents (the data path's sinks, one
+per spec disk, certificates from the server's registration) stream to their process server. The
+master targets report their catalogs by themselves; the runner picks one multi-VM point for the
+whole plan from the server's state, materializes every disk at it from where the server says its
+bytes are (each master target's replica and snapshot) into the test failover's resource group,
+runs the after-actions, and cleanup removes the test resources. Replication goes on throughout: a
+writer keeps changing a disk and inserting points during the failover, and its replica converges
+afterwards.
 """
 
 from __future__ import annotations
@@ -27,12 +30,11 @@ from typing import Any
 import pytest
 from dr_agent.contract import stream_name
 
-from dr.failover.datapath import AgentExporter, collect_catalog
+from dr.failover.datapath import ReplicaExporter
 from dr.failover.points import Choice
 from dr.failover.provider import BlobDiskStore, Environment, StoreCatalog, container_name
 from dr.failover.runner import Runner
 from dr.model import Estate
-from dr.server.certs import write_identity
 from dr.server.jobs import Jobs
 from dr.server.schemas import RegisterRequest
 from dr.server.service import ConfigServer
@@ -76,57 +78,107 @@ class Disk:
 
 @dataclass
 class Site:
-    server: ConfigServer
+    server: ConfigServer          # the runner's view of the configuration server's state store
     disks: dict[tuple[str, str], Disk]
-    catalog: Path
     closers: list[Any]
-    replicas: str  # the master target's container (one per test: Azurite is shared by the session)
+    replicas: str  # the master targets' container (one per test: Azurite is shared by the session)
+    master_targets: dict[str, str]  # machine -> the master target replicating it
 
 
-def _register(server: ConfigServer, root: Path, name: str, role: str, machine: str | None = None) -> Any:
-    from dr_agent.pki import Identity
+def _register(server: ConfigServer, root: Path, name: str, role: str, machine: str | None = None,
+              passphrase: str = PASSPHRASE) -> Any:
+    """An identity issued by `server` (in-process): for the data path's peers a test builds itself."""
+    from dr_agent.pki import write_identity
 
-    issued = server.register(RegisterRequest(passphrase=PASSPHRASE, name=name, role=role,  # type: ignore[arg-type]
+    issued = server.register(RegisterRequest(passphrase=passphrase, name=name, role=role,  # type: ignore[arg-type]
                                              machine=machine, address="127.0.0.1"))
     assert issued.private_key_pem is not None
-    return Identity(write_identity(root / name, certificate_pem=issued.certificate_pem,
-                                   private_key_pem=issued.private_key_pem, ca_pem=issued.ca_pem))
+    return write_identity(root / name, certificate_pem=issued.certificate_pem,
+                          private_key_pem=issued.private_key_pem, ca_pem=issued.ca_pem)
+
+
+# The SharePoint estate over two master targets, each behind its own process server: a plan (and
+# its multi-VM group) spanning both.
+SPLIT = {"mt01": ("dc01", "sql01"), "mt02": ("app01", "web01", "web02")}
 
 
 @pytest.fixture
-def site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[Site]:
-    from dr_agent.master_target import MasterTarget, MasterTargetConfig
-    from dr_agent.process_server import ProcessServer, ProcessServerConfig
+def site(tmp_path: Path, sharepoint: Estate, azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """`dr config-server start`, two `dr-agent master-target` and two `dr-agent process-server`
+    services reporting to it by themselves ([control]), registered with `dr_agent.control.register`
+    (what `dr-agent register --server` runs); the sources are agent sinks the test writes through."""
+    from dr_agent.contract import REPLICA_CONTAINER  # noqa: F401  (the master targets' default container)
+    from dr_agent.control import register
     from dr_agent.sink import ProcessServerSink
 
-    server = ConfigServer(store=Store.open(tmp_path / "state.db"), estate=sharepoint)
-    server.init_vault(PASSPHRASE)
+    from dr.azure.naming import storage_env
+    from tests.agent.control_harness import PASSPHRASE as VAULT
+    from tests.agent.control_harness import ConfigServerProcess, free_port
+    from tests.agent.pipeline.pipeline_harness import Service
+    from tests.failover.conftest import AZURITE_ACCOUNT
+
+    # The master targets read their account's connection string from the environment, as deployed
+    # (dr.azure.naming.storage_env); failover reads it there too.
+    monkeypatch.setenv(storage_env(AZURITE_ACCOUNT), azurite)
+    spec = _spec_dir(tmp_path) / "dr.yaml"
+    cs = ConfigServerProcess(spec, tmp_path / "state.db", free_port(), tmp_path / "cs.log")
+    cs.start()
+    closers: list[Any] = [cs]
     ids = tmp_path / "identities"
-    closers: list[Any] = []
+
+    def identity(name: str, role: str, machine: str | None = None) -> Any:
+        return register(cs.url, VAULT, name=name, role=role, out=ids / name, machine=machine,
+                        addresses=("127.0.0.1",), deadline_s=60).identity
+
     replicas = f"replica-{time.time_ns()}"
-    mt = MasterTarget(MasterTargetConfig(identity=_register(server, ids, "mt01", "master_target"),
-                                         state_dir=tmp_path / "mt", storage="azure", connection_string=azurite,
-                                         container=replicas))
-    closers.append(mt)
-    ps = ProcessServer(ProcessServerConfig(identity=_register(server, ids, "ps01", "process_server"),
-                                           cache_dir=tmp_path / "ps", master_target=("127.0.0.1", mt.port),
-                                           name="ps01"))
-    closers.append(ps)
-    disks: dict[tuple[str, str], Disk] = {}
-    for machine in sharepoint.machines:
-        identity = _register(server, ids, f"agent-{machine.name}", "agent", machine.name)
-        for disk in machine.disks:
-            sink = ProcessServerSink(disk=stream_name(machine.name, disk.name), size=DISK_BYTES,
-                                     servers=[("127.0.0.1", ps.port)], identity=identity,
-                                     patience_s=APPLY_TIMEOUT_S)
-            closers.append(sink)
-            disks[(machine.name, disk.name)] = Disk(sink=sink)
+    control = f'\n[control]\nserver = "{cs.url}"\nheartbeat_interval_s = 1\n'
+    ps_ports = {}
     try:
-        yield Site(server=server, disks=disks, catalog=tmp_path / "mt" / "catalog.sqlite", closers=closers,
-                   replicas=replicas)
+        for n, mt in enumerate(SPLIT, start=1):
+            mt_port, ps_port = free_port(), free_port()
+            (tmp_path / f"{mt}.toml").write_text(
+                f'[master_target]\nlisten = "127.0.0.1:{mt_port}"\n'
+                f'identity = "{identity(mt, "master_target").directory}"\n'
+                f'state_dir = "{tmp_path / mt}"\nstorage = "azure"\ncontainer = "{replicas}"\n'
+                f'connection_string_env = "{storage_env(AZURITE_ACCOUNT)}"\n' + control)
+            ps = f"ps0{n}"
+            (tmp_path / f"{ps}.toml").write_text(
+                f'[process_server]\nname = "{ps}"\nlisten = "127.0.0.1:{ps_port}"\n'
+                f'identity = "{identity(ps, "process_server").directory}"\ncache_dir = "{tmp_path / ps}"\n'
+                f'master_target = "127.0.0.1:{mt_port}"\ncapacity_gb = 1\n' + control)
+            for kind, name in (("master-target", mt), ("process-server", ps)):
+                service = Service(kind, tmp_path / f"{name}.toml", tmp_path / f"{name}.log")
+                service.start()
+                closers.append(service)
+            ps_ports[mt] = ps_port
+        server = ConfigServer(store=Store.open(tmp_path / "state.db"), estate=sharepoint)
+        disks: dict[tuple[str, str], Disk] = {}
+        where = {m: mt for mt, machines in SPLIT.items() for m in machines}
+        for machine in sharepoint.machines:
+            agent = identity(f"agent-{machine.name}", "agent", machine.name)
+            for disk in machine.disks:
+                sink = ProcessServerSink(disk=stream_name(machine.name, disk.name), size=DISK_BYTES,
+                                         servers=[("127.0.0.1", ps_ports[where[machine.name]])], identity=agent,
+                                         patience_s=APPLY_TIMEOUT_S)
+                closers.append(sink)
+                disks[(machine.name, disk.name)] = Disk(sink=sink)
+        yield Site(server=server, disks=disks, closers=closers, replicas=replicas, master_targets=where)
     finally:
         for closer in reversed(closers):
-            closer.close()
+            closer.stop() if hasattr(closer, "stop") else closer.close()
+
+
+def _reported(site: Site, want: dict[tuple[str, str], set[str]]) -> None:
+    """Wait until the configuration server's catalog, as the master targets report it by
+    themselves, holds these points of these disks."""
+    catalog = StoreCatalog(store=site.server.store)
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while True:
+        missing = {k: ids - {p.point_id for p in catalog.points(*k)} for k, ids in want.items()}
+        if not any(missing.values()):
+            return
+        assert time.monotonic() < deadline, f"never reported: {missing}"
+        time.sleep(0.2)
 
 
 def _background(runner: Runner, job_id: str, done: dict[str, Any]) -> threading.Thread:
@@ -145,7 +197,7 @@ def _background(runner: Runner, job_id: str, done: dict[str, Any]) -> threading.
 
 def _spec_dir(tmp_path: Path) -> Path:
     spec = tmp_path / "spec"
-    (spec / "runbooks").mkdir(parents=True)
+    (spec / "runbooks").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "examples" / "sharepoint" / "dr.yaml", spec / "dr.yaml")
     runbook = spec / "runbooks" / "open-traffic-manager-endpoint.sh"
     runbook.write_text(f"#!/bin/sh\ncat > {tmp_path}/runbook-context.json\necho endpoint opened\n")
@@ -170,9 +222,14 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
     site.disks[("dc01", "c")].bookmark("dc01-late", "crash", None)
     for disk in site.disks.values():
         disk.sink.wait_applied(APPLY_TIMEOUT_S)
-    assert collect_catalog(site.server, "mt01", site.catalog) == 7 * 3 + 1
+    # No command reports anything: the master targets do, by themselves, each for its own disks.
+    multi_vm = {"mv-1", "mv-2", "mv-3"}
+    _reported(site, {**{k: multi_vm for k in site.disks}, ("dc01", "c"): {*multi_vm, "dc01-late"}})
     dc01 = next(m for m in site.server.overview().machines if m.name == "dc01")
     assert dc01.disks[0].points == 4 and dc01.rpo_seconds is not None
+    reporters = {k: site.server.replica(*k).reporter for k in site.disks}
+    assert reporters == {k: site.master_targets[k[0]] for k in site.disks}
+    assert set(reporters.values()) == {"mt01", "mt02"}  # the plan and its group span two master targets
 
     # Replication goes on during the failover: sql01's data disk keeps changing and getting points.
     data = site.disks[("sql01", "data")]
@@ -191,7 +248,7 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
 
     spec = _spec_dir(tmp_path)
     env = Environment(catalog=StoreCatalog(store=site.server.store),
-                      exporter=AgentExporter(catalog_path=site.catalog, connection_string=azurite),
+                      exporter=ReplicaExporter(server=site.server),
                       disks=BlobDiskStore(connection_string=azurite), workdir=tmp_path / "work")
     runner = Runner(server=site.server, env=env, spec_path=spec / "dr.yaml", poll_s=0.05)
     jobs = Jobs(store=site.server.store)
@@ -236,7 +293,7 @@ def test_sharepoint_test_failover_on_the_local_data_path(site: Site, azurite: st
 
     # Replication went on: new points arrived during the failover, and the replica converges.
     data.sink.wait_applied(APPLY_TIMEOUT_S)
-    collect_catalog(site.server, "mt01", site.catalog)
+    _reported(site, {("sql01", "data"): {p for p in data.points if p.startswith("live-")}})
     live = [p for p in site.server.recovery_points("sql01", "data") if p["point_id"].startswith("live-")]
     assert live, "no recovery point arrived while the failover ran"
     replica = blob_bytes(azurite, site.replicas, f"{stream_name('sql01', 'data')}.vhd")
@@ -273,31 +330,34 @@ def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, 
         disk.write(rng, 30)
         disk.bookmark("p1", "app", None)
         disk.sink.wait_applied(APPLY_TIMEOUT_S)
-    collect_catalog(site.server, "mt01", site.catalog)
+    _reported(site, {("sql01", d): {"p1"} for d in sql01})
 
     plan = RecoveryPlan(name="db", groups=[PlanGroup(name="database", machines=["sql01"])])
     server = ConfigServer(store=site.server.store, estate=site.server.estate.model_copy(
         update={"recovery_plans": [plan]}))
     # The on-premises side of the reverse direction: a process server and a master target.
     ids = tmp_path / "reverse-identities"
+    from tests.agent.control_harness import PASSPHRASE as VAULT
     # Page blobs in their own container here too (seen once in about ten runs with the file target:
     # another SQLite file of the process corrupted; reported to the data path).
-    onprem_mt = MasterTarget(MasterTargetConfig(identity=_register(server, ids, "mt-onprem", "master_target"),
+    mt_identity = _register(server, ids, "mt-onprem", "master_target", passphrase=VAULT)
+    onprem_mt = MasterTarget(MasterTargetConfig(identity=mt_identity,
                                                 state_dir=tmp_path / "mt-onprem", storage="azure",
                                                 connection_string=azurite, container=f"onprem-{time.time_ns()}"))
     site.closers.append(onprem_mt)
     onprem_ps = ProcessServer(ProcessServerConfig(
-        identity=_register(server, ids, "ps-azure", "process_server"), cache_dir=tmp_path / "ps-azure",
+        identity=_register(server, ids, "ps-azure", "process_server", passphrase=VAULT),
+        cache_dir=tmp_path / "ps-azure",
         master_target=("127.0.0.1", onprem_mt.port), name="ps-azure"))
     site.closers.append(onprem_ps)
-    runner_identity = _register(server, ids, "failback-sql01", "agent", "sql01")
+    runner_identity = _register(server, ids, "failback-sql01", "agent", "sql01", passphrase=VAULT)
     replication = AgentReverseReplication(
         connection_string=azurite, process_server=("127.0.0.1", onprem_ps.port),
         identity_dir=runner_identity.directory, onprem_catalog=tmp_path / "mt-onprem" / "catalog.sqlite",
         restore_dir=tmp_path / "vsphere", onprem_connection_string=azurite, apply_timeout_s=APPLY_TIMEOUT_S)
     site.closers.append(replication)
     env = Environment(catalog=StoreCatalog(store=server.store),
-                      exporter=AgentExporter(catalog_path=site.catalog, connection_string=azurite),
+                      exporter=ReplicaExporter(server=server),
                       disks=BlobDiskStore(connection_string=azurite), replication=replication,
                       workdir=tmp_path / "work")
     runner = Runner(server=server, env=env, spec_path=_spec_dir(tmp_path) / "dr.yaml", poll_s=0.05)
