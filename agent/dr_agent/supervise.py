@@ -57,9 +57,10 @@ DETACH_PATIENCE_S = 10.0
 
 def run_files(layout: Layout, unit_name: str) -> tuple[Path, Path]:
     """Where a machine's supervised unit keeps its pidfile and its log: `<root>/run/dr-agent/
-    <unit>.pid` and `<state_dir>/log/<unit>.log` (`dr agent push` starts units so)."""
+    <unit>.pid` and `<root>/var/log/dr-agent/<unit>.log` (`dr agent push` starts units so; the
+    lab gives each machine these directories of its own)."""
     stem = unit_name.removesuffix(".service")
-    return Path(layout.base / "run/dr-agent" / f"{stem}.pid"), Path(layout.state_dir / "log" / f"{stem}.log")
+    return Path(layout.base / "run/dr-agent" / f"{stem}.pid"), Path(layout.base / "var/log/dr-agent" / f"{stem}.log")
 
 
 @dataclass(frozen=True)

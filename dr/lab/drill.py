@@ -253,10 +253,10 @@ def download_disk(connection_string: str, url: str, dest: Path) -> int:
     virtual = int(virtual)
     with open(dest, "wb") as out:
         out.truncate(virtual)
-        ranges = blob.get_page_ranges()
-        pages = ranges[0] if isinstance(ranges, tuple) else ranges
-        for page in pages:
-            start, end = int(page["start"]), min(int(page["end"]) + 1, virtual)
+        for page in blob.list_page_ranges():
+            if page.cleared:
+                continue
+            start, end = int(page.start), min(int(page.end) + 1, virtual)
             offset = start
             while offset < end:
                 n = min(DOWNLOAD_CHUNK, end - offset)
@@ -549,7 +549,9 @@ def _ts(t: float) -> str:
 
 
 def drill(spec: Path, *, plan: str | None = None, chaos: bool = False, progress: Progress = print,
-          seed: int | None = None) -> DrillReport:
+          seed: int | None = None, root: Path | None = None) -> DrillReport:
+    """The drill of `spec`'s lab (at `root`: the lab's default, or a test's own)."""
     from dr.lab import Lab
 
-    return Drill(Lab.load(spec), plan=plan, chaos=chaos, progress=progress, seed=seed).run()
+    lab = Lab.load(spec) if root is None else Lab.load(spec, root=root)
+    return Drill(lab, plan=plan, chaos=chaos, progress=progress, seed=seed).run()
