@@ -233,10 +233,13 @@ class Coordinator:
             self._problem(group, f"group {group}: {', '.join(state.missing)} not connected to the coordinator; "
                                  "no multi-VM point until every member is")
             return None
+        point_id = new_bookmark_id()
         try:
-            point = self.checkpoint(group, kind=kind)
+            point = self.checkpoint(group, kind=kind, bookmark_id=point_id)
         except CoordinationAborted as err:
-            self._problem(group, str(err))
+            log.warning("%s", err)
+            # alerted once per reason (a member still in its initial sync fails every point alike)
+            self._problem(group, str(err).replace(f" {point_id}", ""))
             return None
         log.info("group %s: %s point %s on %d members (held %.3f s)", group, kind, point.bookmark_id,
                  len(point.members), point.paused_for)
