@@ -215,7 +215,8 @@ def configs_cmd(spec: Path, out_dir: Path, addresses: tuple[str, ...]) -> None:
 
     Derived from the spec and the plan: which disks each agent presents, which process servers it
     dials (its own first, then the site's others), which master target each process server feeds,
-    which storage account holds each replica. Connection strings stay in the environment.
+    which storage account holds each replica, and which process server coordinates each multi-VM
+    group (the first of its site: its agents dial it). Connection strings stay in the environment.
 
     \b
     Example:
