@@ -145,7 +145,8 @@ def _serve(service: Any, name: str, config: Path | None = None) -> int:
         raise
     print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}), flush=True)
     logging.getLogger(f"dr_agent.{name}").info("%s listening on port %s", name, service.port)
-    stop.wait()
+    while not stop.wait(0.5):  # a timed wait: SIGTERM taken by another thread must still wake us
+        pass
     logging.getLogger(f"dr_agent.{name}").info("%s stopping", name)
     if control is not None:
         control.close()
