@@ -5,6 +5,8 @@ The spec models double as a Python DSL::
     from dr import Estate, Azure, Network, Quota, Site, Machine, Disk, ProtectionGroup, Policy
 """
 
+from dr_agent import __version__  # one version source for both packages
+
 from dr.model import (
     Action,
     Azure,
@@ -27,8 +29,6 @@ from dr.model import (
     TrafficManager,
     VCenter,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Action",

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from dr import __version__
 from dr.azure.contract import StackPlan
 from dr.errors import EXIT_INVALID, DrError
 from dr.model import Estate
@@ -47,7 +48,7 @@ class StackOptions:
     admin_user: str = "dradmin"
     failover: FailoverKind = "none"
     failover_plan: str | None = None
-    package_version: str = "0.1.0"
+    package_version: str = __version__  # the wheels the servers install (dr_agent.__version__)
 
 
 def failover_plan_name(estate: Estate, options: StackOptions) -> str | None:
