@@ -222,16 +222,14 @@ def recovery_network(estate: Estate, failover_type: str) -> str:
 
 
 def vm_size(estate: Estate, machine: Machine) -> tuple[str, str]:
-    """The recovery VM size and why: the spec's override, or the smallest size of the profile that fits."""
-    if machine.azure_size:
-        return machine.azure_size, "azure_size in the spec"
-    from dr.sizes import smallest_fitting
+    """The recovery VM size the plan chose, and why: the planner's own decision (the one `dr plan`
+    shows and the stack declares, its catalog's checks included), never sized again here."""
+    from dr.plan import make_plan
 
-    size = smallest_fitting(estate.support_profile, machine.vcpus, machine.memory_gb,
-                            max(0, len(machine.disks) - 1), machine.nics)
-    if size is None:
-        return "none fits", f"no size of {estate.support_profile} has {machine.vcpus} vCPUs and {machine.memory_gb} GB"
-    return size.name, f"smallest {estate.support_profile} size with {machine.vcpus} vCPUs, {machine.memory_gb} GB"
+    vm = next((v for v in make_plan(estate).failover_vms if v.machine == machine.name), None)
+    if vm is None:
+        raise FailoverError(f"the plan sizes no recovery VM for {machine.name}: run `dr plan` to see why")
+    return vm.size, "; ".join(vm.reasons) or ("azure_size in the spec" if vm.overridden else "the plan's size")
 
 
 def provisioning_report(estate: Estate, plan: RecoveryPlan, machine: Machine, failover_type: str,
