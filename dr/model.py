@@ -362,7 +362,7 @@ class RecoveryPlan(Spec):
 
 Event = Literal[
     "rpo_missed", "machine_off", "cache_warning", "cache_critical", "heartbeat_lost",
-    "failover_started", "failover_succeeded", "failover_failed",
+    "failover_started", "failover_succeeded", "failover_failed", "health_critical",
 ]
 ALL_EVENTS: tuple[Event, ...] = typing.get_args(Event)
 

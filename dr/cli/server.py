@@ -95,9 +95,11 @@ def start_cmd(spec: Path, listen: str, state: str | None, passphrase_file: Path 
         from dr.server.app import create_app
     except ImportError:
         raise MissingExtra("dr config-server needs the 'server' extra: pip install 'dr-as-code[server]'") from None
+    from dr_agent.pki import write_private
+
     from dr.server import alerts, certs
     from dr.server.service import ConfigServer
-    from dr.server.settings import open_state, passphrase
+    from dr.server.settings import open_state, passphrase, require_private, require_private_state, state_url
     from dr.validate import load_valid
 
     host, port = _listen(listen)
@@ -106,21 +108,30 @@ def start_cmd(spec: Path, listen: str, state: str | None, passphrase_file: Path 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("give both --tls-cert and --tls-key, or neither (the vault CA then issues one)")
     estate, _ = load_valid(spec)
+    # Secrets at rest: refuse a state store or TLS key others can read (the message says how to fix it).
+    require_private_state(state_url(state))
+    if tls_key is not None:
+        require_private(tls_key, "the TLS key")
+    if passphrase_file is not None and passphrase_file.exists() and passphrase_file.stat().st_mode & 0o077:
+        click.echo(f"dr: warning: the vault passphrase file {passphrase_file} is open to other users: "
+                   f"chmod 600 {passphrase_file}", err=True)
     server = ConfigServer(store=open_state(state), estate=estate,
                           heartbeat_timeout_s=_duration_seconds(heartbeat_timeout))
-    server.init_vault(passphrase(passphrase_file))
+    vault_passphrase = passphrase(passphrase_file)
+    server.init_vault(vault_passphrase)
     loop = alerts.AlertLoop(server=server, dispatcher=alerts.Dispatcher.from_spec(estate.notifications),
                             interval_s=_duration_seconds(check_every))
     with tempfile.TemporaryDirectory(prefix="dr-cs-") as tmp:
         ssl: dict[str, str] = {}
         if not plain_http:
             if tls_cert is None or tls_key is None:
-                issued = certs.issue(server.store, name=socket.getfqdn(), role="config_server",
+                issued = certs.issue(server.store, passphrase=vault_passphrase, name=socket.getfqdn(),
+                                     role="config_server",
                                      hosts=_server_names(host))
                 tls_cert, tls_key = Path(tmp) / "server.pem", Path(tmp) / "server.key"
-                tls_cert.write_text(issued.certificate_pem + issued.ca_pem)
-                tls_key.touch(mode=0o600)
-                tls_key.write_text(issued.private_key_pem or "")
+                # Both 0600 in a 0700 folder (TemporaryDirectory): nothing the server writes is readable by others.
+                write_private(tls_cert, (issued.certificate_pem + issued.ca_pem).encode())
+                write_private(tls_key, (issued.private_key_pem or "").encode())
             ssl = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         scheme = "http" if plain_http else "https"
         click.echo(f"dr config-server: estate {estate.estate}, state {server.store.display_url}, "
@@ -181,6 +192,49 @@ def token_cmd(name: str, state: str | None, passphrase_file: Path | None, fmt: s
         echo_json({"name": name, "role": "operator", "token": token})
     else:
         click.echo(token)
+
+
+@config_server.command("revoke")
+@click.argument("name")
+@click.option("--state", help=STATE_HELP)
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help=PASSPHRASE_HELP)
+def revoke_cmd(name: str, state: str | None, passphrase_file: Path | None) -> None:
+    """Revoke every token of a component or operator at once, and forget the component (the name may
+    register again, in any role, with the vault passphrase).
+
+    \b
+    Example:
+        dr config-server revoke web01-agent
+    """
+    import time
+
+    from dr.server.service import require_passphrase, revoke_tokens
+    from dr.server.settings import open_state, passphrase
+
+    store = open_state(state)
+    require_passphrase(store, passphrase(passphrase_file))
+    count = revoke_tokens(store, name)
+    store.execute("INSERT INTO events (time, severity, kind, subject, message) VALUES (?, ?, ?, ?, ?)",
+                  (time.time(), "warning", "revoked", name, f"{name}: {count} token(s) revoked from the command line"))
+    click.echo(f"{name}: {count} token(s) revoked; it must register again")
+
+
+@config_server.command("logout")
+@click.option("--state", help=STATE_HELP)
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help=PASSPHRASE_HELP)
+def logout_cmd(state: str | None, passphrase_file: Path | None) -> None:
+    """Sign every browser out of the dashboard (their sessions end at once; components keep their tokens).
+
+    \b
+    Example:
+        dr config-server logout
+    """
+    from dr.server.service import end_sessions, require_passphrase
+    from dr.server.settings import open_state, passphrase
+
+    store = open_state(state)
+    require_passphrase(store, passphrase(passphrase_file))
+    click.echo(f"{end_sessions(store)} browser session(s) ended")
 
 
 COMMANDS: list[click.Command] = [config_server]

@@ -9,6 +9,12 @@ store do not both send.
 
 The RPO threshold is an alert, never a limit (as in ASR): replication goes on whatever the RPO.
 `failover_failed` is raised by the recovery-plan runner for one job and cleared when it succeeds.
+A machine or server that is Critical for a reason no other condition covers (an agent that never
+reported, once the vault is older than the heartbeat timeout) raises `health_critical`.
+
+A notification that cannot be sent (SMTP or webhook away) waits in the store's outbox and is tried
+again with a doubling delay (RETRY_BASE_S up to RETRY_MAX_S, RETRY_ATTEMPTS tries in all) by the
+alert loop; each failure and the final give-up are events.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from dr.model import Notifications, Smtp
 from dr.secrets import resolve
@@ -31,7 +37,12 @@ Severity = Literal["info", "warning", "critical"]
 # Webhook and SMTP calls give up after this long (seconds; our choice: an alert loop must not hang).
 SEND_TIMEOUT_S = 10.0
 # Conditions evaluated from health (failover_failed is raised by the runner, not here).
-HEALTH_KINDS = ("rpo_missed", "machine_off", "cache_warning", "cache_critical", "heartbeat_lost")
+HEALTH_KINDS = ("rpo_missed", "machine_off", "cache_warning", "cache_critical", "heartbeat_lost", "health_critical")
+# Retries of a notification that failed (seconds; our choice: 1 min doubling to 1 h, 8 tries, so an
+# SMTP relay down for a few hours still delivers).
+RETRY_BASE_S = 60.0
+RETRY_MAX_S = 3600.0
+RETRY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,8 +125,49 @@ class Dispatcher:
             except (OSError, smtplib.SMTPException, urllib.error.URLError) as err:
                 server.event(
                     "warning", "notification_failed", alert.subject,
-                    f"{type(notifier).__name__} could not send {alert.kind}: {err}",
+                    f"{type(notifier).__name__} could not send {alert.kind}: {err}; retrying in {RETRY_BASE_S:.0f} s",
                 )
+                server.store.execute(
+                    "INSERT INTO outbox (notifier, state, alert, attempts, next_try, error) VALUES (?, ?, ?, ?, ?, ?)",
+                    (type(notifier).__name__, state, json.dumps(alert.__dict__), 1, server.clock() + RETRY_BASE_S,
+                     str(err)[:500]))
+
+    def retry(self, server: ConfigServer) -> int:
+        """Send again the notifications whose retry is due; returns how many went out."""
+        now = server.clock()
+        due = server.store.query("SELECT id, notifier, state, alert, attempts FROM outbox WHERE next_try <= ? "
+                                 "ORDER BY id", (now,))
+        by_name = {type(n).__name__: n for n in self.notifiers}
+        sent = 0
+        for row in due:
+            with server.store.transaction() as tx:  # claim it: another server on the same store may be here too
+                claimed = tx.query("DELETE FROM outbox WHERE id = ? RETURNING id", (row["id"],))
+            if not claimed:
+                continue
+            alert = Alert(**json.loads(row["alert"]))
+            notifier = by_name.get(row["notifier"])
+            if notifier is None:  # the spec no longer names this channel
+                continue
+            try:
+                notifier.send(alert, row["state"])
+            except (OSError, smtplib.SMTPException, urllib.error.URLError) as err:
+                attempts = int(row["attempts"]) + 1
+                if attempts > RETRY_ATTEMPTS:
+                    server.event("critical", "notification_dropped", alert.subject,
+                                 f"{row['notifier']} gave up on {alert.kind} after {RETRY_ATTEMPTS} tries: {err}")
+                    continue
+                delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
+                server.event("warning", "notification_failed", alert.subject,
+                             f"{row['notifier']} could not send {alert.kind} (try {attempts}): {err}; "
+                             f"retrying in {delay:.0f} s")
+                server.store.execute(
+                    "INSERT INTO outbox (notifier, state, alert, attempts, next_try, error) VALUES (?, ?, ?, ?, ?, ?)",
+                    (row["notifier"], row["state"], row["alert"], attempts, now + delay, str(err)[:500]))
+                continue
+            sent += 1
+            server.event("info", "notification_sent", alert.subject,
+                         f"{row['notifier']} sent {alert.kind} on try {int(row['attempts']) + 1}")
+        return sent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +201,30 @@ def conditions(server: ConfigServer) -> list[Condition]:
                 message=f"the agent of {m.name} has sent no heartbeat for "
                         f"{view.time - m.last_heartbeat:.0f} s",
             ))
+    found.extend(_component_conditions(server, view))
+    found.extend(_uncovered_critical(server, view, found))
+    return found
+
+
+def _uncovered_critical(server: ConfigServer, view: Any, found: list[Condition]) -> list[Condition]:
+    """`health_critical` for a Critical machine or server no critical condition speaks of; one that has
+    never reported counts once the vault is older than the heartbeat timeout (a new estate is quiet)."""
+    covered = {c.subject for c in found if c.severity == "critical"}
+    created = server.store.get_meta("vault_created")
+    settled = created is not None and view.time - float(created) > server.heartbeat_timeout_s
+    out: list[Condition] = []
+    subjects = [(m.name, m.health, m.last_heartbeat) for m in view.machines]
+    subjects += [(c.name, c.health, c.last_heartbeat) for c in view.components]
+    for name, state, last in subjects:
+        if state.state != "Critical" or name in covered or (last is None and not settled):
+            continue
+        out.append(Condition(kind="health_critical", subject=name, severity="critical",
+                             message=f"{name} is Critical: {'; '.join(state.reasons)}"))
+    return out
+
+
+def _component_conditions(server: ConfigServer, view: Any) -> list[Condition]:
+    found: list[Condition] = []
     for c in view.components:
         if c.last_heartbeat is not None and view.time - c.last_heartbeat > server.heartbeat_timeout_s:
             found.append(Condition(
@@ -238,6 +314,7 @@ class AlertLoop:
         while not self._stop.wait(self._interval_s):
             try:
                 evaluate(self._server, self._dispatcher)
+                self._dispatcher.retry(self._server)
             except Exception as err:
                 self._server.event("warning", "alert_loop_error", "config-server", f"{type(err).__name__}: {err}")
 

@@ -111,3 +111,15 @@ def disk_state(state: str | None, *, disk: str, problem: str = "", done: int = 0
         progress = f" ({done * 100 // total} %)" if state == "resync" and total else ""
         return Health(state="Warning", reasons=(f"disk {disk}: {state}{progress}{why}",))
     return HEALTHY
+
+
+def aged_rpo(rpo_s: float | None, *, reported: float | None, newest_point: float | None, now: float) -> float | None:
+    """The RPO now: the last reported RPO plus the time since that report (it grows until the next
+    report says otherwise), and at least the age of the newest recovery point (failing over now loses
+    everything after it). None while neither is known. Source clocks ahead of ours count as 0."""
+    values = []
+    if rpo_s is not None:
+        values.append(rpo_s + max(0.0, now - reported) if reported is not None else rpo_s)
+    if newest_point is not None:
+        values.append(max(0.0, now - newest_point))
+    return max(values) if values else None

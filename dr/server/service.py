@@ -80,12 +80,49 @@ def require_passphrase(store: Store, passphrase: str) -> None:
         raise AuthError("the vault passphrase is wrong: use the one the configuration server was started with")
 
 
-def mint_token(store: Store, *, name: str, role: Role, now: float) -> str:
-    """A new API token (only its SHA-256 is stored)."""
+# Token lifetimes (seconds; our choice). A component's or operator's token lapses after 30 days unused
+# (every use slides it, at most once an hour: a heartbeat every 30 s keeps it alive for good); a
+# browser session ends 12 hours after its login link was used, whatever it does.
+TOKEN_IDLE_S = 30 * 86_400
+SESSION_S = 12 * 3_600
+TOKEN_SLIDE_EVERY_S = 3_600
+
+
+def mint_token(store: Store, *, name: str, role: Role | str, now: float, session: bool = False) -> str:
+    """A new API token (only its SHA-256 is stored), with its expiry: sliding for components and
+    operators (TOKEN_IDLE_S), fixed for a browser session (SESSION_S)."""
     token = secrets.token_urlsafe(32)
-    store.execute("INSERT INTO tokens (token_hash, component, role, created) VALUES (?, ?, ?, ?)",
-                  (_token_hash(token), name, role, now))
+    lifetime = SESSION_S if session else TOKEN_IDLE_S
+    store.execute("INSERT INTO tokens (token_hash, component, role, created, expires, idle_s) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (_token_hash(token), name, str(role), now, now + lifetime, None if session else TOKEN_IDLE_S))
     return token
+
+
+def revoke_tokens(store: Store, name: str) -> int:
+    """Revoke every token of component `name` (and forget the component, so the name may register
+    again, in any role). Returns how many tokens were revoked."""
+    with store.transaction() as tx:
+        rows = tx.query("SELECT COUNT(*) AS n FROM tokens WHERE component = ?", (name,))
+        known = tx.query("SELECT name FROM components WHERE name = ?", (name,))
+        tx.execute("DELETE FROM tokens WHERE component = ?", (name,))
+        tx.execute("DELETE FROM components WHERE name = ?", (name,))
+    if not known and not rows[0]["n"]:
+        raise NotFound(f"no component or token named {name!r} in {store.display_url}: `dr status` lists them")
+    return int(rows[0]["n"])
+
+
+def end_sessions(store: Store) -> int:
+    """Sign every browser out (session tokens have no sliding window); returns how many ended."""
+    with store.transaction() as tx:
+        rows = tx.query("SELECT COUNT(*) AS n FROM tokens WHERE idle_s IS NULL AND expires IS NOT NULL")
+        tx.execute("DELETE FROM tokens WHERE idle_s IS NULL AND expires IS NOT NULL")
+    return int(rows[0]["n"])
+
+
+def drop_token(store: Store, token: str) -> None:
+    """Log out: the token stops working at once."""
+    store.execute("DELETE FROM tokens WHERE token_hash = ?", (_token_hash(token),))
 
 
 def mint_login_code(store: Store, *, by: str, now: float) -> str:
@@ -247,26 +284,67 @@ class ConfigServer:
                 f"the state store {self.store.display_url} belongs to a vault with another passphrase: "
                 "give that passphrase, or a new --state for a new vault"
             )
+        certs.authority(self.store, passphrase)  # the vault CA exists, its key encrypted at rest
+        self.store.set_meta_once("vault_created", repr(self.clock()))
 
     def check_passphrase(self, passphrase: str) -> bool:
         return verify_passphrase(self.store, passphrase)
 
-    def mint_token(self, *, name: str, role: Role) -> str:
-        return mint_token(self.store, name=name, role=role, now=self.clock())
+    def mint_token(self, *, name: str, role: Role | str, session: bool = False) -> str:
+        return mint_token(self.store, name=name, role=role, now=self.clock(), session=session)
 
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise AuthError("no token: send `Authorization: Bearer <token>` (a token comes with registration)")
-        row = self.store.one("SELECT component, role FROM tokens WHERE token_hash = ?", (_token_hash(token),))
+        key = _token_hash(token)
+        row = self.store.one("SELECT component, role, created, expires, idle_s FROM tokens WHERE token_hash = ?",
+                             (key,))
         if row is None:
-            raise AuthError("the token is not known to this vault: register again to get a new one")
+            raise AuthError("the token is not known to this vault (revoked, replaced by a new registration, or "
+                            "never issued): register again to get a new one")
+        now = self.clock()
+        expires = row["expires"] if row["expires"] is not None else row["created"] + TOKEN_IDLE_S
+        if expires <= now:
+            raise AuthError("the token has expired: register again (a browser: ask for a new login link with "
+                            "`dr config-server login-link`)")
+        idle = row["idle_s"]
+        if idle is not None and expires - now < idle - TOKEN_SLIDE_EVERY_S:
+            self.store.execute("UPDATE tokens SET expires = ? WHERE token_hash = ?", (now + idle, key))
         return Principal(name=row["component"], role=row["role"])
 
+    def known_token(self, token: str) -> bool:
+        """Whether a token is valid now (no side effects beyond sliding its expiry)."""
+        try:
+            self.authenticate(token)
+        except AuthError:
+            return False
+        return True
+
+    def component_machine(self, name: str) -> str | None:
+        row = self.store.one("SELECT machine FROM components WHERE name = ?", (name,))
+        return None if row is None else row["machine"]
+
     # ------------------------------------------------------------------ registration
+    def vault_ca(self) -> VaultCa:
+        """The vault CA and the proof that this server holds the vault passphrase, for a component
+        that has no CA yet (it checks the proof before it sends the passphrase)."""
+        record = self.store.get_meta("vault_passphrase")
+        if record is None:
+            raise Conflict("the vault is not initialised yet: start the server with `dr config-server start`")
+        _, salt, digest = record.split("$")
+        pem = certs.ca_pem(self.store)
+        return VaultCa(ca_pem=pem, salt=salt, proof=ca_proof(bytes.fromhex(digest), pem))
+
     def register(self, request: RegisterRequest) -> RegisterResponse:
         if not self.check_passphrase(request.passphrase):
-            self.event("warning", "registration_refused", request.name, "wrong vault passphrase")
+            # No event here: the HTTP layer aggregates refusals per client (dr.server.security.RefusalLog).
             raise AuthError("the vault passphrase is wrong: use the one the configuration server was started with")
+        known = self.store.one("SELECT role FROM components WHERE name = ?", (request.name,))
+        if known is not None and known["role"] != str(request.role):
+            raise Conflict(
+                f"{request.name} is registered as a {known['role']}: a name keeps its role; register the "
+                f"{request.role} under another name, or `dr config-server revoke {request.name}` first"
+            )
         machine: Machine | None = None
         if request.role == "agent":
             if request.machine is None:
@@ -279,7 +357,7 @@ class ConfigServer:
                     "add it to dr.yaml or register with a spec machine name"
                 ) from None
         issued = certs.issue(
-            self.store, name=request.name, role=request.role, csr_pem=request.csr_pem,
+            self.store, passphrase=request.passphrase, name=request.name, role=request.role, csr_pem=request.csr_pem,
             hosts=tuple(h for h in (request.address, *request.alt_names) if h),
         )
         now = self.clock()
@@ -294,6 +372,8 @@ class ConfigServer:
                 },
                 keys=("name",),
             )
+        # A new registration replaces the name's tokens: whoever held the old one is out.
+        self.store.execute("DELETE FROM tokens WHERE component = ?", (request.name,))
         token = self.mint_token(name=request.name, role=request.role)
         self.event("info", "registered", request.name, f"{request.role.replace('_', ' ')} registered")
         return RegisterResponse(
@@ -324,16 +404,6 @@ class ConfigServer:
                         unknown.append(disk.stream)
                         continue
                     disks[spec_disk[1]] = disk.model_dump(exclude={"stream", "rpo_seconds"})
-    def vault_ca(self) -> VaultCa:
-        """The vault CA and the proof that this server holds the vault passphrase, for a component
-        that has no CA yet (it checks the proof before it sends the passphrase)."""
-        record = self.store.get_meta("vault_passphrase")
-        if record is None:
-            raise Conflict("the vault is not initialised yet: start the server with `dr config-server start`")
-        _, salt, digest = record.split("$")
-        pem = certs.ca_pem(self.store)
-        return VaultCa(ca_pem=pem, salt=salt, proof=ca_proof(bytes.fromhex(digest), pem))
-
                     if disk.rpo_seconds is not None:
                         tx.upsert("disks", {"machine": machine, "disk": spec_disk[1], "rpo_seconds": disk.rpo_seconds,
                                             "reported": now, "reporter": who.name}, keys=("machine", "disk"))
@@ -482,14 +552,18 @@ class ConfigServer:
                 disk_states = []
                 for disk in spec.disks:
                     row = disks.get((name, disk.name))
-                    rpo_s = None if row is None else row["rpo_seconds"]
+                    pts = points.get((name, disk.name), [])
+                    # The RPO ages between reports: what was reported plus the time since, and never
+                    # less than the age of the newest recovery point.
+                    rpo_s = health.aged_rpo(None if row is None else row["rpo_seconds"],
+                                            reported=None if row is None else row["reported"],
+                                            newest_point=max((p["time"] for p in pts), default=None), now=now)
                     state = reported.get(disk.name, {})
                     parts.append(health.disk_state(state.get("state"), disk=disk.name, problem=state.get("problem", ""),
                                                    done=state.get("sync_done_bytes", 0),
                                                    total=state.get("sync_total_bytes", 0)))
                     if rpo_s is not None or state.get("state") != "initial-sync":
                         parts.append(health.rpo(rpo_s, threshold_s=threshold, disk=disk.name))
-                    pts = points.get((name, disk.name), [])
                     disk_states.append(DiskStatus(
                         machine=name, disk=disk.name, rpo_seconds=rpo_s,
                         reported=None if row is None else row["reported"],

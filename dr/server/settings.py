@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from dr.errors import SecretUnavailable
@@ -51,3 +52,29 @@ def passphrase(file: Path | None) -> str:
             f"no vault passphrase: give --passphrase-file FILE or export {PASSPHRASE_ENV}=..."
         )
     return value
+
+
+class NotPrivate(SecretUnavailable):
+    """A secret file (state store, key, passphrase) that other users can read: refused at start."""
+
+
+def require_private(path: Path, what: str) -> None:
+    """Refuse `path` when its group or others may read or write it (the message gives the fix)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        raise NotPrivate(
+            f"{what} {path} is open to other users (mode {stat.S_IMODE(mode):04o}): run `chmod 600 {path}` "
+            "(and keep it in a folder only its owner can enter: chmod 700)"
+        )
+
+
+def require_private_state(url: str) -> None:
+    """A SQLite state store and its -wal/-shm files must be private (PostgreSQL guards its own files)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        require_private(file, "the state store")

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS job_steps (
     PRIMARY KEY (job_id, idx));
 CREATE TABLE IF NOT EXISTS job_log (
     id {serial}, job_id TEXT NOT NULL, time {real} NOT NULL, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id {serial}, notifier TEXT NOT NULL, state TEXT NOT NULL, alert TEXT NOT NULL,
+    attempts INTEGER NOT NULL, next_try {real} NOT NULL, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS job_leases (
     job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token TEXT NOT NULL, since {real} NOT NULL,
     expires {real} NOT NULL);

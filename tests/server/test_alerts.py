@@ -182,13 +182,16 @@ def test_cache_warning_then_critical_and_lost_heartbeats(
     moved = alerts.evaluate(server, dispatcher)
     assert moved.raised == (("cache_critical", "ps01"),) and moved.cleared == (("cache_warning", "ps01"),)
 
-    # Nobody sends heartbeats for longer than the timeout: one alert per silent component.
+    # Nobody sends heartbeats for longer than the timeout: one alert per silent component; and the
+    # vault is now older than the timeout, so the machines whose agents never reported are Critical too.
     clock.advance(301)
     lost = alerts.evaluate(server, dispatcher)
-    assert sorted(lost.raised) == [("heartbeat_lost", "dc01"), ("heartbeat_lost", "ps01"),
-                                   ("heartbeat_lost", "sql01")]
+    assert sorted(lost.raised) == [("health_critical", "app01"), ("health_critical", "web01"),
+                                   ("health_critical", "web02"), ("heartbeat_lost", "dc01"),
+                                   ("heartbeat_lost", "ps01"), ("heartbeat_lost", "sql01")]
     assert alerts.evaluate(server, dispatcher).raised == ()
     assert len([s for s in inbox.subjects() if "heartbeat_lost" in s]) == 3
+    assert "CRITICAL health_critical: web01" in " ".join(inbox.subjects())
 
 
 def test_events_not_subscribed_are_not_sent(
@@ -214,3 +217,32 @@ def test_an_unreachable_smtp_server_is_an_event_not_a_crash(
     assert alerts.evaluate(server, dispatcher).raised == (("machine_off", "dc01"),)
     failed = [e for e in server.events() if e["kind"] == "notification_failed"]
     assert failed and "EmailNotifier could not send machine_off" in failed[0]["message"]
+
+
+def test_a_failed_email_is_retried_with_a_growing_delay(sqlite_store: Store, sharepoint: Estate, clock: Clock) -> None:
+    """The SMTP relay is down when the alert opens; the alert loop's retries deliver it once it is back."""
+    port = free_port()
+    server, dispatcher = _setup(sqlite_store, _estate(sharepoint, port, None), clock)
+    _all_well(server)
+    _beat(server, "agent-dc01", power_state="off")
+    assert alerts.evaluate(server, dispatcher).raised == (("machine_off", "dc01"),)
+    assert dispatcher.retry(server) == 0, "retried before its delay"
+    clock.advance(alerts.RETRY_BASE_S)
+    assert dispatcher.retry(server) == 0  # still down: tried again, the next delay doubles
+    waits = [r["next_try"] - clock.now for r in sqlite_store.query("SELECT next_try FROM outbox")]
+    assert waits == [2 * alerts.RETRY_BASE_S]
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        clock.advance(alerts.RETRY_BASE_S)
+        assert dispatcher.retry(server) == 0, "sent before the doubled delay"
+        clock.advance(alerts.RETRY_BASE_S)
+        assert dispatcher.retry(server) == 1
+        assert inbox.subjects() == ["[dr contoso-sharepoint] WARNING machine_off: dc01"]
+    finally:
+        controller.stop()
+    assert sqlite_store.query("SELECT id FROM outbox") == []
+    kinds = [e["kind"] for e in server.events(limit=500)]
+    assert kinds.count("notification_failed") == 2 and "notification_sent" in kinds

@@ -162,7 +162,8 @@ def test_master_targets_report_rpo_and_recovery_points(client: TestClient, clock
     assert [(p["point_id"], p["kind"], p["group_id"]) for p in points] == [("p1", "app", "g1"), ("p2", "crash", "g2")]
     sql01 = machine(client, operator, "sql01")
     assert sql01["latest_point"] == t - 60 and sql01["latest_app_point"] == t - 600
-    assert [d["rpo_seconds"] for d in sql01["disks"]] == [12, 12, 12]
+    # The RPO is at least the newest point's age (60 s), though the master target said 12 s.
+    assert [d["rpo_seconds"] for d in sql01["disks"]] == [60, 60, 60]
     # The server is the catalog of record: where each point's bytes are.
     replica = server.replica("sql01", "data")
     assert replica.location == {"kind": "pageblob", "account": "contosodr", "container": "replicas",
@@ -175,7 +176,9 @@ def test_events_record_registrations(client: TestClient) -> None:
     client.post("/api/v1/register", json={"passphrase": "nope", "name": "x", "role": "process_server"})
     events = client.get("/api/v1/events", headers=bearer(operator)).json()
     kinds = [(e["kind"], e["subject"]) for e in events]
-    assert ("registered", "ops") in kinds and ("registration_refused", "x") in kinds
+    # A refusal is recorded per client address (aggregated), naming the name it tried.
+    assert ("registered", "ops") in kinds and ("registration_refused", "testclient") in kinds
+    assert any("registration of x refused" in e["message"] for e in events)
 
 
 def test_only_operators_confirm_steps_and_mint_login_links(client: TestClient) -> None:

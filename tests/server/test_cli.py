@@ -86,7 +86,8 @@ def test_the_server_serves_tls_from_the_vault_ca_and_dr_status_reads_its_state(r
         assert time.monotonic() < deadline, "the alert loop never raised machine_off"
         time.sleep(0.5)
     web01 = next(m for m in view["machines"] if m["name"] == "web01")
-    assert web01["health"]["state"] == "Warning" and web01["rpo_seconds"] == 7
+    # The reported 7 s, aged by the time since the heartbeat (the RPO grows between reports).
+    assert web01["health"]["state"] == "Warning" and 7 <= web01["rpo_seconds"] < 7 + START_TIMEOUT_S
     text = dr("status", str(SHAREPOINT), "--state", str(state)).stdout
     assert text.startswith("estate contoso-sharepoint: Critical")
     assert "web01: web01 is powered off: nothing new replicates" in text
