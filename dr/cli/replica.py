@@ -122,7 +122,7 @@ def export_cmd(disk: str, point: str, dest: Path, catalog_path: Path | None, con
 def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every service's configuration and systemd unit, keyed by relative path (`<server>/<file>`).
     `addresses` ({server name: address}) replaces the spec's addresses (`--address`, the lab's)."""
-    from dr_agent.contract import MT_PORT, PS_PORT, stream_name
+    from dr_agent.contract import CS_PORT, MT_PORT, PS_PORT, stream_name
 
     from dr.azure.naming import storage_env
     from dr.blueprints import render
@@ -134,6 +134,13 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
     groups = {m: g for g in estate.protection_groups for m in g.members}
     ps_of = {m: ps for ps in plan.process_servers for m in ps.machines}
     coordinators = _coordinators(estate, plan, mt_of)
+    cs_of = {m: cs for cs in plan.config_servers for m in cs.machines}
+
+    def control(machines: list[str]) -> str | None:
+        """The configuration server a component reports to ([control]): its machines' one."""
+        cs = next((cs_of[m] for m in machines if m in cs_of), None)
+        return None if cs is None else f"https://{given.get(cs.name, cs.name)}:{CS_PORT}"
+
     for ps in plan.process_servers:
         mts = [mt_of[m] for m in ps.machines if m in mt_of]
         if not mts:
@@ -146,7 +153,7 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
         view = {**ps.model_dump(), "address": address}
         out[f"{ps.name}/process-server.toml"] = render(
             "agent/process-server.toml.j2", ps=view, mt=mts[0], ps_port=PS_PORT, mt_port=MT_PORT,
-            throttle_mbps=throttle, groups=coordinated)
+            throttle_mbps=throttle, groups=coordinated, control_server=control(ps.machines))
         out[f"{ps.name}/dr-process-server.service"] = render("agent/dr-process-server.service.j2", name=ps.name)
     for mt in plan.master_targets:
         disk_envs = [(stream_name(*d.disk.split("/", 1)), storage_env(d.storage_account)) for d in mt.disks]
@@ -154,7 +161,8 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
                     default=24.0)
         out[f"{mt.name}/master-target.toml"] = render(
             "agent/master-target.toml.j2", mt=mt, mt_port=MT_PORT, retention_hours=round(hours, 3),
-            default_env=disk_envs[0][1] if disk_envs else "AZURE_STORAGE_CONNECTION_STRING", disk_envs=disk_envs)
+            default_env=disk_envs[0][1] if disk_envs else "AZURE_STORAGE_CONNECTION_STRING", disk_envs=disk_envs,
+            control_server=control(mt.machines))
         out[f"{mt.name}/dr-master-target.service"] = render("agent/dr-master-target.service.j2", name=mt.name)
     for name, ps in ps_of.items():
         machine = estate.machine(name)
@@ -175,7 +183,7 @@ def render_configs(estate: Any, plan: Any, addresses: Mapping[str, str] | None =
             app_every_s=int(app.total_seconds()) if app else None,
             group_id=group.name if group.policy.multi_vm_consistency else None,
             coordinator=(f"{site_ps.get((coordinator.site, coordinator.name), coordinator.name)}:{PS_PORT}"
-                         if coordinator is not None else None))
+                         if coordinator is not None else None), control_server=control([name]))
         out[f"{name}/dr-agent.service"] = render("agent/dr-agent.service.j2", name=name,
                                                  splitter=any(d["mode"] == "splitter" for d in disks))
     return out
@@ -236,7 +244,7 @@ def configs_cmd(spec: Path, out_dir: Path, addresses: tuple[str, ...]) -> None:
             raise UsageError(f"--address {item!r}: expected NAME=ADDRESS, e.g. ps01=10.0.0.20")
         given[name] = address
     known = {m.name for m in estate.machines} | {s.name for s in plan.process_servers} | {
-        s.name for s in plan.master_targets}
+        s.name for s in plan.master_targets} | {s.name for s in plan.config_servers}
     unknown = sorted(set(given) - known)
     if unknown:
         raise UsageError(f"--address names {', '.join(unknown)}, not a machine or server of the plan "
