@@ -32,10 +32,20 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheelhouse(cache=tmp_path_factory.mktemp("wheelhouse")).directory
 
 
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory: pytest.TempPathFactory, config_server: ConfigServer) -> Path:
+    """`dr replica configs` of the test spec, rendered once (pushes copy the same files)."""
+    out = tmp_path_factory.mktemp("configs")
+    subprocess.run([sys.executable, "-m", "dr", "replica", "configs", str(config_server.spec), "--out", str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
 def push(sshd: Sshd, cs: ConfigServer, root: Path, *extra: str, known_hosts: Path | None = None,
-         env: dict[str, str] | None = None, wheels: Path | None = None) -> subprocess.CompletedProcess[str]:
+         env: dict[str, str] | None = None, wheels: Path | None = None,
+         configs: Path | None = None) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "dr", "agent", "push", "web_01", "--spec", str(cs.spec), "--root", str(root),
-            *(["--wheel", str(wheels)] if wheels else []),
+            *(["--wheel", str(wheels)] if wheels else []), *(["--configs", str(configs)] if configs else []),
             "--address", "web_01=127.0.0.1", "--port", str(sshd.port), "--user", sshd.user,
             "--key-file", str(sshd.key_file), "--known-hosts", str(known_hosts or sshd.known_hosts),
             "--server", cs.url, "--ca-file", str(cs.ca_file), "--env", "DR_PUSH_MARK", *extra]
@@ -91,10 +101,10 @@ def test_relocate_moves_only_the_layouts_paths() -> None:
 
 
 def test_push_installs_registers_starts_and_is_idempotent(sshd: Sshd, config_server: ConfigServer,
-                                                          machine: Path, wheels: Path) -> None:
+                                                          machine: Path, wheels: Path, configs: Path) -> None:
     layout = Layout(str(machine))
     pidfile, log = run_files(layout, "dr-agent.service")
-    first = push(sshd, config_server, machine, wheels=wheels)
+    first = push(sshd, config_server, machine, wheels=wheels, configs=configs)
     assert first.returncode == 0, first.stderr + first.stdout
     (line,) = first.stdout.strip().splitlines()
     assert line.startswith("web_01 (127.0.0.1): installed into ")
@@ -133,12 +143,13 @@ def test_push_installs_registers_starts_and_is_idempotent(sshd: Sshd, config_ser
                                str(layout.config("agent"))]
     assert "/nonexistent/web_01-data_1" in log.read_text()  # the agent read the pushed agent.toml
 
-    again = push(sshd, config_server, machine, wheels=wheels)
+    again = push(sshd, config_server, machine, wheels=wheels, configs=configs)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == (f"web_01 (127.0.0.1): unchanged: {line.split('; ', 1)[1]}")
     assert read_pidfile(pidfile) == supervisor
 
-    changed = push(sshd, config_server, machine, "--format", "json", env={"DR_PUSH_MARK": "two"}, wheels=wheels)
+    changed = push(sshd, config_server, machine, "--format", "json", env={"DR_PUSH_MARK": "two"}, wheels=wheels,
+                   configs=configs)
     assert changed.returncode == 0, changed.stderr
     (result,) = json.loads(changed.stdout)
     assert result["status"] == "changed" and result["manager"] == "supervise" and result["error"] is None
