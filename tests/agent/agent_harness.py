@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pipeline"))
-from pipeline_harness import REPO, Service, free_port  # noqa: E402
+from pipeline_harness import REPO, Service, free_port
 
 MIB = 1024 * 1024
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "agent"), str(REPO)])}
@@ -85,7 +85,7 @@ class Disk:
 class Estate:
     """A master target and a process server as processes (file replicas), and agents."""
 
-    def __init__(self, root: Path, pki: Any) -> None:
+    def __init__(self, root: Path, pki: Any, *, ps_extra: str = "") -> None:
         self.root, self.pki = root, pki
         mt_port, self.ps_port = free_port(), free_port()
         (root / "mt.toml").write_text(
@@ -94,7 +94,7 @@ class Estate:
         (root / "ps.toml").write_text(
             f'[process_server]\nname = "ps01"\nlisten = "127.0.0.1:{self.ps_port}"\n'
             f'identity = "{pki.process_server.directory}"\ncache_dir = "{root / "ps"}"\n'
-            f'master_target = "127.0.0.1:{mt_port}"\ncapacity_gb = 1\n')
+            f'master_target = "127.0.0.1:{mt_port}"\ncapacity_gb = 1\n{ps_extra}')
         self.mt = Service("master-target", root / "mt.toml", root / "mt.log")
         self.ps = Service("process-server", root / "ps.toml", root / "ps.log")
         self.agents: list[subprocess.Popen[bytes]] = []
@@ -113,9 +113,10 @@ class Estate:
         self.disks.append(d)
         return d
 
-    def agent_config(self, name: str, disks: list[str], **settings: Any) -> Path:
+    def agent_config(self, name: str, disks: list[str], *, identity: Any = None, **settings: Any) -> Path:
         """agent.toml with `disks` ([[agent.disks]] bodies) and extra [agent] settings."""
-        lines = [f'[agent]\nname = "{name}"\nidentity = "{self.pki.agent.directory}"\n'
+        identity = identity or self.pki.agent
+        lines = [f'[agent]\nname = "{name}"\nidentity = "{identity.directory}"\n'
                  f'state_dir = "{self.root / "state" / name}"\nprocess_servers = ["127.0.0.1:{self.ps_port}"]']
         lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items()]
         text = "\n".join(lines) + "\n" + "".join(f"\n[[agent.disks]]\n{body}\n" for body in disks)

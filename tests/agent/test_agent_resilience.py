@@ -140,3 +140,37 @@ def test_restarts_in_tracking_mode_never_touch_the_workload(estate: Estate, tmp_
     assert "ro" not in run("findmnt", "-no", "OPTIONS", str(disk.mnt)).split(",")
     assert "resync -> protected" in estate.agent_log("db02")  # each restart compared the disk by hashes
     _converges(estate, tmp_path, "db02.sdb", disk.mnt, agent, "restarted")
+
+
+def test_a_multi_vm_group_s_machines_share_each_point_id(tmp_path: Path, pki: Any) -> None:
+    need_root()
+    from conftest import PASSPHRASE
+    from dr_agent.pki import register
+
+    groups = ('\n[[process_server.groups]]\nname = "erp"\nmembers = ["web01", "db01"]\n'
+              'crash_consistent_every_s = 1\napp_consistent_every_s = 2\n')
+    estate = Estate(tmp_path, pki, ps_extra=groups)
+    estate.start()
+    try:
+        db01 = register(pki.ca_dir, PASSPHRASE, name="db01", role="agent", out=tmp_path / "db01-id")
+        agents = []
+        for name, identity in (("web01", pki.agent), ("db01", db01)):
+            d = estate.disk(f"{name}-sdb", 32 * MIB)
+            d.mount()
+            log = tmp_path / f"{name}-scripts.log"
+            agents.append(estate.start_agent(estate.agent_config(
+                name, [f'name = "{name}.sdb"\nmode = "tracking"\ndevice = "{d.dev}"\nmount_points = ["{d.mnt}"]'],
+                identity=identity, crash_consistent_every_s=3600, multi_vm_group="erp",
+                coordinator=f"127.0.0.1:{estate.ps_port}", post_scripts=[f'echo "$DR_POINT_KIND $DR_POINT_ID" >> {log}'])))
+        wait_for(lambda: len({p.id for p in estate.points("web01.sdb") if p.group_id}
+                             & {p.id for p in estate.points("db01.sdb") if p.group_id}) >= 2, 120,
+                 "two multi-VM points common to both machines", agent=agents[0])
+        # the agents took no points of their own (every 3600 s): each point came from the coordinator
+        assert all(p.group_id == "erp" for n in ("web01", "db01") for p in estate.points(f"{n}.sdb"))
+        # app points ran the post-scripts with the point's kind and id
+        wait_for(lambda: any(p.kind == "app" for p in estate.points("db01.sdb")), 60, "an app point")
+        app_ids = {p.id for p in estate.points("db01.sdb") if p.kind == "app"}
+        ran = (tmp_path / "db01-scripts.log").read_text().split()
+        assert ran[0] == "app" and set(ran[1::2]) & app_ids
+    finally:
+        estate.close()
