@@ -161,7 +161,8 @@ def test_a_multi_vm_group_s_machines_share_each_point_id(tmp_path: Path, pki: An
             agents.append(estate.start_agent(estate.agent_config(
                 name, [f'name = "{name}.sdb"\nmode = "tracking"\ndevice = "{d.dev}"\nmount_points = ["{d.mnt}"]'],
                 identity=identity, crash_consistent_every_s=3600, multi_vm_group="erp",
-                coordinator=f"127.0.0.1:{estate.ps_port}", post_scripts=[f'echo "$DR_POINT_KIND $DR_POINT_ID" >> {log}'])))
+                coordinator=f"127.0.0.1:{estate.ps_port}",
+                post_scripts=[f'echo "$DR_POINT_KIND $DR_POINT_ID" >> {log}'])))
         wait_for(lambda: len({p.id for p in estate.points("web01.sdb") if p.group_id}
                              & {p.id for p in estate.points("db01.sdb") if p.group_id}) >= 2, 120,
                  "two multi-VM points common to both machines", agent=agents[0])
