@@ -294,8 +294,10 @@ class ControlLoop:
                 refused = str(err)
                 failures += 1
                 wait = self.config.interval_s
-            except Exception:  # a bug in health() or the catalog must not end the loop
-                log.exception("%s: the control loop's round failed", self.name)
+            except Exception as err:  # a fault in health() or the catalog must not end the loop
+                if repr(err) != refused:
+                    log.exception("%s: the control loop's round failed", self.name)
+                refused = repr(err)
                 wait = self.config.interval_s
             self._wake.wait(wait)
             self._wake.clear()

@@ -313,10 +313,18 @@ class MasterTarget:
 
 
 def storage_account(connection_string: str) -> str:
-    """The account a storage connection string names (its `AccountName=`; Azure Storage docs,
-    "Configure Azure Storage connection strings"); "" when it names none."""
-    for part in connection_string.split(";"):
-        key, _, value = part.partition("=")
-        if key.strip().lower() == "accountname":
-            return value.strip()
-    return ""
+    """The account a storage connection string names (Azure Storage docs, "Configure Azure Storage
+    connection strings"): its `AccountName=`, else the first label of its `BlobEndpoint` host (the
+    path's first segment for an emulator's IP endpoint); "" when it names none."""
+    parts = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in connection_string.split(";"))}
+    if parts.get("accountname"):
+        return parts["accountname"]
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        return DEVELOPMENT_ACCOUNT
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(parts.get("blobendpoint", ""))
+    host = endpoint.hostname or ""
+    if host and not host.replace(".", "").isdigit() and host != "localhost":
+        return host.split(".")[0]
+    return endpoint.path.strip("/").split("/")[0]
