@@ -1,6 +1,8 @@
 """Alerts of a service: appended as JSON lines to `alerts.jsonl` in its state directory, and logged.
 
 The configuration server (or an operator's `tail -f`) reads the file; tests read it too.
+A condition that persists (a full cache refusing an agent that retries every few seconds) is
+raised once per transition: `raise_once` latches it under a key until `clear(key)`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ log = logging.getLogger("dr_agent.alerts")
 class AlertLog:
     path: Path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _latched: set[str] = field(default_factory=set, repr=False)
 
     def raise_(self, level: Level, code: str, message: str, **details: Any) -> dict[str, Any]:
         entry = {"time": time.time(), "level": level, "code": code, "message": message, **details}
@@ -36,6 +39,22 @@ class AlertLog:
                 os.close(fd)
         getattr(log, "critical" if level == "critical" else level)("%s: %s", code, message)
         return entry
+
+    def raise_once(self, key: str, level: Level, code: str, message: str, **details: Any) -> dict[str, Any] | None:
+        """`raise_` unless the condition `key` is already raised and not cleared since; None then."""
+        with self._lock:
+            if key in self._latched:
+                return None
+            self._latched.add(key)
+        return self.raise_(level, code, message, **details)
+
+    def clear(self, key: str) -> bool:
+        """The condition `key` is over: the next `raise_once(key, ...)` raises again. True when it was raised."""
+        with self._lock:
+            if key not in self._latched:
+                return False
+            self._latched.discard(key)
+            return True
 
     def read(self) -> list[dict[str, Any]]:
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dr_agent.errors import ConfigError, PointNotFound
+from dr_agent.errors import ConfigError, PointNotFound, TargetError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS disks (
@@ -95,35 +95,41 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.ProgrammingError as err:  # closed: a stream still ending while its service stops
+            raise TargetError(f"catalog {self.path}: {err} (the master target is stopping)") from None
+
     def add_disk(self, name: str, location: dict[str, Any], size: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO disks VALUES (?, ?, ?)", (name, json.dumps(location), size))
+        self._run("INSERT OR REPLACE INTO disks VALUES (?, ?, ?)", (name, json.dumps(location), size))
 
     def disk(self, name: str) -> DiskEntry:
-        row = self._db.execute("SELECT name, location, size FROM disks WHERE name = ?", (name,)).fetchone()
+        row = self._run("SELECT name, location, size FROM disks WHERE name = ?", (name,)).fetchone()
         if row is None:
             known = ", ".join(self.disk_names()) or "none"
             raise PointNotFound(f"no replicated disk named {name!r} in {self.path} (known: {known})")
         return DiskEntry(row[0], json.loads(row[1]), int(row[2]))
 
     def disk_names(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT name FROM disks ORDER BY name")]
+        return [r[0] for r in self._run("SELECT name FROM disks ORDER BY name")]
 
     def add_point(self, p: Point) -> bool:
         """Record a point; False when it was already there (a replay after a reconnect)."""
-        cur = self._db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?)",
+        cur = self._run("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (p.disk, p.id, p.seq, p.time, p.kind, p.group_id, p.snapshot))
         return cur.rowcount == 1
 
     def has_point(self, disk: str, point_id: str) -> bool:
         q = "SELECT 1 FROM points WHERE disk = ? AND id = ?"
-        return self._db.execute(q, (disk, point_id)).fetchone() is not None
+        return self._run(q, (disk, point_id)).fetchone() is not None
 
     def remove_point(self, disk: str, point_id: str) -> None:
-        self._db.execute("DELETE FROM points WHERE disk = ? AND id = ?", (disk, point_id))
+        self._run("DELETE FROM points WHERE disk = ? AND id = ?", (disk, point_id))
 
     def points(self, name: str) -> list[Point]:
         """The points of a disk, or of a multi-VM group (every member disk's point with that group id)."""
-        rows = self._db.execute(
+        rows = self._run(
             "SELECT disk, id, seq, time, kind, group_id, snapshot FROM points"
             " WHERE disk = ? OR group_id = ? ORDER BY time, disk, seq, rowid", (name, name)).fetchall()
         return [Point(r[0], r[1], int(r[2]), float(r[3]), r[4], r[5], r[6]) for r in rows]

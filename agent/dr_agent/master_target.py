@@ -63,6 +63,9 @@ class MasterTargetConfig:
     metrics_port: int | None = None             # None: no HTTP endpoint
 
 
+# Seconds `close` waits for each stream to finish the group it is applying (a commit, a snapshot)
+# before closing the targets and the catalog under it.
+STOP_WAIT_S = 30.0
 # Largest hash request (blocks): 64 Ki blocks of 4 KiB is 256 MiB of disk, a 1 MiB reply.
 MAX_HASH_BLOCKS = 65536
 
@@ -113,6 +116,7 @@ class MasterTarget:
         self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
                                  MAY_DIAL[Role.MASTER_TARGET], self._handle, name="master-target")
         self.port = self.listener.port
+        self.metrics.count_refusals(lambda: self.listener.refused)
         self.metrics_port = (self.metrics.serve(config.listen_host, config.metrics_port)
                              if config.metrics_port is not None else None)
 
@@ -241,6 +245,8 @@ class MasterTarget:
                         elif rec.kind == Kind.DISCARD:
                             batch.discard(rec.offset, rec.length)
                         elif rec.kind == Kind.BOOKMARK:
+                            if inbox.closed:  # the stream ended (a stop): no snapshot; the next stream replays it
+                                return
                             batch.apply()
                             target.commit(rec.seq)
                             self._point(disk, target, rec)
@@ -303,13 +309,24 @@ class MasterTarget:
         return CatalogReport(streams=tuple(streams))
 
     def close(self) -> None:
-        self.listener.close()
+        self.listener.close()  # closes the streams' connections; each stream then ends its applier
+        with self._lock:
+            streams = list(self._disk_locks.values())
+        for held in streams:  # a stream holds its disk's lock until its applier is done with the target
+            if held.acquire(timeout=STOP_WAIT_S):
+                held.release()
         with self._lock:
             for t in self._targets.values():
                 close = getattr(t, "close", None)
                 if close:
                     close()
-        self.catalog.close()
+        with self.catalog_lock:  # not under a stream's query; later ones get the catalog's TargetError
+            self.catalog.close()
+
+
+# The storage emulator's account (Azure Storage docs, "Use the Azurite emulator": the
+# `UseDevelopmentStorage=true` shortcut stands for it).
+DEVELOPMENT_ACCOUNT = "devstoreaccount1"
 
 
 def storage_account(connection_string: str) -> str:

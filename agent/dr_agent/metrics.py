@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,9 @@ class Metrics:
 
     service: str
     registry: Any = field(init=False)
+    # raw and stored bytes per disk since the service started: the compression ratio is their quotient
+    _totals: dict[str, tuple[int, int]] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         try:
@@ -25,7 +30,8 @@ class Metrics:
                                  registry=r)
         self.raw_bytes = Counter(f"{p}_raw_bytes", "change data before compression", ["disk"], registry=r)
         self.stored_bytes = Counter(f"{p}_stored_bytes", "change data after compression", ["disk"], registry=r)
-        self.compression_ratio = Gauge(f"{p}_compression_ratio", "raw bytes / stored bytes", ["disk"], registry=r)
+        self.compression_ratio = Gauge(f"{p}_compression_ratio", "raw bytes / stored bytes since the service "
+                                       "started (the two counters' quotient)", ["disk"], registry=r)
         self.cache_used = Gauge(f"{p}_cache_used_bytes", "bytes in the cache", registry=r)
         self.cache_capacity = Gauge(f"{p}_cache_capacity_bytes", "cache capacity", registry=r)
         self.cache_fill = Gauge(f"{p}_cache_fill_ratio", "used / capacity", registry=r)
@@ -36,9 +42,34 @@ class Metrics:
                                  registry=r)
         self.corrupt = Counter(f"{p}_corrupt_records", "records or frames refused by checksum", ["disk"],
                                registry=r)
-        self.refused = Counter(f"{p}_refused_connections", "peers refused (certificate or role)", registry=r)
+        self._prefix = p
         self.alerts = Counter(f"{p}_alerts", "alerts raised", ["level"], registry=r)
         self.points = Counter(f"{p}_recovery_points", "recovery points created", ["disk", "kind"], registry=r)
+
+    def compressed(self, disk: str, raw: int, stored: int) -> None:
+        """Count `raw` bytes of change data stored as `stored` bytes; the ratio gauge follows the totals."""
+        self.raw_bytes.labels(disk).inc(raw)
+        self.stored_bytes.labels(disk).inc(stored)
+        with self._lock:
+            total_raw, total_stored = self._totals.get(disk, (0, 0))
+            total_raw, total_stored = total_raw + raw, total_stored + stored
+            self._totals[disk] = (total_raw, total_stored)
+        self.compression_ratio.labels(disk).set(total_raw / max(total_stored, 1))
+
+    def count_refusals(self, refused: Callable[[], int]) -> None:
+        """Expose `<service>_refused_connections_total`: peers refused (certificate or role), as the
+        listener counts them (`refused()` is read at each scrape)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        name = f"{self._prefix}_refused_connections"
+
+        class Refusals:
+            def collect(self) -> Iterator[CounterMetricFamily]:
+                family = CounterMetricFamily(name, "peers refused (certificate or role)")
+                family.add_metric([], float(refused()))
+                yield family
+
+        self.registry.register(Refusals())
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on `host:port` (0: any free port); returns the port."""

@@ -15,6 +15,7 @@ incrementally.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from dr_agent import vhd
 from dr_agent.errors import TargetError
 from dr_agent.target import Committer, Data, Done
+
+log = logging.getLogger(__name__)
 
 # The Put Page limit (bytes), from the Blob service REST reference.
 MAX_PUT_PAGE = 4 * 1024 * 1024
@@ -84,6 +87,7 @@ class PageBlobTarget:
         self._inflight: list[tuple[int, int, cf.Future[None]]] = []  # (start, end, call), oldest first
         self._lock = threading.Lock()
         self._failed: BaseException | None = None  # the first failed call not yet reported by drain
+        self._failing = False  # a failed call was logged and no commit has succeeded since
         self._committer = Committer(f"meta-{blob}", self._record)
 
     def _put(self, offset: int, data: Data) -> None:
@@ -100,6 +104,11 @@ class PageBlobTarget:
                 live.append((a, b, f))
             elif f.exception() is not None and self._failed is None:
                 self._failed = f.exception()
+                if not self._failing:  # one line per transition at the default level, not per retry
+                    self._failing = True
+                    log.warning("page blob %s/%s: Put Page failed (%s); storage unreachable or refusing writes, "
+                                "the changes stay cached at the process server and are replayed",
+                                self.container, self.blob_name, str(self._failed).splitlines()[0])
         self._inflight = live
 
     def _queue(self, start: int, end: int, call: Any, *args: Any) -> None:
@@ -147,6 +156,11 @@ class PageBlobTarget:
         meta = {**self._meta, SEQ_KEY: str(seq)}
         self._blob.set_blob_metadata(meta)
         self._meta = meta
+        with self._lock:
+            recovered, self._failing = self._failing, False
+        if recovered:
+            log.warning("page blob %s/%s: storage answers again; applied up to seq %d",
+                        self.container, self.blob_name, seq)
 
     def commit_later(self, seq: int, done: Done) -> None:
         try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dr_agent.alerts import AlertLog
-from dr_agent.cache import SEGMENT_BYTES, DiskCache
+from dr_agent.cache import SEGMENT_BYTES
 from dr_agent.contract import MAY_DIAL, STREAM_NAME, Hello, Join, ProcessServerHealth, Role
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
@@ -90,6 +90,7 @@ class ProcessServer:
         self.listener = Listener(config.listen_host, config.listen_port, server_context(config.identity),
                                  MAY_DIAL[Role.PROCESS_SERVER], self._handle, name="process-server")
         self.port = self.listener.port
+        self.metrics.count_refusals(lambda: self.listener.refused)
         self.metrics_port = (self.metrics.serve(config.listen_host, config.metrics_port)
                              if config.metrics_port is not None else None)
 
@@ -106,9 +107,6 @@ class ProcessServer:
 
     def used_bytes(self) -> int:
         return self.disks.used_bytes()
-
-    def _cache(self, disk: str) -> DiskCache:
-        return self.disks.cache(disk)
 
     def health(self) -> ProcessServerHealth:
         """The heartbeat body: cache, backlog per disk, agents, the master target, multi-VM groups."""

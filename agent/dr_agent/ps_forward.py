@@ -63,20 +63,31 @@ class MasterTargetLink:
         self._ctx = ctx
         self.reachable = False
         self.last_change = 0.0  # monotonic time of the last dial's outcome
+        self._down_logged = False  # an "unreachable" line was logged and no "reachable again" since
+        self._log_lock = threading.Lock()
 
     def dial(self, *, timeout: float = 10.0) -> Connection:
         host, port = self.address
         try:
             conn = dial(host, port, self._ctx, timeout=timeout, server_hostname=self.hostname)
-        except AgentError:
-            self._seen(False)
+        except AgentError as err:
+            self._seen(False, err)
             raise
         self._seen(True)
         return conn
 
-    def _seen(self, ok: bool) -> None:
+    def _seen(self, ok: bool, err: AgentError | None = None) -> None:
         self.reachable = ok
         self.last_change = time.monotonic()
+        with self._log_lock:  # one line per transition at the default level, not one per retry
+            if ok == self._down_logged:
+                self._down_logged = not ok
+                host, port = self.address
+                if ok:
+                    log.warning("master target %s:%d reachable again; forwarding the cached changes", host, port)
+                else:
+                    log.warning("master target %s:%d unreachable: %s; the cache keeps the changes and "
+                                "forwarding retries until it answers", host, port, err)
 
     def hello(self, disk: str, size: int, *, purpose: str = "stream", timeout: float = 10.0) -> tuple[Connection, int]:
         """A connection for `disk` past its WELCOME, and the replica's applied sequence."""

@@ -162,16 +162,15 @@ class Ingest:
         if self.disks.used_bytes() + need > self.capacity_bytes:
             fresh = [r.seq for r in records if r.seq > cache.last_seq]
             if fresh:
-                self.disks.alerts.raise_("critical", "cache-full", f"disk {disk}: cache full; agent "
-                                         f"{conn.peer[0]} falls back to bitmap tracking from seq {fresh[0]}",
-                                         disk=disk, from_seq=fresh[0])
+                self.disks.alerts.raise_once(  # once until the disk's changes fit again, not per retry
+                    f"cache-full {disk}", "critical", "cache-full", f"disk {disk}: cache full; agent "
+                    f"{conn.peer[0]} falls back to bitmap tracking from seq {fresh[0]}", disk=disk, from_seq=fresh[0])
                 conn.send_msg(FrameType.FALLBACK, Fallback(fresh[0], "process server cache full"))
                 return False
         durable = cache.append(stored)
+        self.disks.alerts.clear(f"cache-full {disk}")  # room again: the next refusal is a new alert
         if raw:
-            metrics.raw_bytes.labels(disk).inc(raw)
-            metrics.stored_bytes.labels(disk).inc(packed)
-            metrics.compression_ratio.labels(disk).set(raw / max(packed, 1))
+            metrics.compressed(disk, raw, packed)
         self.disks.arrived(disk, durable)
         self.monitor.check_fill()
         conn.send_msg(FrameType.ACK, Ack(applied=cache.acked_seq, durable=durable))

@@ -294,6 +294,8 @@ class FileTarget:
         self._committer = Committer(f"commit-{path.name}", self._record)
 
     def apply(self, writes: list[tuple[int, Data]], zeros: list[tuple[int, int]]) -> None:
+        if self._fd < 0:  # never a write through a descriptor number another file may reuse
+            raise TargetError(f"replica {self.path} is closed (the master target is stopping)")
         for off, length in zeros:
             if not _punch(self._fd, off, length):
                 for pos in range(off, off + length, 1 << 20):
@@ -344,8 +346,9 @@ class FileTarget:
 
     def close(self) -> None:
         self._committer.close()
-        os.close(self._fd)
-        os.close(self._seq_fd)
+        fd, seq_fd, self._fd, self._seq_fd = self._fd, self._seq_fd, -1, -1
+        os.close(fd)
+        os.close(seq_fd)
 
 
 class FilePoint:
