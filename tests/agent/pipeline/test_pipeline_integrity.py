@@ -159,7 +159,7 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resend
     # The agent still holds the records (the master target never applied them): it resends them.
     sink.wait_applied(30)
     assert (tmp_path / "mt/disks/c01-disk0.img").read_bytes() == bytes(shadow.data)
-    assert p.ps._cache("c01-disk0").resync_from is None
+    assert p.ps.disks.cache("c01-disk0").resync_from is None
     assert any(a["code"] == "resent" for a in p.ps.alerts.read())
     assert sink.fallback is None
     proxy.close()
@@ -208,7 +208,7 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
     again.wait_applied(30)
     assert result.blocks_differing == 16 and result.bytes_sent == 65536  # only the lost write's blocks
     assert (tmp_path / "mt/disks/c02-disk0.img").read_bytes() == disk.read_bytes()
-    assert p.ps._cache("c02-disk0").resync_from is None
+    assert p.ps.disks.cache("c02-disk0").resync_from is None
     assert any(a["code"] == "resynced" for a in p.ps.alerts.read())
     again.close()
     proxy.close()
@@ -226,5 +226,5 @@ def test_flipped_byte_in_a_frame_is_refused_and_reported(make_pipeline: Any, pki
     with pytest.raises(AgentError, match="checksum"):
         conn.recv_json(FrameType.ACK)
     conn.close()
-    assert p.ps._cache("f01-disk0").last_seq == 0
+    assert p.ps.disks.cache("f01-disk0").last_seq == 0
     assert any(a["code"] == "corrupt" for a in p.ps.alerts.read())

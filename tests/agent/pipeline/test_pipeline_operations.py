@@ -39,7 +39,7 @@ def test_agent_moves_to_another_process_server(make_pipeline: Any, pki: Any, tmp
         sink.flush()
         sink.wait_applied(60)
         assert (tmp_path / "mt/disks/mv01-disk0.img").read_bytes() == bytes(shadow.data)
-        assert ps2._cache("mv01-disk0").last_seq == sink.seq
+        assert ps2.disks.cache("mv01-disk0").last_seq == sink.seq
         sink.close()
     finally:
         ps2.close()

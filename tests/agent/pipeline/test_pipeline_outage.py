@@ -95,7 +95,7 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
         except CacheFull:
             refused += 1  # the splitter would now switch to its bitmap mode
     assert sink.fallback is not None and fallbacks and refused >= 20
-    cached = p.ps._cache("full01-disk0").last_seq
+    cached = p.ps.disks.cache("full01-disk0").last_seq
     assert sink.fallback.from_seq == cached + 1
     # every write the cache did not take is a dirty range: none silently dropped
     assert sum(n for _, n in sink.dirty) >= (40 * CHUNK) - cached * CHUNK
@@ -105,7 +105,7 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
 
     proxy[0].restore()  # the master target drains the cache, then the agent resends the dirty ranges
     deadline = time.monotonic() + 60
-    while p.ps._cache("full01-disk0").acked_seq < cached and time.monotonic() < deadline:
+    while p.ps.disks.cache("full01-disk0").acked_seq < cached and time.monotonic() < deadline:
         time.sleep(0.1)
     for off, n in sink.resume():  # paced as a resync is: each step applied before the next
         sink.write(off, bytes(shadow.data[off:off + n]))
