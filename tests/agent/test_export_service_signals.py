@@ -144,7 +144,7 @@ def test_process_server_logs_each_link_transition_once_counts_refusals_and_compr
             wait_for("three dials of the dead master target", lambda: dead.accepted >= 3)
         finally:
             dead.close()
-        down = ps.lines("master target 127.0.0.1:%d unreachable" % mt_port)
+        down = ps.lines(f"master target 127.0.0.1:{mt_port} unreachable")
         assert len(down) == 1, down
 
         mt = Service("master-target", tmp_path / "mt.toml", tmp_path / "mt.log")
