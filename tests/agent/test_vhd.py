@@ -20,11 +20,11 @@ from dr_agent import vhd
 from dr_agent.catalog import Catalog
 from dr_agent.errors import TargetError
 from dr_agent.export import export_location
-from dr_agent.master_target import MasterTarget, MasterTargetConfig
 from dr_agent.pageblob import PageBlobTarget
-from dr_agent.process_server import ProcessServer, ProcessServerConfig
 from dr_agent.sink import ProcessServerSink
 from dr_agent.target import FileTarget
+
+from tests.agent.test_export_service_signals import Service, free_port
 
 MIB = 1024 * 1024
 # An 80 GB drive has 156,301,488 sectors, not a whole number of MiB; a 1/1024 scale keeps that.
@@ -85,9 +85,9 @@ def test_exported_vhd_converts_back_to_the_exact_disk(tmp_path: Path) -> None:
 
 def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: Any, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A disk of a sector count that is not a whole number of MiB: the master target takes it (a page
-    blob padded to the next MiB, the footer saying the padded size), `dr replica export` writes it,
-    and qemu-img reads the VHD as the source plus zeros."""
+    """A disk of a sector count that is not a whole number of MiB: the master target service takes
+    it (a page blob padded to the next MiB, the footer saying the padded size), `dr replica export`
+    writes it, and qemu-img reads the VHD as the source plus zeros."""
     from azure.storage.blob import BlobClient
 
     from dr.cli import cli
@@ -95,24 +95,35 @@ def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: An
     size = ODD_SECTORS * 512
     padded = vhd.virtual_size(size)
     assert size % MIB and padded == 75 * MIB
-    mt = MasterTarget(MasterTargetConfig(identity=pki.master_target, state_dir=tmp_path / "mt", storage="azure",
-                                         connection_string=azurite, container="oddsize"))
-    ps = ProcessServer(ProcessServerConfig(identity=pki.process_server, cache_dir=tmp_path / "ps",
-                                           master_target=("127.0.0.1", mt.port), capacity_bytes=1 << 30))
-    sink = ProcessServerSink(disk="hdd01.disk0", size=size, servers=[("127.0.0.1", ps.port)], identity=pki.agent)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    mt_port, ps_port = free_port(), free_port()
+    (tmp_path / "mt.toml").write_text(
+        f'[master_target]\nlisten = "127.0.0.1:{mt_port}"\nidentity = "{pki.master_target.directory}"\n'
+        f'state_dir = "{tmp_path / "mt"}"\nstorage = "azure"\ncontainer = "oddsize"\n'
+        'connection_string_env = "AZURE_STORAGE_CONNECTION_STRING"\n')
+    (tmp_path / "ps.toml").write_text(
+        f'[process_server]\nname = "ps01"\nlisten = "127.0.0.1:{ps_port}"\n'
+        f'identity = "{pki.process_server.directory}"\ncache_dir = "{tmp_path / "ps"}"\n'
+        f'master_target = "127.0.0.1:{mt_port}"\ncapacity_gb = 1\n')
+    services = [Service("master-target", tmp_path / "mt.toml", tmp_path / "mt.log")]
     source = bytearray(size)
     try:
-        for off, data in [(0, os.urandom(MIB)), (40 * MIB + 512, os.urandom(3 * MIB)),
-                          (size - 4096 - 512, os.urandom(4096 + 512))]:  # up to the very last sector
-            source[off:off + len(data)] = data
-            sink.write(off, data)
-        sink.flush()
-        sink.bookmark("final", "app", None)
-        sink.wait_applied(60)
+        services.append(Service("process-server", tmp_path / "ps.toml", tmp_path / "ps.log"))
+        sink = ProcessServerSink(disk="hdd01.disk0", size=size, servers=[("127.0.0.1", ps_port)],
+                                 identity=pki.agent)
+        try:
+            for off, data in [(0, os.urandom(MIB)), (40 * MIB + 512, os.urandom(3 * MIB)),
+                              (size - 4096 - 512, os.urandom(4096 + 512))]:  # up to the very last sector
+                source[off:off + len(data)] = data
+                sink.write(off, data)
+            sink.flush()
+            sink.bookmark("final", "app", None)
+            sink.wait_applied(60)
+        finally:
+            sink.close()
     finally:
-        sink.close()
-        ps.close()
-        mt.close()
+        for service in reversed(services):
+            service.stop()
 
     blob = BlobClient.from_connection_string(azurite, "oddsize", "hdd01.disk0.vhd")
     assert blob.get_blob_properties().size == padded + vhd.FOOTER_SIZE
@@ -120,7 +131,6 @@ def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: An
 
     src = tmp_path / "source.img"
     src.write_bytes(bytes(source))
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
     catalog = str(tmp_path / "mt/catalog.sqlite")
     for name in ("hdd01.vhd", "hdd01.img"):
         res = CliRunner().invoke(cli, ["replica", "export", "hdd01.disk0", "--point", "latest-app",
@@ -132,7 +142,7 @@ def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: An
     assert vpc_size(out) == padded
     res = qemu_img("compare", "-f", "raw", "-F", "vpc", str(src), str(out))
     assert res.returncode == 0, res.stdout + res.stderr
-    cat = Catalog(Path(catalog))
+    cat = Catalog.open_readonly(Path(catalog))
     assert cat.disk("hdd01.disk0").size == size
     cat.close()
 
