@@ -106,6 +106,12 @@ class GroupMember:
         with self._lock:
             return self._state
 
+    @property
+    def problem(self) -> str:
+        """Why the agent is not in its group now ("" when it is): the coordinator unreachable, or
+        refusing it (not a member, no such group there)."""
+        return self._last_problem
+
     def wait_connected(self, timeout: float) -> bool:
         """Wait until `connected` (True) or `timeout` seconds passed (False)."""
         with self._changed:
@@ -129,8 +135,8 @@ class GroupMember:
             try:
                 conn = self._dial()
             except AgentError as err:
-                self._problem(f"cannot reach the coordinator of group {self.group}: {err}; "
-                              f"retrying in {backoff:.1f} s (the agent takes its own points meanwhile)")
+                self._problem(f"cannot reach the coordinator of group {self.group}: {err}",
+                              "; retrying with a backoff (the agent takes its own points meanwhile)")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
@@ -173,10 +179,10 @@ class GroupMember:
             return conn
         raise last or TransportError("no coordinator address")
 
-    def _problem(self, text: str) -> None:
+    def _problem(self, text: str, more: str = "") -> None:
         """Log a problem once (until it changes or the agent joins again)."""
         if text != self._last_problem:
-            log.warning("agent %s: %s", self.agent, text)
+            log.warning("agent %s: %s%s", self.agent, text, more)
             self._last_problem = text
 
     def _session(self, conn: Connection) -> None:

@@ -101,7 +101,8 @@ def rendered_process_server(root: Path, local: str) -> tuple[str, str, tuple[str
     """process-server.toml as `dr replica configs` renders it for the linux estate's ps-dublin,
     the coordinator of multi-VM group web-tier (whose policy here takes crash points every second),
     with the lines that place it on a machine (listen, identity, cache, master target, metrics)
-    taken from `local`; and the group's name and members."""
+    taken from `local`, and without its [control] table (no configuration server here); and the
+    group's name and members."""
     spec = root / "spec"
     shutil.copytree(REPO / "examples/linux-estate", spec)
     text = (spec / "dr.yaml").read_text()
@@ -114,6 +115,7 @@ def rendered_process_server(root: Path, local: str) -> tuple[str, str, tuple[str
     for key in ("listen", "identity", "cache_dir", "master_target", "master_target_hostname", "metrics"):
         value = f'{key} = "{here[key]}"' if key in here else ""
         rendered = re.sub(rf"(?m)^{key} = .*$", value, rendered)
+    rendered = re.sub(r"(?ms)^\[control\]\n.*?(?=^\[|\Z)", "", rendered)
     (group,) = tomllib.loads(rendered)["process_server"]["groups"]
     assert group["crash_consistent_every_s"] == 1
     return rendered, group["name"], tuple(group["members"])
@@ -389,3 +391,34 @@ def test_a_held_member_resumes_by_itself_when_the_coordinator_falls_silent(tmp_p
     blocked.join(DEADLINE_S)  # the hold timeout (1 s) lets it through
     assert not blocked.is_alive() and machine.written == 1
     assert time.monotonic() - started < DEADLINE_S
+
+
+def test_app_points_on_the_app_schedule_and_a_wrong_coordinator_says_why(tmp_path: Path, pki: Any,
+                                                                        stack: ExitStack) -> None:
+    mt, _ps, _ = service_pair(tmp_path, pki)
+    mt.start()
+    stack.callback(mt.stop)
+    mt_port = int(tomllib.loads(mt.config.read_text())["master_target"]["listen"].rsplit(":", 1)[1])
+
+    def process_server(name: str, groups: tuple[GroupConfig, ...]) -> ProcessServer:
+        ps = ProcessServer(ProcessServerConfig(identity=pki.process_server, cache_dir=tmp_path / name,
+                                               master_target=("127.0.0.1", mt_port), name=name, groups=groups))
+        stack.callback(ps.close)
+        return ps
+
+    coordinating = process_server("ps01", (GroupConfig(GROUP, ("web01",), crash_consistent_every_s=3600,
+                                                       app_consistent_every_s=0.3),))
+    other = process_server("ps02", ())
+    machine = Machine("web01", [])
+    member = GroupMember([("127.0.0.1", coordinating.port)], pki.agent, agent="web01", group=GROUP,
+                         participant=machine, server_hostname="127.0.0.1")
+    stack.callback(member.close)
+    wait_for("two app points", lambda: len(machine.pauses) >= 2)
+    assert set(machine.pauses) == {"app"}  # the app schedule's points; the crash one is an hour away
+    assert member.connected and member.problem == ""
+
+    lost = GroupMember([("127.0.0.1", other.port)], pki.agent, agent="web01", group=GROUP,
+                       participant=Machine("web01", []), server_hostname="127.0.0.1")
+    stack.callback(lost.close)
+    wait_for("the refusal", lambda: "coordinates no multi-VM group" in lost.problem)
+    assert not lost.connected and "check `coordinator` in agent.toml" in lost.problem
