@@ -6,10 +6,10 @@ time; each read is written where it belongs (pwrite), and a read of zeros is not
 output is sparse where the disk is empty. Memory stays bounded: at most READ_WINDOW reads are
 queued or held.
 
-Two entries: `export_location` needs only where the replica lives (the `location()` a target
-reports: {"kind": "pageblob", "container", "blob", "size"} or {"kind": "file", "path", "size"})
-and the point's snapshot handle, as the configuration server records them; `export` resolves a
-point in a master target's sqlite catalog first.
+Two entries: `export_location` needs only where the replica lives (the contract's
+ReplicaLocation and the stream's size, as the configuration server records them, or the
+`location()` a target reports) and the point's snapshot handle; `export` resolves a point in a
+master target's sqlite catalog first.
 
 A .vhd is the disk padded with zeros to its VHD virtual size (the next MiB, Azure's rule), then
 the footer (`dr_agent.vhd`); a .img is the disk's exact bytes.
@@ -26,6 +26,7 @@ from typing import Any
 
 from dr_agent import vhd
 from dr_agent.catalog import Catalog, Point
+from dr_agent.contract import ReplicaLocation
 from dr_agent.errors import ConfigError, TargetError
 from dr_agent.target import FilePoint, PointReader
 
@@ -67,24 +68,35 @@ def plan_reads(ranges: Iterable[tuple[int, int]], *, chunk: int = READ_CHUNK,
     return reads
 
 
-def open_location(location: Mapping[str, Any], snapshot: str | None, *,
-                  connection_string: str | None = None) -> PointReader:
-    """A reader of the replica at `location` as of `snapshot` (None: the live replica)."""
-    kind = location.get("kind")
+def _as_mapping(location: Mapping[str, Any] | ReplicaLocation, size: int | None) -> dict[str, Any]:
+    loc: dict[str, Any] = dict(location) if isinstance(location, Mapping) else {
+        "kind": location.kind, "path": location.path, "container": location.container, "blob": location.blob}
+    if size is not None:
+        loc["size"] = size
+    return loc
+
+
+def open_location(location: Mapping[str, Any] | ReplicaLocation, snapshot: str | None, *,
+                  size: int | None = None, connection_string: str | None = None) -> PointReader:
+    """A reader of the replica at `location` as of `snapshot` (None: the live replica). `location`
+    is a target's `location()` (which carries the disk's size) or the contract's ReplicaLocation
+    (then `size`, the disk's bytes, is needed: StreamCatalog.size)."""
+    loc = _as_mapping(location, size)
+    kind = loc.get("kind")
     try:
-        size = int(location["size"])
+        disk_size = int(loc["size"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"replica location {dict(location)} has no disk size") from None
+        raise ConfigError(f"replica location {loc} has no disk size: pass size= (the stream's size)") from None
     if kind == "file":
-        return FilePoint(Path(snapshot or location["path"]), size)
+        return FilePoint(Path(snapshot or loc["path"]), disk_size)
     if kind == "pageblob":
         if not connection_string:
-            raise ConfigError(f"blob {location['blob']} in container {location['container']} is a page blob: set "
+            raise ConfigError(f"blob {loc['blob']} in container {loc['container']} is a page blob: set "
                               "AZURE_STORAGE_CONNECTION_STRING (or pass --connection-string-env) to read it")
         from dr_agent.pageblob import PageBlobPoint
 
-        return PageBlobPoint(connection_string, location["container"], location["blob"], size, snapshot)
-    raise ConfigError(f"unknown replica kind {kind!r} in location {dict(location)}; expected file or pageblob")
+        return PageBlobPoint(connection_string, loc["container"], loc["blob"], disk_size, snapshot)
+    raise ConfigError(f"unknown replica kind {kind!r} in location {loc}; expected file or pageblob")
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -153,13 +165,13 @@ def materialize(reader: PointReader, dest: Path, *, parallel: int = PARALLEL_REA
     return dest
 
 
-def export_location(location: Mapping[str, Any], snapshot: str | None, dest: Path, *,
-                    connection_string: str | None = None, parallel: int = PARALLEL_READS,
-                    progress: Progress | None = None) -> Path:
+def export_location(location: Mapping[str, Any] | ReplicaLocation, snapshot: str | None, dest: Path, *,
+                    size: int | None = None, connection_string: str | None = None,
+                    parallel: int = PARALLEL_READS, progress: Progress | None = None) -> Path:
     """Write the replica at `location` as of `snapshot` (a point's snapshot handle; None: the live
     replica) to `dest` (.img or .vhd). No catalog needed: the configuration server's record of a
-    point (location + snapshot) is enough."""
-    reader = open_location(location, snapshot, connection_string=connection_string)
+    point (StreamCatalog: location, size; CatalogPoint: snapshot) is enough."""
+    reader = open_location(location, snapshot, size=size, connection_string=connection_string)
     try:
         return materialize(reader, dest, parallel=parallel, progress=progress)
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from dr_agent.catalog import Catalog, Point
+from dr_agent.contract import ReplicaLocation
 from dr_agent.errors import ConfigError, TargetError
 from dr_agent.export import READ_CHUNK, export_location, plan_reads
 from dr_agent.pageblob import PageBlobTarget
@@ -128,6 +129,9 @@ def test_page_blob_export_lists_ranges_once_reads_in_parallel_and_is_sparse(
 
     assert out.read_bytes() == bytes(expected)
     assert out.stat().st_blocks * 512 < size // 2, "the holes of the point are holes in the export"
+    where = ReplicaLocation(kind="pageblob", account="devstoreaccount1", container="exp1", blob="web01.disk0.vhd")
+    vhd_out = export_location(where, snap, tmp_path / "p1.vhd", size=size, connection_string=logged_azurite.conn_str)
+    assert vhd_out.read_bytes()[:size] == bytes(expected)
     reqs = logged_azurite.between("a", "b")
     listings = [u for m, u in reqs if "comp=pagelist" in u]
     gets = [u for m, u in reqs if m == "GET" and "comp=" not in u]
@@ -169,6 +173,12 @@ def test_file_point_export_is_sparse_and_exact(tmp_path: Path) -> None:
     assert data[5 * MIB:8 * MIB] == payload and data[-512:] == b"z" * 512
     assert data.count(0) == size - len(payload) - 512 + payload.count(0)
     assert out.stat().st_blocks * 512 <= 6 * MIB
+    # the configuration server's record of the point: the contract's location, the stream's size
+    where = ReplicaLocation(kind="file", path=str(tmp_path / "disk.img"))
+    again = export_location(where, handle, tmp_path / "again.img", size=size)
+    assert again.read_bytes() == data
+    with pytest.raises(ConfigError, match="no disk size"):
+        export_location(where, handle, tmp_path / "nosize.img")
 
 
 def test_cli_export_pins_the_point_once_and_prints_its_id(tmp_path: Path) -> None:
