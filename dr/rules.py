@@ -131,6 +131,7 @@ def machine_problems(machine: Machine, matrix: SupportMatrix) -> list[Problem]:
             if disk.file_system and disk.file_system.lower() not in allowed_fs:
                 err(("disks", index, "file_system"), f"file system {disk.file_system!r} is not supported in "
                     f"{prof}; supported: {', '.join(linux.file_systems)}")
+        _capture_rule(machine, out)
         if machine.multipath and machine.multipath.lower() not in linux.multipath:
             err(("multipath",), f"multipath {machine.multipath!r} is not supported; only "
                 f"{', '.join(linux.multipath)}")
@@ -148,6 +149,25 @@ def machine_problems(machine: Machine, matrix: SupportMatrix) -> list[Problem]:
         else:
             _nic_rule(machine, matrix, out)
     return out
+
+
+def _capture_rule(machine: Machine, out: list[Problem]) -> None:
+    """The agent freezes a disk's mount points at each of its points (tracking mode, app points):
+    each must be a file system on that disk, so listed once per machine, as an absolute path. A
+    file system listed on the wrong disk would be frozen while its writes go uncaptured."""
+    owner: dict[str, str] = {}
+    for index, disk in enumerate(machine.disks):
+        for m_index, mount in enumerate(disk.mount_points):
+            where: Path = ("disks", index, "mount_points", m_index)
+            if not mount.startswith("/"):
+                out.append((where, "error", f"mount point {mount!r} is not an absolute path; write it as "
+                            "findmnt shows it, e.g. /var/lib/pgsql"))
+            elif mount in owner:
+                out.append((where, "error", f"{mount} is listed on disks {owner[mount]} and {disk.name}: a file "
+                            "system lives on one disk, and the agent would freeze it for a disk whose writes it "
+                            f"does not capture; keep it only under the disk it is mounted from (findmnt {mount})"))
+            else:
+                owner[mount] = disk.name
 
 
 def _nic_rule(machine: Machine, matrix: SupportMatrix, out: list[Problem]) -> None:

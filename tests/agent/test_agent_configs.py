@@ -24,3 +24,22 @@ def test_in_use_disks_are_rendered_in_tracking_mode(tmp_path: Path) -> None:
     assert any(d.mode == "tracking" and d.mount_points == ("/var/lib/pgsql",) for d in config.disks)
     unit = (tmp_path / "pg01/dr-agent.service").read_text()
     assert "Restart=always" not in unit
+
+
+def test_validate_refuses_a_file_system_listed_on_two_disks(tmp_path: Path) -> None:
+    import yaml
+
+    example = REPO / "examples/linux-estate"
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in example.glob("*.yaml")}
+    machine = next(m for doc in docs.values() for m in doc.get("machines", [])
+                   if len(m.get("disks", [])) > 1 and any(d.get("mount_points") for d in m["disks"]))
+    listed = next(d for d in machine["disks"] if d.get("mount_points"))
+    other = next(d for d in machine["disks"] if d is not listed)
+    mount = listed["mount_points"][0]
+    other["mount_points"] = [*other.get("mount_points", []), mount]
+    for name, doc in docs.items():
+        (tmp_path / name).write_text(yaml.safe_dump(doc))
+    (tmp_path / "scripts").symlink_to(example / "scripts")
+    res = CliRunner().invoke(cli, ["validate", str(tmp_path / "dr.yaml")])
+    assert res.exit_code != 0
+    assert f"{mount} is listed on disks {listed['name']} and {other['name']}" in res.output
