@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dr.cli.lab import _progress, lab
+from dr.cli.lab import ROOT_OPTION, _progress, lab
 from dr.errors import EXIT_INVALID
 from dr.output import echo_json, format_option
 
@@ -19,8 +19,9 @@ from dr.output import echo_json, format_option
               help="SIGKILL a process server, a master target and an agent at random moments while the workloads "
                    "write; the drill must still verify")
 @click.option("--seed", type=int, help="seed of --chaos's random choices (to repeat a run)")
+@ROOT_OPTION
 @format_option("text", "json")
-def drill_cmd(spec: Path, plan: str | None, chaos: bool, seed: int | None, fmt: str) -> None:
+def drill_cmd(spec: Path, plan: str | None, chaos: bool, seed: int | None, root: Path | None, fmt: str) -> None:
     """Fail a recovery plan over (test) in the lab and verify every disk; exit 0 only when all verified.
 
     Brings the lab up if needed, waits for a multi-VM point, pauses the workloads and records each
@@ -35,7 +36,7 @@ def drill_cmd(spec: Path, plan: str | None, chaos: bool, seed: int | None, fmt: 
     """
     from dr.lab.drill import drill
 
-    report = drill(spec, plan=plan, chaos=chaos, progress=_progress, seed=seed)
+    report = drill(spec, plan=plan, chaos=chaos, progress=_progress, seed=seed, root=root)
     if fmt == "json":
         echo_json(report.to_json())
     else:

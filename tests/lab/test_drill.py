@@ -45,12 +45,12 @@ def test_drill_verifies_every_disk_and_down_leaves_nothing(example: str, plan: s
     require_root("ip", "mkfs.ext4", "e2fsck", "sshd")
     root = tmp_path / "labs"
     spec = REPO / "examples" / example / "dr.yaml"
-    env = {**os.environ, "DR_LAB_ROOT": str(root)}
+    env = dict(os.environ)
     dr = [sys.executable, "-m", "dr"]
     netns_before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
     try:
         options = [*(["--plan", plan] if plan else []), *(["--chaos", "--seed", "7"] if chaos else [])]
-        done = subprocess.run([*dr, "lab", "drill", str(spec), *options],
+        done = subprocess.run([*dr, "lab", "drill", str(spec), "--root", str(root), *options],
                               capture_output=True, text=True, env=env, timeout=1400, check=False)
         out = done.stdout.strip().splitlines()
         assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -69,8 +69,8 @@ def test_drill_verifies_every_disk_and_down_leaves_nothing(example: str, plan: s
         if example == "sharepoint":  # its plan has a manual step: the drill confirms it through the product
             assert "drill: confirmed manual step " in done.stderr and "dr failover confirm " in done.stderr
     finally:
-        down = subprocess.run([*dr, "lab", "down", str(spec)], capture_output=True, text=True, env=env, timeout=600,
-                              check=False)
+        down = subprocess.run([*dr, "lab", "down", str(spec), "--root", str(root)], capture_output=True, text=True,
+                              env=env, timeout=600, check=False)
     assert down.returncode == 0, down.stderr
     assert leftovers(root) == []
     netns_after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
