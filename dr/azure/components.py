@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +56,7 @@ OPENED_PORTS: Mapping[int, str] = {
 }
 # Built-in Azure role definitions (learn.microsoft.com, "Azure built-in roles").
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+ROLE_KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 # Marketplace images (Gen1, so the seed's A/D sizes, which are Gen1-only, can boot them).
 LINUX_IMAGE = {
@@ -90,6 +90,9 @@ class Target:
     resource_group_name: pulumi.Input[str]
     subscription_id: pulumi.Input[str]
     tenant_id: pulumi.Input[str]
+    scope: naming.Scope  # subscription + stack: mixed into global names and role-assignment GUIDs
+    deployer_id: pulumi.Input[str] = ""  # object id of whoever runs `pulumi up` (client config)
+    key_vault_recover: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -136,17 +139,19 @@ def _grant(
     principal_id: pulumi.Input[str],
     scope: pulumi.Input[str],
     role: str,
+    principal_type: str | None = "ServicePrincipal",
+    opts: Mapping[str, Any] | None = None,
 ) -> authorization.RoleAssignment:
-    # The assignment name must be a GUID; derive it so a re-run declares the same one.
-    stable = uuid.uuid5(uuid.NAMESPACE_URL, f"dr/{target.estate.estate}/{name}/{role}")
+    # The assignment name must be a GUID; derive it (subscription and stack included) so a re-run
+    # declares the same one and another deployment of the same spec a different one.
     return authorization.RoleAssignment(
         name,
-        role_assignment_name=str(stable),
+        role_assignment_name=naming.role_assignment_id(target.scope, target.estate.estate, name, role),
         principal_id=principal_id,
-        principal_type="ServicePrincipal",
+        principal_type=principal_type,
         role_definition_id=_role_id(target, role),
         scope=scope,
-        opts=_child(owner),
+        opts=_child(owner, **(opts or {})),
     )
 
 
@@ -265,7 +270,7 @@ class KeyVault(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("dr:azure:KeyVault", name, None, opts)
-        self.vault_name = naming.key_vault_name(target.estate.estate, target.estate.azure.resource_group)
+        self.vault_name = naming.key_vault_name(target.estate.estate, target.estate.azure.resource_group, target.scope)
         self.vault = keyvault.Vault(
             f"{name}-vault",
             vault_name=self.vault_name,
@@ -277,9 +282,24 @@ class KeyVault(pulumi.ComponentResource):
                 enable_rbac_authorization=True,
                 enable_soft_delete=True,
                 soft_delete_retention_in_days=90,
+                # No purge protection, so a destroyed estate's vault can be purged; `dr:keyVaultRecover`
+                # brings back the soft-deleted vault of an earlier destroy of this stack instead.
+                create_mode=keyvault.CreateMode.RECOVER if target.key_vault_recover else None,
             ),
             tags=target.tagged(dr_role="secrets"),
             opts=_child(self),
+        )
+        # Whoever deploys may delete the secrets again (`pulumi destroy`): a data-plane role that
+        # Owner/Contributor do not carry on an RBAC vault. The secrets depend on it, so destroy
+        # deletes them before the grant.
+        deployer = _grant(
+            self,
+            f"{name}-deployer-secrets",
+            target=target,
+            principal_id=target.deployer_id,
+            scope=self.vault.id,
+            role=ROLE_KEY_VAULT_SECRETS_OFFICER,
+            principal_type=None,
         )
         secrets = {PASSPHRASE_SECRET: passphrase}
         if admin_password is not None:
@@ -293,7 +313,7 @@ class KeyVault(pulumi.ComponentResource):
                 resource_group_name=target.resource_group_name,
                 properties=keyvault.SecretPropertiesArgs(value=pulumi.Output.secret(value)),
                 tags=target.tagged(dr_role="secret"),
-                opts=_child(self),
+                opts=_child(self, depends_on=[deployer]),
             )
         self.register_outputs({"vault_id": self.vault.id, "vault_name": self.vault.name})
 
@@ -837,6 +857,10 @@ class TrafficManager(pulumi.ComponentResource):
         spec = plan.traffic_manager
         assert spec is not None
         tags = target.tagged(dr_role="traffic-manager", dr_plan=plan.name)
+        # `<profile>.trafficmanager.net` is global: the deployment's digest keeps two deployments of
+        # one spec apart (point the on-premises CNAME at the `fqdn` output).
+        self.relative_name = naming.dns_label(target.scope, spec.profile)
+        self.fqdn = f"{self.relative_name}.trafficmanager.net"
         azure_endpoint: trafficmanager.EndpointArgs
         if spec.azure_endpoint is not None:
             azure_endpoint = trafficmanager.EndpointArgs(
@@ -855,7 +879,7 @@ class TrafficManager(pulumi.ComponentResource):
                 sku=network.PublicIPAddressSkuArgs(name="Standard"),
                 public_ip_allocation_method="Static",
                 dns_settings=network.PublicIPAddressDnsSettingsArgs(
-                    domain_name_label=f"{target.estate.estate}-{plan.name}".lower()[:63]
+                    domain_name_label=naming.dns_label(target.scope, target.estate.estate, plan.name)
                 ),
                 tags=tags,
                 opts=_child(self),
@@ -874,7 +898,7 @@ class TrafficManager(pulumi.ComponentResource):
             location="global",  # Traffic Manager is a global (DNS) service: no region
             profile_status="Enabled",
             traffic_routing_method="Priority",
-            dns_config=trafficmanager.DnsConfigArgs(relative_name=spec.profile, ttl=spec.ttl_seconds),
+            dns_config=trafficmanager.DnsConfigArgs(relative_name=self.relative_name, ttl=spec.ttl_seconds),
             monitor_config=trafficmanager.MonitorConfigArgs(protocol="HTTPS", port=443, path="/"),
             endpoints=[
                 trafficmanager.EndpointArgs(
@@ -889,7 +913,7 @@ class TrafficManager(pulumi.ComponentResource):
             tags=tags,
             opts=_child(self),
         )
-        self.register_outputs({"profile_id": self.profile.id, "fqdn": f"{spec.profile}.trafficmanager.net"})
+        self.register_outputs({"profile_id": self.profile.id, "fqdn": self.fqdn})
 
 
 class RecoverySite(pulumi.ComponentResource):

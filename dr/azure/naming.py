@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
+from dataclasses import dataclass
 
 from dr_agent.contract import REPLICA_CONTAINER, RETENTION_CONTAINER, replica_blob, stream_name
+
+from dr.model import EnvRef, FileRef
 
 __all__ = ["REPLICA_CONTAINER", "RETENTION_CONTAINER", "replica_blob", "stream_name"]
 # Azure naming rules (learn.microsoft.com, "Naming rules and restrictions for Azure resources").
@@ -22,6 +26,7 @@ STORAGE_NAME_MAX = 24  # storage accounts: 3-24 lower-case letters and digits, g
 KEYVAULT_NAME_MAX = 24  # key vaults: 3-24 letters, digits and dashes, globally unique
 VM_NAME_MAX = 64  # Linux VM names; Windows computer names are cut to 15 (see computer_name)
 WINDOWS_COMPUTER_NAME_MAX = 15
+DNS_LABEL_MAX = 63  # public IP DNS labels and Traffic Manager relative names: one DNS label
 
 
 def _digest(text: str, length: int) -> str:
@@ -44,10 +49,51 @@ def storage_account_name(estate: str, plan_name: str) -> str:
     return full[: STORAGE_NAME_MAX - 6] + _digest(f"{estate}/{plan_name}", 6)
 
 
-def key_vault_name(estate: str, resource_group: str) -> str:
-    """`<estate>-kv-<4 hex>` cut to 24: globally unique per estate and resource group."""
-    suffix = "-kv-" + _digest(f"{estate}/{resource_group}", 4)
+def subscription_key(subscription: EnvRef | FileRef | str) -> str:
+    """The subscription a deployment targets, as names mix it in: the id (lower case) when the spec's
+    reference resolves here (the stack runs where ARM credentials are), else the reference as written
+    (`$AZURE_SUBSCRIPTION_ID`), so an offline `dr plan` or `dr preview` stays stable."""
+    from dr.errors import SecretUnavailable
+    from dr.secrets import describe, resolve
+
+    try:
+        return resolve(subscription, what="the subscription id").strip().lower()
+    except SecretUnavailable:
+        return describe(subscription)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where one deployment lives: its subscription (`subscription_key`) and Pulumi stack. Globally
+    unique names (Key Vault, DNS labels, Traffic Manager) and role-assignment GUIDs mix both in, so
+    two deployments of one spec (two subscriptions, or two stacks in one) never collide, while a
+    re-run of the same stack keeps its names."""
+
+    subscription: str
+    stack: str = "dr"
+
+    def digest(self, *parts: str, length: int = 6) -> str:
+        return _digest("/".join((self.subscription, self.stack, *parts)), length)
+
+
+def key_vault_name(estate: str, resource_group: str, scope: Scope) -> str:
+    """`<estate>-kv-<6 hex>` cut to 24: globally unique per estate, resource group, subscription and
+    stack. Azure keeps a deleted vault's name for its soft-delete retention (90 days): a re-deploy of
+    the same stack after `pulumi destroy` recovers it (`dr:keyVaultRecover true`) or needs a purge."""
+    suffix = "-kv-" + scope.digest(estate, resource_group)
     return estate[: KEYVAULT_NAME_MAX - len(suffix)].rstrip("-") + suffix
+
+
+def dns_label(scope: Scope, *parts: str, limit: int = DNS_LABEL_MAX) -> str:
+    """A DNS label unique per deployment: `<parts joined by ->-<6 hex>`, lower case, at most `limit`."""
+    suffix = "-" + scope.digest(*parts)
+    base = re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())
+    return base[: limit - len(suffix)].strip("-") + suffix
+
+
+def role_assignment_id(scope: Scope, estate: str, name: str, role: str) -> str:
+    """The GUID of a role assignment, stable for one deployment and different between deployments."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dr/{scope.subscription}/{scope.stack}/{estate}/{name}/{role}"))
 
 
 def storage_env(account: str) -> str:

@@ -49,6 +49,8 @@ class StackOptions:
     failover: FailoverKind = "none"
     failover_plan: str | None = None
     package_version: str = __version__  # the wheels the servers install (dr_agent.__version__)
+    stack: str = "preview"  # the Pulumi stack: names and role-assignment GUIDs mix it in (dr.azure.naming.Scope)
+    key_vault_recover: bool = False  # recover the soft-deleted Key Vault of an earlier destroy of this stack
 
 
 def failover_plan_name(estate: Estate, options: StackOptions) -> str | None:

@@ -77,6 +77,9 @@ class DrEstate(pulumi.ComponentResource):
             resource_group_name=rg_name,
             subscription_id=client.subscription_id,
             tenant_id=client.tenant_id,
+            scope=naming.Scope(naming.subscription_key(azure.subscription), options.stack),
+            deployer_id=client.object_id,
+            key_vault_recover=options.key_vault_recover,
             tags=base_tags,
         )
 

@@ -78,9 +78,14 @@ def name_stem(estate: Estate) -> str:
     """Letters and digits of the estate name (at most 12) plus a 6-hex hash of the estate's identity.
 
     Storage account names are global in Azure: 3-24 lower-case letters and digits. The hash of
-    estate name, region and resource group keeps two estates called alike apart; the stem is
-    stable for the same spec, so a plan re-run keeps its names.
+    estate name, region, resource group and subscription (`dr.azure.naming.subscription_key`: the
+    id when the spec's reference resolves, else the reference) keeps two estates called alike, and
+    two deployments of one spec in two subscriptions, apart; the stem is stable for the same spec
+    and subscription, so a plan re-run keeps its names.
     """
+    from dr.azure.naming import subscription_key
+
     letters = re.sub(r"[^a-z0-9]", "", estate.estate.lower())[:12] or "dr"
-    identity = f"{estate.estate}\n{estate.azure.region}\n{estate.azure.resource_group}".encode()
+    subscription = subscription_key(estate.azure.subscription)
+    identity = f"{estate.estate}\n{estate.azure.region}\n{estate.azure.resource_group}\n{subscription}".encode()
     return letters + hashlib.sha256(identity).hexdigest()[:6]

@@ -36,6 +36,8 @@ def main() -> None:
         failover=config.get("failover") or "none",  # type: ignore[arg-type]  # checked by declare()
         failover_plan=config.get("failover_plan") or None,
         package_version=__version__,
+        stack=pulumi.get_stack(),
+        key_vault_recover=config.get_bool("keyVaultRecover") or False,
     )
     declared = declare(estate, plan, options)
     for key, value in declared.outputs.items():

@@ -9,10 +9,12 @@ from dr.model import Estate
 from dr.plan import Issue, Plan
 
 
-def stem(estate: str = "golden", region: str = "westeurope", resource_group: str = "dr") -> str:
+def stem(estate: str = "golden", region: str = "westeurope", resource_group: str = "dr",
+         subscription: str = "00000000-0000-0000-0000-000000000000") -> str:
     """The storage account name stem, recomputed independently of dr.plan.context."""
     letters = "".join(ch for ch in estate if ch.isalnum())[:12]
-    return letters + hashlib.sha256(f"{estate}\n{region}\n{resource_group}".encode()).hexdigest()[:6]
+    identity = f"{estate}\n{region}\n{resource_group}\n{subscription}"
+    return letters + hashlib.sha256(identity.encode()).hexdigest()[:6]
 
 
 def machine(name: str, disks: list[dict[str, Any]] | int, *, site: str = "hq",

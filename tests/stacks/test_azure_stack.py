@@ -276,7 +276,8 @@ def test_secrets_never_in_clear(example: tuple[str, Estate, StackPlan]) -> None:
 def test_cloud_init_parses_and_carries_the_registration_values() -> None:
     estate, plan = estate_and_plan("linux-estate")
     result = preview(estate, plan)
-    kv = naming.key_vault_name(estate.estate, estate.azure.resource_group)
+    kv = naming.key_vault_name(estate.estate, estate.azure.resource_group,
+                               naming.Scope(naming.subscription_key(estate.azure.subscription), "preview"))
     passphrase_uri = f"https://{kv}.vault.azure.net/secrets/registration-passphrase"
     linux = [
         r.inputs for r in result.of_type(":compute:VirtualMachine") if "linuxConfiguration" in r.inputs["osProfile"]
