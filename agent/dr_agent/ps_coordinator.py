@@ -54,6 +54,10 @@ PAUSE_TIMEOUT_S = {"crash": 10.0, "app": 120.0}
 HOLD_MARGIN_S = 30.0
 # Seconds the coordinator waits for MARKED and for RESUMED answers.
 STEP_TIMEOUT_S = 30.0
+# Seconds after a point that could not be taken (a member missing, not pausing, failing) before
+# the next try, when the schedule's interval is longer (our choice: a member back from a restart
+# gets the group a point within half a minute, not a whole interval later).
+RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -208,11 +212,16 @@ class Coordinator:
             if now < min(next_crash, next_app):
                 continue  # woke a little early
             kind = "app" if now >= next_app else "crash"
-            self.take(group.name, kind)
+            taken = self.take(group.name, kind) is not None
             now = time.monotonic()
             if kind == "app":
+                # the next app point on schedule; one that failed (a pre-script, a freeze) becomes a
+                # crash point now, so the group's RPO does not wait for the application
                 next_app = now + (group.app_consistent_every_s or 0.0)
-            next_crash = now + group.crash_consistent_every_s
+                next_crash = now + group.crash_consistent_every_s if taken else now
+            else:  # a crash point that could not be taken is tried again soon
+                next_crash = now + (group.crash_consistent_every_s if taken
+                                    else min(RETRY_S, group.crash_consistent_every_s))
 
     def _keepalive(self) -> None:
         """PING every member now and then: a member's connection never idles out between points."""

@@ -422,3 +422,33 @@ def test_app_points_on_the_app_schedule_and_a_wrong_coordinator_says_why(tmp_pat
     stack.callback(lost.close)
     wait_for("the refusal", lambda: "coordinates no multi-VM group" in lost.problem)
     assert not lost.connected and "check `coordinator` in agent.toml" in lost.problem
+
+
+def test_an_app_point_that_fails_becomes_a_crash_point(tmp_path: Path, pki: Any, stack: ExitStack) -> None:
+    """A pre-script that fails on a member costs the group its app point, not its RPO."""
+    mt, _ps, _ = service_pair(tmp_path, pki)
+    mt.start()
+    stack.callback(mt.stop)
+    mt_port = int(tomllib.loads(mt.config.read_text())["master_target"]["listen"].rsplit(":", 1)[1])
+    ps = ProcessServer(ProcessServerConfig(
+        identity=pki.process_server, cache_dir=tmp_path / "ps-inproc", master_target=("127.0.0.1", mt_port),
+        groups=(GroupConfig(GROUP, ("web01", "app01"), crash_consistent_every_s=3600, app_consistent_every_s=0.5),)))
+    stack.callback(ps.close)
+
+    class PreScriptFails(Machine):
+        def pause(self, kind: str, point_id: str | None = None) -> None:
+            if kind == "app":
+                self.pauses.append(kind)
+                raise RuntimeError("pre-script /etc/dr-agent/pre.sh exited 3")
+            super().pause(kind, point_id)
+
+    machines = [Machine("web01", []), PreScriptFails("app01", [])]
+    for m in machines:
+        member = GroupMember([("127.0.0.1", ps.port)], pki.agent, agent=m.name, group=GROUP, participant=m,
+                             server_hostname="127.0.0.1")
+        stack.callback(member.close)
+    wait_for("a crash point after the failed app point", lambda: "crash" in machines[0].pauses)
+    wait_for("the crash point taken", lambda: GROUP in ps.health().last_group_points)
+    assert machines[1].pauses[:2] == ["app", "crash"]
+    alerts = [a["message"] for a in ps.alerts.read() if a["code"] == "group-point"]
+    assert any("app01 failed: pre-script /etc/dr-agent/pre.sh exited 3" in a for a in alerts), alerts
