@@ -28,6 +28,7 @@ import jinja2
 from dr_agent.contract import CA_PATH, CATALOG_PATH, HEARTBEAT_PATHS, REGISTER_PATH, Role
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from dr import __version__
@@ -65,6 +66,8 @@ from dr.server.service import (
 )
 
 COOKIE = "dr_token"
+# A refused body's answer lists at most this many of its errors.
+VALIDATION_ERRORS_MAX = 20
 # A dashboard form has one or two fields; more is not a form of ours.
 FORM_FIELDS_MAX = 8
 # The dashboard reloads itself this often (seconds).
@@ -163,6 +166,14 @@ def create_app(server: ConfigServer) -> FastAPI:
         if isinstance(err, TooManyTries):
             headers = {"Retry-After": str(max(1, round(err.retry_after_s)))}
         return JSONResponse({"detail": str(err)}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> Response:
+        # What was wrong and where, without echoing the input: it may be huge, or a NaN that JSON
+        # cannot carry back (FastAPI's own answer would fail on it with a 500).
+        errors = [{"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", ""))[:500],
+                   "type": str(e.get("type", ""))} for e in err.errors()[:VALIDATION_ERRORS_MAX]]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     async def principal(request: Request) -> Principal:
         token, from_cookie = request_token(request.scope, COOKIE)

@@ -175,19 +175,26 @@ class BodyLimit:
                     return
                 limit = ANONYMOUS_BODY_BYTES  # streamed without a length: counted against the small limit
         started = False
+        refused = False
         received = 0
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, started, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # Answer now: the framework turns any error while reading into its own 400.
+                    if not started:
+                        started = refused = True
+                        await self._answer(send, 413, f"the body is over this call's limit of {limit} bytes")
                     raise _TooLarge
             return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if refused:  # the 413 is out: whatever the app says after it is dropped
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -195,8 +202,7 @@ class BodyLimit:
         try:
             await self.app(scope, counted, tracked)
         except _TooLarge:
-            if not started:
-                await self._answer(send, 413, f"the body is over this call's limit of {limit} bytes")
+            pass
 
     @staticmethod
     async def _answer(send: Send, status: int, detail: str, headers: Mapping[str, str] | None = None) -> None:
