@@ -302,7 +302,6 @@ class Agent:
         said = ""
         while not self._stop.is_set():
             try:
-                self._watch_link(d)
                 if d.state == "initial-sync":
                     self._initial_sync(d)
                 elif d.state == "resync":
@@ -337,7 +336,8 @@ class Agent:
             d.said_unreachable = False
         elif not connected and not d.said_unreachable and (d.was_connected or d.down.last_error):
             log.warning("disk %s: the process server is unreachable (%s); changes are buffered, then tracked "
-                        "in a bitmap, and sent when it is back", d.name, d.down.last_error or "connection lost")
+                        "in a bitmap, and sent when it is back; retrying with backoff", d.name,
+                        d.down.last_error or "connection lost")
             d.said_unreachable = True
         d.was_connected = connected
 
@@ -347,7 +347,8 @@ class Agent:
             d.state = state
         d.problem = "" if state == "protected" else why
 
-    def _exclusive(self, d: _Disk, room: Callable[[int], None]) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    def _exclusive(self, d: _Disk,
+                   room: Callable[[int], None]) -> Callable[[], contextlib.AbstractContextManager[None]]:
         """A read-and-send step's lock: wait for room in the buffer first (outside the workload's
         lock), then hold the splitter's apply path (nothing to hold in tracking mode)."""
         @contextlib.contextmanager
@@ -468,6 +469,8 @@ class Agent:
         next_app = now + c.app_every_s if c.app_every_s else float("inf")
         said = ""
         while not self._stop.wait(TICK_S):
+            for d in self._disks:  # here, not in the disks' workers: those may be waiting on the link
+                self._watch_link(d)
             now = time.monotonic()
             if now < min(next_crash, next_app):
                 continue

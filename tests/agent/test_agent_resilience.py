@@ -175,3 +175,21 @@ def test_a_multi_vm_group_s_machines_share_each_point_id(tmp_path: Path, pki: An
         assert ran[0] == "app" and set(ran[1::2]) & app_ids
     finally:
         estate.close()
+
+
+def test_a_refused_agent_backs_off_and_stops_on_sigterm(estate: Estate) -> None:
+    disk = estate.disk("sdb", 32 * MIB)
+    disk.mount()
+    config = estate.agent_config("rogue01", [f'name = "rogue01.sdb"\nmode = "tracking"\ndevice = "{disk.dev}"\n'
+                                             f'mount_points = ["{disk.mnt}"]'],
+                                 identity=estate.pki.rogue_agent, reconnect_initial_s=0.5, reconnect_max_s=30)
+    agent = estate.start_agent(config)  # starts although no process server takes it
+    wait_for(lambda: "process server is unreachable" in estate.agent_log("rogue01"), 30, "the outage report",
+             agent=agent)
+    time.sleep(5)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(15) == 0  # a deadline on the stop, not a measurement
+    log = estate.agent_log("rogue01")
+    attempts = log.count("unavailable")
+    assert 1 <= attempts <= 8, f"{attempts} attempts in about 5 s: no backoff"  # twice a second would be 10+
+    assert log.count("process server is unreachable") == 1  # the transition is said once
