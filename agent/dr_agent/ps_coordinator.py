@@ -126,7 +126,7 @@ class Coordinator:
     def __init__(self, groups: Sequence[GroupConfig], alerts: AlertLog) -> None:
         names = [g.name for g in groups]
         if len(set(names)) != len(names):
-            raise ProtocolError(f"groups {names}: a group is listed twice")
+            raise ConfigError(f"groups {names}: a group is listed twice")
         self.groups = {g.name: g for g in groups}
         self.alerts = alerts
         self._lock = threading.Lock()
