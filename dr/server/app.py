@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from dr import __version__
 from dr.errors import DrError
@@ -181,7 +182,7 @@ def create_app(server: ConfigServer) -> FastAPI:
         if unsafe and (why := same_origin(request.scope)):
             refusals.refused("request_refused", _client(request), why)
             raise Forbidden(why)
-        who = server.authenticate(token)
+        who = await run_in_threadpool(server.authenticate, token)  # a store query: off the event loop
         if unsafe and from_cookie and token:
             if request.headers.get("origin") is None and request.headers.get("referer") is None:
                 raise Forbidden("a state-changing request with the session cookie must say where it comes from "

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dr_agent.contract import CATALOG_PATH
+from starlette.concurrency import run_in_threadpool
 
 from dr.server.store import Store
 
@@ -168,7 +169,7 @@ class BodyLimit:
                 return
         if declared is None or declared > ANONYMOUS_BODY_BYTES:
             token, _ = request_token(scope, self.cookie)
-            if not token or not self.known_token(token):
+            if not token or not await run_in_threadpool(self.known_token, token):
                 if declared is not None:
                     await self._answer(send, 401, f"a body over {ANONYMOUS_BODY_BYTES} bytes needs a valid token",
                                        {"WWW-Authenticate": "Bearer"})
