@@ -33,15 +33,16 @@ MIB = 1024 * 1024
 class LoggedAzurite:
     """An Azurite of this module's own, with --debug: every request's method and URL in a file."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, port: int = 0) -> None:
         binary = azurite_binary()
         if binary is None:
             pytest.skip("Azurite is not installed: run `bash .ci/setup.d/50-azurite.sh`")
+        root.mkdir(parents=True, exist_ok=True)
         self.debug = root / "debug.log"
         self.out = (root / "azurite.out").open("w+")
         self.proc = subprocess.Popen(
-            [binary, "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(root / "data"), "--loose",
-             "--skipApiVersionCheck", "--disableTelemetry", "--debug", str(self.debug)],
+            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(root / "data"),
+             "--loose", "--skipApiVersionCheck", "--disableTelemetry", "--debug", str(self.debug)],
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         port = None

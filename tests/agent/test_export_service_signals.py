@@ -245,3 +245,33 @@ def test_stopping_the_master_target_while_it_applies_logs_no_closed_database(
     assert mt.proc.returncode == 0
     text = mt.log.read_text()
     assert "closed database" not in text and "Traceback" not in text, text[-3000:]
+
+
+def test_page_blob_target_logs_storage_unreachable_at_once_and_back_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Storage goes away under a replica: one line as the first request fails (not after the SDK's
+    retries, about 90 s), none per retry, and one when a commit succeeds again."""
+    from dr_agent.pageblob import PageBlobTarget
+
+    from tests.agent.test_export import LoggedAzurite
+
+    port = free_port()
+    az = LoggedAzurite(tmp_path / "az1", port=port)
+    target = PageBlobTarget(az.conn_str, "down1", "web01.disk0.vhd", 8 * MIB)
+    try:
+        target.apply([(0, os.urandom(MIB))], [])
+        target.commit(1)
+        az.close()  # storage unreachable
+        target.apply([(MIB, os.urandom(MIB)), (4 * MIB, os.urandom(MIB))], [])
+        wait_for("the 'unreachable' line", lambda: [r for r in caplog.records if "unreachable" in r.getMessage()],
+                 timeout=10)
+        back = LoggedAzurite(tmp_path / "az1", port=port)  # the same account data, the same endpoint
+        try:
+            target.commit(2)  # the SDK's next retry succeeds
+        finally:
+            back.close()
+    finally:
+        target.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "dr_agent.pageblob"]
+    assert len([m for m in lines if "unreachable" in m]) == 1, lines
+    assert len([m for m in lines if "answers again" in m]) == 1, lines
