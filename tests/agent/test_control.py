@@ -175,6 +175,8 @@ def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path) -
                 return all((c["last_heartbeat"] or 0) > before for c in comps)
 
             wait_for("heartbeats after the server's restart", fresh, HEALTHY_WITHIN_S)
+        wait_for("the master target to say so", lambda: "answers again" in (tmp_path / "master-target.log").read_text(),
+                 10)
         log = (tmp_path / "master-target.log").read_text()
         assert log.count("configuration server is unreachable") == 1
         assert log.count("answers again; heartbeats resumed") == 1
