@@ -193,3 +193,40 @@ def test_a_refused_agent_backs_off_and_stops_on_sigterm(estate: Estate) -> None:
     attempts = log.count("unavailable")
     assert 1 <= attempts <= 8, f"{attempts} attempts in about 5 s: no backoff"  # twice a second would be 10+
     assert log.count("process server is unreachable") == 1  # the transition is said once
+
+
+def test_a_splitter_agent_that_died_compares_the_disk_with_the_replica(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sdb", 16 * MIB)
+    run("losetup", "-d", disk.dev)
+    config = estate.agent_config("svc02", [f'name = "svc02.sdb"\nmode = "splitter"\ndevice = "{disk.image}"\n'
+                                           f'mountpoint = "{tmp_path / "fuse"}"'], crash_consistent_every_s=1)
+    replica = tmp_path / "mt/disks/svc02.sdb.img"
+
+    def equal() -> bool:
+        return replica.exists() and replica.read_bytes() == disk.image.read_bytes()
+
+    agent = estate.start_agent(config)
+    wait_for(lambda: "initial-sync -> protected" in estate.agent_log("svc02"), 60, "protection", agent=agent)
+    link = tmp_path / "fuse.dev"
+    with open(link, "r+b") as f:
+        f.write(os.urandom(4 * MIB))
+        os.fsync(f.fileno())
+    wait_for(equal, 60, "the replica to equal the disk", agent=agent)
+    agent.kill()  # kill -9: what reached the disk after this never reached the stream
+    agent.wait(30)
+    assert (tmp_path / "state/svc02/svc02.sdb.running").exists()
+    for dev in run("losetup", "-j", str(tmp_path / "fuse/svc02.sdb"), "-O", "NAME", "-n").split():
+        run("losetup", "-d", dev)
+    run("umount", "-l", str(tmp_path / "fuse"))
+    with open(disk.image, "r+b") as f:  # changes on the disk the stream never carried
+        for off in (0, 5 * MIB + 4096, 15 * MIB):
+            f.seek(off)
+            f.write(os.urandom(8192))
+    assert not equal()
+    agent = estate.start_agent(config)
+    wait_for(equal, 60, "the restarted agent to bring the replica back", agent=agent)
+    agent.terminate()
+    assert agent.wait(30) == 0
+    log = estate.agent_log("svc02")
+    assert "did not stop cleanly" in log and "resync -> protected (resynced against the replica: 6 of 4096" in log
+    assert not (tmp_path / "state/svc02/svc02.sdb.running").exists()
