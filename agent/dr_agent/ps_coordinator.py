@@ -130,6 +130,7 @@ class Coordinator:
         self.groups = {g.name: g for g in groups}
         self.alerts = alerts
         self._lock = threading.Lock()
+        self._announcing = threading.Lock()  # GROUP frames go out in the order the states were taken
         self._members: dict[tuple[str, str], _Member] = {}
         self._point_locks = {g: threading.Lock() for g in self.groups}  # one point of a group at a time
         self._problems: dict[str, str] = {}
@@ -191,14 +192,15 @@ class Coordinator:
 
     def _announce(self, group: GroupConfig) -> None:
         """Tell every connected member of `group` who is connected now."""
-        state = self.state(group.name)
-        with self._lock:
-            conns = [m.conn for (g, _), m in self._members.items() if g == group.name]
-        for conn in conns:
-            try:
-                conn.send_msg(FrameType.GROUP, state)
-            except AgentError:
-                pass  # that member is going; its reader announces it
+        with self._announcing:
+            state = self.state(group.name)
+            with self._lock:
+                conns = [m.conn for (g, _), m in self._members.items() if g == group.name]
+            for conn in conns:
+                try:
+                    conn.send_msg(FrameType.GROUP, state)
+                except AgentError:
+                    pass  # that member is going; its reader announces it
         if state.complete:
             self._solved(group.name, f"group {group.name}: every member connected again")
 
