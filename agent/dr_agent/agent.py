@@ -47,7 +47,13 @@ from typing import Any
 from dr_agent.capture import _linux
 from dr_agent.capture.consistency import SCRIPT_TIMEOUT, freeze, new_bookmark_id, run_script, thaw
 from dr_agent.capture.errors import CaptureError, TrackingLost
-from dr_agent.capture.initial_sync import CHUNK, initial_sync, read_checkpoint, source_identity
+from dr_agent.capture.initial_sync import (
+    CHECKPOINT_EVERY,
+    CHUNK,
+    initial_sync,
+    read_checkpoint,
+    source_identity,
+)
 from dr_agent.capture.resync import resync
 from dr_agent.changes import BookmarkKind
 from dr_agent.contract import AgentDiskHealth, AgentHealth
@@ -106,8 +112,12 @@ class AgentConfig:
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     io_timeout_s: float | None = None      # None: the transport's idle timeout
     stop_patience_s: float = STOP_PATIENCE_S
+    sync_checkpoint_bytes: int = CHECKPOINT_EVERY  # at most this much is copied again after a restart
 
     def __post_init__(self) -> None:
+        if self.sync_checkpoint_bytes <= 0 or self.sync_checkpoint_bytes % CHUNK:
+            raise ConfigError(f"sync_checkpoint_mb: {self.sync_checkpoint_bytes / 2**20:g} MiB; expected a positive "
+                              f"multiple of {CHUNK >> 20} MiB")
         if not self.disks:
             raise ConfigError(f"agent {self.name}: no disks to protect; add [[agent.disks]] tables")
         names = [d.name for d in self.disks]
@@ -377,6 +387,7 @@ class Agent:
             resync(d.config.device, self._hashes(d), paced, end=resumed, exclusive=self._exclusive(d, paced.room),
                    progress=d.sync.progress)
         result = initial_sync(d.config.device, paced, checkpoint=d.checkpoint, target=d.name,
+                              checkpoint_every=self.config.sync_checkpoint_bytes,
                               exclusive=self._exclusive(d, paced.room), progress=d.sync.progress)
         if d.tracker is not None:
             d.tracker.synced(losses)

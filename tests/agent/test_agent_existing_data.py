@@ -7,12 +7,13 @@ the export is `dr replica export`."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_harness import Estate, need_root, populate, run, tree_hashes, wait_for
+from agent_harness import MIB, Estate, need_root, populate, run, tree_hashes, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -94,3 +95,30 @@ def test_agent_config_errors_are_one_line(estate: Estate, tmp_path: Path) -> Non
     assert "Traceback" not in proc.stderr and "mode = \"tracking\"" in proc.stderr
     assert json.dumps  # the announcement is never printed for a refused config
     assert proc.stdout == ""
+
+
+def test_a_restart_resumes_the_initial_sync(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sde", 160 * MIB)
+    disk.mount()
+    with open(disk.mnt / "big.bin", "wb") as f:  # incompressible: the sync takes a while
+        for _ in range(120):
+            f.write(os.urandom(MIB))
+        os.fsync(f.fileno())
+    config = estate.agent_config("fs01", [f'name = "fs01.sde"\nmode = "tracking"\ndevice = "{disk.dev}"\n'
+                                          f'mount_points = ["{disk.mnt}"]'],
+                                 crash_consistent_every_s=1, sync_checkpoint_mb=8, buffer_mb=8)
+    checkpoint = tmp_path / "state/fs01/fs01.sde.sync.json"
+    agent = estate.start_agent(config)
+    wait_for(lambda: checkpoint.exists() and json.loads(checkpoint.read_text())["offset"] > 0, 120,
+             "a first checkpoint", agent=agent)
+    agent.kill()
+    agent.wait(30)
+    reached = json.loads(checkpoint.read_text())
+    assert not reached["complete"], "the sync finished before the kill: make the disk larger"
+    populate(disk.mnt / "meanwhile", seed=7, count=5)  # written while no agent ran
+    agent = estate.start_agent(config)
+    written = time.time()
+    want = tree_hashes(disk.mnt)
+    point = estate.wait_point("fs01.sde", written, 120, agent=agent)
+    assert estate.exported_hashes(estate.export("fs01.sde", point.id, tmp_path / "export.img")) == want
+    assert f"initial sync resumes at {reached['offset'] >> 20} MiB" in estate.agent_log("fs01")
