@@ -436,6 +436,7 @@ class Agent:
             fb = d.down.fallback
             if fb is not None and fb.resync:
                 d.buffered.fall_back(fb.reason)
+                d.buffered.wait_idle(self._stop)  # the resync writes to the stream itself
                 self._mark_dirty(d, d.buffered.take_dirty(), fb.reason)
                 from dr_agent.heal import resync_after_fallback
 

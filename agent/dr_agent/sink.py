@@ -554,6 +554,12 @@ class BufferedSink:
             idle = not self._queue and not self._busy
         return idle and self.down.connected and self.down.fallback is None and self.down.durable >= self.down.seq
 
+    def wait_idle(self, stop: threading.Event) -> None:
+        """Wait until the shipper hands nothing on (after `fall_back`: the stream is the caller's)."""
+        with self._cv:
+            while self._busy and not stop.is_set():
+                self._cv.wait(0.05)
+
     def take_dirty(self) -> list[tuple[int, int]]:
         """The ranges whose changes were dropped (read them from the disk again); clears them."""
         with self._cv:
