@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,6 +120,7 @@ def main() -> int:
             proc.terminate()
             proc.wait(60)
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
     for name, xs in (("local", local), ("outage", outage)):
         p50, p99, worst = _stats(xs)
         print(f"{name:7s} fsyncs {len(xs):6d}  p50 {p50 * 1000:8.2f} ms  p99 {p99 * 1000:8.2f} ms  "
