@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def test_finding_in_an_included_file_points_into_it(tmp_path: Path) -> None:
     spec = spec.replace("members: [dc01, sql01, app01, web01, web02]",
                         "members: [dc01, sql01, app01, web01, web02, old01]")
     (tmp_path / "dr.yaml").write_text("include: [inv.yaml]\n" + spec)
+    shutil.copytree(ROOT / "examples/sharepoint/runbooks", tmp_path / "runbooks")  # the plan's runbook
     report = validate_path(tmp_path / "dr.yaml")
     [finding] = report.findings
     assert finding.dotted == "machines.5.disks.0.size_gb"
