@@ -716,6 +716,12 @@ class Agent:
     def _release(self) -> None:
         for d in self._disks:
             if d.splitter is not None:
+                still = _mounted_on(Path(d.device)) if d.device else []
+                if still:
+                    log.error("disk %s: %s is still mounted on %s; the agent stops anyway and that file system "
+                              "gets I/O errors: unmount it before stopping the agent (mount it with "
+                              "x-systemd.requires=dr-agent.service so systemd does)", d.name, d.device,
+                              ", ".join(still))
                 _device_link(d.config).unlink(missing_ok=True)
                 try:
                     d.splitter.close()
