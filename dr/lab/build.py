@@ -5,7 +5,8 @@ Everything the lab starts on its servers (the configuration server, process serv
 targets, the workload) runs from this environment's entry points, never from the checkout; the
 agent wheel is what `dr agent push` installs on each source machine.
 
-The sources are copied to a scratch directory first, so building leaves nothing in the checkout.
+The sources (what git would commit: tracked and unignored new files) are copied to a scratch
+directory first, so building leaves nothing in the checkout.
 The environment sees the host's site-packages (--system-site-packages) for the two packages'
 dependencies: the lab installs no dependency from a network.
 """
@@ -21,8 +22,6 @@ from pathlib import Path
 from dr.lab.errors import LabError
 
 AGENT_EXTRAS = "capture,metrics"    # what a source machine's agent needs (FUSE for the splitter, metrics)
-IGNORE = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
-                                ".pytest_cache", "*.pyc")
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,17 @@ def source_tree() -> Path:
     return root
 
 
+def _files(root: Path) -> list[str]:
+    """The tree as a commit of it would hold it: tracked files and new ones git does not ignore
+    (no build output, caches or node_modules)."""
+    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                          capture_output=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise LabError(f"dr lab builds from a git checkout, and `git ls-files` failed in {root}: "
+                       f"{done.stderr.decode(errors='replace').strip()[:200]}")
+    return [f for f in done.stdout.decode().split("\0") if f and (root / f).is_file()]
+
+
 def _run(argv: list[str], what: str, log: Path) -> None:
     with open(log, "a") as out:
         out.write(f"$ {' '.join(argv)}\n")
@@ -76,18 +86,14 @@ def build(directory: Path, *, log: Path) -> Artifacts:
     for d in (scratch, wheels):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    shutil.copytree(root / "agent", scratch / "agent", ignore=IGNORE)
-    dr_src = scratch / "dr-as-code"
-    dr_src.mkdir()
-    for item in ("pyproject.toml", "README.md", "dr", "blueprints"):
-        src = root / item
-        if src.is_dir():
-            shutil.copytree(src, dr_src / item, ignore=IGNORE)
-        elif src.exists():
-            shutil.copy2(src, dr_src / item)
+    src = scratch / "src"
+    for rel in _files(root):
+        dest = src / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(scratch / "agent")], "building the agent wheel", log)
-    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(dr_src)], "building the dr wheel", log)
+    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(src / "agent")], "building the agent wheel", log)
+    _run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(src)], "building the dr wheel", log)
     agent_wheel = next(wheels.glob("dr_agent-*.whl"))
     dr_wheel = next(wheels.glob("dr_as_code-*.whl"))
     # what a source machine installs: the agent wheel and its dependencies' wheels (the machines

@@ -1,5 +1,5 @@
-"""A source machine's disks: a sparse image each, a loop device with ext4, mounted directly, holding
-data before any agent arrives (as a real server's disks do), and the manifest of that data.
+"""A source machine's disks: a sparse image each, a loop device with ext4 (mounted directly, inside
+the machine), holding data before any agent arrives (as a real server's disks do), and the manifest of that data.
 
 The lab chooses the size (`--disk-size`, default 64 MiB), not the spec: a 900 GB spec disk would not
 fit on the host, and every byte is replicated. The seed data is deterministic (a function of the
@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ SEED_FILES = 12                    # files per disk written before any agent (4 
 SEED_MAX_BYTES = 256 * 1024
 SEED_DIR = "seed"                  # where the seed files live on each disk
 MANIFEST = "seed-manifest.json"    # beside the disk images: {disk: {relative path: sha256}}
+RELEASE_TIMEOUT_S = 30.0           # seconds `down` waits for the kernel to free a detached loop device
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Disk:
     name: str
     image: Path
     device: str        # /dev/loopN
-    mount: Path        # where the file system is mounted (on the host, so every namespace sees it)
+    mount: Path        # where the machine mounts it (inside the machine only; the host path is empty)
 
 
 def parse_size(text: str) -> int:
@@ -86,29 +89,31 @@ def seed_files(estate: str, machine: str, disk: str) -> dict[str, bytes]:
 
 
 def make(estate: str, machine: str, disk: str, label: str, directory: Path, size: int) -> Disk:
-    """Create (or find) the image, its loop device, its file system and seed data, mounted."""
+    """Create (or find) the image with its ext4 file system and seed data, and its loop device. The
+    file system is made with the seed files in it (mke2fs -d), so it is never mounted on the host:
+    the machine mounts it (dr.lab.machine)."""
     images, mounts = directory / "disks", directory / "mnt"
     images.mkdir(parents=True, exist_ok=True)
     image, mount = images / f"{disk}.img", mounts / disk
     mount.mkdir(parents=True, exist_ok=True)
-    fresh = not image.exists()
-    if fresh:
-        with open(image, "wb") as f:
+    if not image.exists():
+        src = directory / "seed-src" / disk
+        shutil.rmtree(src, ignore_errors=True)
+        for rel, data in seed_files(estate, machine, disk).items():
+            path = src / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        partial = image.with_suffix(".partial")
+        with open(partial, "wb") as f:
             f.truncate(size)
-        run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
-            what=f"make ext4 on {machine}/{disk}")
+        run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", str(src),
+             str(partial)], what=f"make ext4 with the seed data on {machine}/{disk}")
+        os.replace(partial, image)
+        shutil.rmtree(src.parent, ignore_errors=True)
     device = next((dev for dev, back in loops_of(directory).items() if back == str(image)), None)
     if device is None:
         device = run(["losetup", "--find", "--show", str(image)], what=f"attach {machine}/{disk} to a loop device"
                      ).stdout.strip()
-    if str(mount) not in mounts_under(mount):
-        run(["mount", device, str(mount)], what=f"mount {machine}/{disk}")
-    if fresh or not (mount / SEED_DIR).is_dir():
-        for rel, data in seed_files(estate, machine, disk).items():
-            path = mount / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        os.sync()
     return Disk(machine=machine, name=disk, image=image, device=device, mount=mount)
 
 
@@ -120,13 +125,22 @@ def write_manifest(directory: Path, estate: str, machine: str, disks: list[str])
     return path
 
 
-def release(directory: Path) -> list[str]:
-    """Unmount everything under `directory` and detach its loop devices; what was released."""
+def release(directory: Path, *, timeout: float = RELEASE_TIMEOUT_S) -> list[str]:
+    """Unmount everything under `directory` and detach its loop devices; what was released. A loop
+    device is freed once the last mount of it is gone (a machine's mount namespace goes away just
+    after its last process): waited for, with a deadline."""
     done: list[str] = []
     for target in mounts_under(directory):
         if quiet(["umount", target]) or quiet(["umount", "-l", target]):
             done.append(f"mount {target}")
-    for device in loops_of(directory):
-        if quiet(["losetup", "-d", device]):
-            done.append(f"loop {device}")
-    return done
+    detached: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = loops_of(directory)
+        for device in left:
+            if quiet(["losetup", "-d", device]) and device not in detached:
+                detached.add(device)
+                done.append(f"loop {device}")
+        if not loops_of(directory) or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)

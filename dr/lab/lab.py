@@ -10,7 +10,8 @@ The drill (and anything else that drives a lab that is up) uses:
     lab.servers                       process server and master target names (plan order)
     lab.workload(machine)             Workload: pause() / resume() / manifest() / status()
     lab.seed_manifest(machine)        {disk: {path: sha256}} of the data on its disks before any agent
-    lab.disk(machine, disk)           DiskRecord: image, loop device, mount point (on the host)
+    lab.disk(machine, disk)           DiskRecord: image, loop device, mount point (inside the machine)
+    lab.disk_path(machine, disk)      where the host reads that disk's files (/proc/<init>/root/...)
     lab.kill(component)               SIGKILL a component's process (its supervisor restarts it):
                                       a machine name (its agent), a server name, "config-server", "azurite"
     lab.run_on(node, argv, env=...)   run a command on a node ("azure" resolves every name of the estate)
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dr.lab import build, disks, machine, network, services
+from dr.lab import build, configs, disks, machine, network, services
 from dr.lab import state as lab_state
 from dr.lab.errors import LabError
 from dr.lab.host import require_root, require_tools
@@ -153,7 +154,7 @@ class Lab:
         return build.artifacts(self.directory)
 
     @property
-    def configs(self) -> Path:
+    def configs_dir(self) -> Path:
         """The rendered configs (`dr replica configs` with the lab's addresses and disks)."""
         return self.directory / "configs"
 
@@ -183,15 +184,27 @@ class Lab:
                 return d
         raise LabError(f"no disk {name}/{disk} in the lab of {self.topology.estate}: is it up?")
 
+    def disk_path(self, name: str, disk: str) -> Path:
+        """Where the host reads a disk's files: the machine's mount, through its init's root."""
+        return machine.host_path(self.topology, self._source(name), self.disk(name, disk).mount)
+
+    def _mounted(self, d: DiskRecord) -> bool:
+        pid = machine.init_pid(self.topology, self.node(d.machine))
+        if pid is None:
+            return False
+        try:
+            table = Path(f"/proc/{pid}/mounts").read_text()
+        except OSError:
+            return False
+        return any(line.split()[:2] == [d.device, d.mount] for line in table.splitlines())
+
     def node(self, name: str) -> Node:
         return self.topology.node(name)
 
     def run_on(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
                timeout: float = 600.0) -> Any:
         """Run a command to completion on a node (CompletedProcess, output captured)."""
-        node = self.node(name)
-        return machine.run_on(self.topology, node, argv, env=env, timeout=timeout,
-                              private=node.kind is not NodeKind.AZURE)
+        return machine.run_on(self.topology, self.node(name), argv, env=env, timeout=timeout)
 
     def _source(self, name: str) -> Node:
         node = self.node(name)
@@ -220,9 +233,8 @@ class Lab:
                 detail = st.agents.get(node.name, "")
             components.append(Component(name=name, kind=kind, node=node.name, address=node.ip, running=bool(found),
                                         pids=tuple(f.pid for f in found), detail=detail))
-        mounted = set(disks.mounts_under(self.directory))
         disk_rows = tuple({"machine": d.machine, "disk": d.disk, "device": d.device, "mount": d.mount,
-                           "mounted": d.mount in mounted} for d in (st.disks if st else ()))
+                           "mounted": self._mounted(d)} for d in (st.disks if st else ()))
         return LabStatus(estate=self.topology.estate, directory=str(self.directory),
                          up=st is not None and "up" in st.steps and bool(live), subnet=self.topology.subnet,
                          components=tuple(components), disks=disk_rows)
@@ -280,6 +292,14 @@ class Lab:
             disks.write_manifest(d_dir, topo.estate, node.name, [d.name for d in node.disks])
         st = self._save(st.with_step("disks"))
 
+        progress(f"booting {len(topo.nodes)} machines (their namespaces, own paths and mounted disks)")
+        for node in topo.nodes:
+            mounts = [(d.device, d.mount) for d in st.disks if d.machine == node.name]
+            pid = machine.boot(topo, node, mounts)
+            st = self._save(st.with_process(Process(component=f"init:{node.name}", node=node.name, pid=pid,
+                                                    log=str(self.directory / "logs" / f"init-{node.name}.log"))))
+        st = self._save(st.with_step("machines"))
+
         st = self._ensure(st, "azurite", topo.azure, lambda: services.start_azurite(topo), "Azurite",
                           progress)
         st = self._ensure(st, "config-server", topo.azure,
@@ -287,16 +307,9 @@ class Lab:
                           f"the configuration server {topo.config_server_url}", progress)
         ca = services.export_ca(topo)
 
-        progress("rendering the services' configs: dr replica configs with the lab's addresses")
-        services.render_configs(topo, art, self.spec, self.configs)
-        for node in topo.sources:
-            streams = {}
-            from dr_agent.contract import stream_name
-
-            for d in node.disks:
-                rec = self.disk(node.name, d.name)
-                streams[stream_name(node.name, d.name)] = (rec.device, rec.mount)
-            services.place_disks(self.configs / node.name / "agent.toml", streams)
+        progress("rendering the services' configs (dr replica configs) for the lab's addresses and disks")
+        placements = {(d.machine, d.disk): (d.device, d.mount) for d in st.disks}
+        configs.render(self.estate, self.plan, addresses=topo.addresses(), placements=placements, out=self.configs_dir)
 
         supervise = services.supervise_available(art)
         for node in topo.servers:
@@ -306,7 +319,7 @@ class Lab:
                 continue
             progress(f"{kind.replace('_', ' ')} {node.name} ({node.ip}): register, start"
                      + (" under dr-agent supervise" if supervise else ""))
-            services.install_server(topo, node, art, self.configs, ca)
+            services.install_server(topo, node, art, self.configs_dir, ca)
             services.register(topo, node, art)
             pid, log = services.start_server(topo, node, art, supervise=supervise)
             st = self._save(st.with_process(Process(component=node.name, node=node.name, pid=pid, log=str(log))))
@@ -314,10 +327,10 @@ class Lab:
         for node in topo.sources:
             st = self._ensure(st, f"sshd:{node.name}", node, lambda n=node: services.start_sshd(topo, n),  # type: ignore[misc]
                               f"sshd on {node.name} ({node.ip})", progress)
-            mounts = {d.name: self.disk(node.name, d.name).mount for d in node.disks}
+            disk_mounts = {d.name: self.disk(node.name, d.name).mount for d in node.disks}
             seed = topo.nodes.index(node)
             st = self._ensure(st, f"workload:{node.name}", node,
-                              lambda n=node, m=mounts, s=seed: services.start_workload(topo, n, art, m, s),  # type: ignore[misc]
+                              lambda n=node, m=disk_mounts, s=seed: services.start_workload(topo, n, art, m, s),  # type: ignore[misc]
                               f"workload on {node.name}", progress)
         st = self._save(st.with_step("services"))
 
@@ -350,8 +363,10 @@ class Lab:
         """Where a component's output goes (on the host)."""
         logs = self.directory / "logs"
         kind, _, name = component.partition(":")
-        if kind == "agent":
-            return machine.root_of(self.topology, self.node(name)) / "log" / "dr-agent.log"
+        if kind == "agent":   # where `dr agent push` has the supervisor write it (Layout.state_dir/log)
+            root = machine.root_of(self.topology, self.node(name))
+            return next((p for p in (root / "var/log/dr-agent.log", root / "log/dr-agent.log") if p.exists()),
+                        root / "var/log/dr-agent.log")
         if kind in ("sshd", "workload"):
             return logs / f"{kind}-{name}.log"
         if component in self.servers:
@@ -387,7 +402,7 @@ class Lab:
             why = "not installed: this build has no `dr agent push`"
             progress(f"agents: {why}")
             return self._save(dataclasses.replace(st, agents={**st.agents, **{m: why for m in targets}}))
-        argv = [str(art.dr), "agent", "push", *targets, "--spec", str(self.spec), "--configs", str(self.configs),
+        argv = [str(art.dr), "agent", "push", *targets, "--spec", str(self.spec), "--configs", str(self.configs_dir),
                 "--wheel", str(art.agent_wheelhouse)]
         optional = {"--user": "root", "--key-file": str(self.ssh_key), "--known-hosts": str(self.known_hosts),
                     "--server": self.config_server_url, "--ca-file": str(self.ca_file),
@@ -415,7 +430,7 @@ class Lab:
         """Stop and remove everything of this estate's lab; what was removed (idempotent)."""
         require_root("down")
         topo = self.topology
-        st = self.state
+        recorded = self.state.host_dirs if self.state else ()
         removed: list[str] = []
         live = set(network.owned_namespaces(topo))
         order = [n for n in topo.sources] + [n for n in topo.servers] + [topo.azure]
@@ -433,12 +448,8 @@ class Lab:
         for item in network.tear_down(topo):
             progress(f"removed {item}")
             removed.append(item)
-        for d in reversed(st.host_dirs if st else ()):
-            try:
-                Path(d).rmdir()
-                removed.append(f"directory {d}")
-            except OSError:
-                pass
+        others = [ns for ns in network.all_lab_namespaces() if not ns.startswith(topo.netns_prefix)]
+        removed += machine.remove_host_dirs(other_labs_up=bool(others), recorded=recorded)
         if self.directory.exists():
             import shutil
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dr.lab.errors import LabError
 from dr.lab.host import quiet, run
-from dr.lab.topology import Node, Topology
+from dr.lab.topology import NETNS_PREFIX, Node, Topology
 
 NETNS_ETC = Path("/etc/netns")
 NETNS_RUN = Path("/run/netns")
@@ -63,11 +63,16 @@ def _namespace(topo: Topology, node: Node, hosts: str) -> None:
     run([*inside, "ip", "link", "set", "eth0", "up"], what=f"bring up eth0 of {node.name}")
 
 
-def owned_namespaces(topo: Topology) -> list[str]:
-    """Every namespace of this estate's lab on the host (by name: also what a crashed `up` left)."""
+def all_lab_namespaces() -> list[str]:
+    """Every lab's namespaces on the host (any estate, any root)."""
     names = set(os.listdir(NETNS_RUN)) if NETNS_RUN.is_dir() else set()
     names |= set(os.listdir(NETNS_ETC)) if NETNS_ETC.is_dir() else set()
-    return sorted(n for n in names if n.startswith(topo.netns_prefix))
+    return sorted(n for n in names if n.startswith(NETNS_PREFIX))
+
+
+def owned_namespaces(topo: Topology) -> list[str]:
+    """Every namespace of this estate's lab on the host (by name: also what a crashed `up` left)."""
+    return [n for n in all_lab_namespaces() if n.startswith(topo.netns_prefix)]
 
 
 def namespace_pids(netns: str) -> list[int]:

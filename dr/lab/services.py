@@ -134,7 +134,7 @@ def start_azurite(topo: Topology) -> tuple[int, Path]:
     log = topo.directory / "logs" / "azurite.log"
     pid = machine.start(topo, node, [azurite_binary(), "--blobHost", node.ip, "--blobPort", str(AZURITE_PORT),
                                      "--location", str(data), "--loose", "--skipApiVersionCheck",
-                                     "--disableTelemetry"], log=log, private=False)
+                                     "--disableTelemetry"], log=log)
     wait_port(node.ip, AZURITE_PORT, what="Azurite", log=log, alive=_alive(pid))
     return pid, log
 
@@ -159,7 +159,7 @@ def start_config_server(topo: Topology, art: Artifacts, spec: Path) -> tuple[int
     log = topo.directory / "logs" / "config-server.log"
     pid = machine.start(topo, node, [str(art.dr), "config-server", "start", str(spec),
                                      "--listen", f"{topo.config_server}:{CS_PORT}", "--state", str(state_db(topo)),
-                                     "--passphrase-file", str(passphrase_file(topo))], log=log, private=False)
+                                     "--passphrase-file", str(passphrase_file(topo))], log=log)
     wait_port(node.ip, CS_PORT, what="the configuration server", log=log, alive=_alive(pid))
     return pid, log
 
@@ -180,38 +180,6 @@ def export_ca(topo: Topology) -> Path:
     path = topo.directory / "ca.pem"
     path.write_text(pem)
     return path
-
-
-# -- configs ---------------------------------------------------------------------------------------
-def render_configs(topo: Topology, art: Artifacts, spec: Path, out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    argv = [str(art.dr), "replica", "configs", str(spec), "--out", str(out)]
-    for name, ip in sorted(topo.addresses().items()):
-        argv += ["--address", f"{name}={ip}"]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
-    if done.returncode != 0:
-        raise LabError(f"dr replica configs failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-
-
-def place_disks(config: Path, disks: dict[str, tuple[str, str]]) -> None:
-    """The lab's one edit of a rendered agent.toml: where each disk is on the lab machine
-    ({stream: (device, mount point)}): a lab machine shares the host's root file system, so its
-    disks are loop devices mounted under the lab's directory, not /dev/sdX mounted at /."""
-    out: list[str] = []
-    current: str | None = None
-    for line in config.read_text().splitlines():
-        text = line.strip()
-        key = text.split("=", 1)[0].strip()
-        if text.startswith("["):
-            current = None
-        elif key == "name" and "=" in text:
-            current = str(tomllib.loads(text).get("name"))
-        elif current in disks and key == "backing":
-            line = f'backing = "{disks[current][0]}"'
-        elif current in disks and key == "mount_points":
-            line = f'mount_points = ["{disks[current][1]}"]'
-        out.append(line)
-    config.write_text("\n".join(out) + "\n")
 
 
 # -- servers ---------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from dr.cli import cli
-from dr.lab import disks
+from dr.lab import configs, disks
 from dr.lab.errors import LabError
-from dr.lab.services import place_disks
 from dr.lab.topology import LAB_ROOT, NodeKind, topology
 from dr.lab.workload import Settings, Workload, file_manifest, serve
 from dr.plan import make_plan
@@ -114,19 +113,19 @@ def test_a_workload_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
         Workload(tmp_path / "ctl", machine="m1").pause(timeout=0.3)
 
 
-def test_the_lab_places_each_disk_and_keeps_the_rest_of_the_config(tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        '[agent]\nname = "sql01"\nprocess_servers = ["10.0.0.20:9443"]\n\n'
-        '[[agent.disks]]\nname = "sql01.c"\nbacking = "/dev/disk/by-label/c"\nmode = "tracking"\n'
-        'mount_points = []\n\n'
-        '[[agent.disks]]\nname = "sql01.data"\nbacking = "/dev/sdb"\nmount_points = ["/srv"]\n')
-    place_disks(config, {"sql01.c": ("/dev/loop3", "/lab/c"), "sql01.data": ("/dev/loop4", "/lab/data")})
-    agent = tomllib.loads(config.read_text())["agent"]
-    assert agent["name"] == "sql01" and agent["process_servers"] == ["10.0.0.20:9443"]
-    assert [(d["name"], d["backing"], d["mount_points"]) for d in agent["disks"]] == [
-        ("sql01.c", "/dev/loop3", ["/lab/c"]), ("sql01.data", "/dev/loop4", ["/lab/data"])]
-    assert agent["disks"][0]["mode"] == "tracking"
+def test_the_labs_disks_are_rendered_as_in_use_disks_at_their_lab_places(tmp_path: Path) -> None:
+    estate, _ = load_valid(REPO / "examples/sharepoint/dr.yaml")   # no file systems listed in the spec
+    plan = make_plan(estate)
+    placements = {("sql01", "c"): ("/dev/loop3", "/lab/sql01/c"), ("sql01", "data"): ("/dev/loop4", "/lab/sql01/d")}
+    configs.render(estate, plan, addresses={"ps01": "10.213.9.10"}, placements=placements, out=tmp_path)
+    agent = tomllib.loads((tmp_path / "sql01/agent.toml").read_text())["agent"]
+    by_name = {d["name"]: d for d in agent["disks"]}
+    assert (by_name["sql01.c"]["mode"], by_name["sql01.c"]["device"], by_name["sql01.c"]["mount_points"]) == (
+        "tracking", "/dev/loop3", ["/lab/sql01/c"])
+    assert by_name["sql01.data"]["device"] == "/dev/loop4"
+    assert by_name["sql01.log"]["mode"] == "splitter"          # not placed: as the spec says
+    assert agent["process_servers"][0] == "10.213.9.10:9443"
+    assert estate.machine("sql01").disks[0].device is None     # the spec's model is untouched
 
 
 def test_replica_configs_take_the_labs_addresses(tmp_path: Path) -> None:
