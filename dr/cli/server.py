@@ -213,9 +213,7 @@ def revoke_cmd(name: str, state: str | None, passphrase_file: Path | None) -> No
 
     store = open_state(state)
     require_passphrase(store, passphrase(passphrase_file))
-    count = revoke_tokens(store, name)
-    store.execute("INSERT INTO events (time, severity, kind, subject, message) VALUES (?, ?, ?, ?, ?)",
-                  (time.time(), "warning", "revoked", name, f"{name}: {count} token(s) revoked from the command line"))
+    count = revoke_tokens(store, name, now=time.time())
     click.echo(f"{name}: {count} token(s) revoked; it must register again")
 
 

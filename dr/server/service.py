@@ -31,6 +31,9 @@ from dr.server.schemas import (
 )
 from dr.server.store import Store, dumps
 
+# Unknown streams remembered (and reported once each) per component (our choice: a master target
+# reports up to 4096 streams, but a rename of a few machines is what this is for).
+UNKNOWN_STREAMS_MAX = 64
 # Events kept on the dashboard's front page.
 RECENT_EVENTS = 50
 
@@ -99,17 +102,21 @@ def mint_token(store: Store, *, name: str, role: Role | str, now: float, session
     return token
 
 
-def revoke_tokens(store: Store, name: str) -> int:
+def revoke_tokens(store: Store, name: str, *, now: float) -> int:
     """Revoke every token of component `name` (and forget the component, so the name may register
-    again, in any role). Returns how many tokens were revoked."""
+    again, in any role), recorded as an event. Returns how many tokens were revoked."""
     with store.transaction() as tx:
         rows = tx.query("SELECT COUNT(*) AS n FROM tokens WHERE component = ?", (name,))
         known = tx.query("SELECT name FROM components WHERE name = ?", (name,))
         tx.execute("DELETE FROM tokens WHERE component = ?", (name,))
         tx.execute("DELETE FROM components WHERE name = ?", (name,))
-    if not known and not rows[0]["n"]:
+        count = int(rows[0]["n"])
+        if known or count:
+            tx.execute("INSERT INTO events (time, severity, kind, subject, message) VALUES (?, ?, ?, ?, ?)",
+                       (now, "warning", "revoked", name, f"{name}: {count} token(s) revoked; it must register again"))
+    if not known and not count:
         raise NotFound(f"no component or token named {name!r} in {store.display_url}: `dr status` lists them")
-    return int(rows[0]["n"])
+    return count
 
 
 def end_sessions(store: Store) -> int:
@@ -439,8 +446,17 @@ class ConfigServer:
         return (machine, disk) if any(d.name == disk for d in spec.disks) else None
 
     def _unknown_streams(self, who: Principal, streams: list[str]) -> None:
-        """An event, once per component and stream, for a stream that is no disk of the spec."""
+        """An event, once per component and stream, for a stream that is no disk of the spec (at most
+        UNKNOWN_STREAMS_MAX remembered per component: made-up names cannot grow the store)."""
+        if not streams:
+            return
+        prefix = f"unknown_stream:{who.name}:"
+        seen = self.store.one("SELECT COUNT(*) AS n FROM meta WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff"))
+        room = UNKNOWN_STREAMS_MAX - (0 if seen is None else int(seen["n"]))
         for stream in streams:
+            if room <= 0:
+                return
+            room -= 1
             marker = secrets.token_hex(8)
             if self.store.set_meta_once(f"unknown_stream:{who.name}:{stream}", marker) == marker:
                 self.event("warning", "unknown_stream", who.name,

@@ -300,6 +300,12 @@ def test_hostile_requests_are_refused_and_the_server_keeps_working(live: Live) -
         web02 = next(m for m in client.get("/api/v1/status", headers=_auth(operator)).json()["machines"]
                      if m["name"] == "web02")
         assert web02["disks"][0]["rpo_seconds"] is None
+        # Made-up stream names (1,280 of them) are remembered at most 64 times per component.
+        for batch in range(20):
+            made_up = {"disks": [{"stream": f"ghost{batch}x{i}.c"} for i in range(64)]}
+            assert client.post("/api/v1/heartbeat/agent", headers=_auth(agent), json=made_up).status_code == 204
+        ghosts = Store.open(live.state).query("SELECT key FROM meta WHERE key LIKE 'unknown_stream:agent-web01:%'")
+        assert 0 < len(ghosts) <= 64
         # A name keeps its role.
         hijack = client.post("/api/v1/register", json={"passphrase": PASSPHRASE, "name": "agent-web01",
                                                         "role": "process_server"})
