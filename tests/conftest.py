@@ -11,13 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from _pytest.reports import CollectReport, TestReport
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +98,20 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
     report = yield
     _fail_skip(report)
     return report
+
+
+# How often wait_for re-checks its predicate (seconds): short against any deadline a test gives.
+WAIT_POLL_S = 0.05
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Wait until `predicate()` is truthy and return its value; fail naming `what` after `timeout`
+    seconds. A wait on the thing itself, with a deadline, instead of a sleep that hopes it is enough."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(WAIT_POLL_S)

@@ -23,6 +23,7 @@ from dr.server.jobs import Jobs
 from dr.server.schemas import RecoveryPoint, RegisterRequest
 from dr.server.service import ConfigServer
 from dr.server.store import Store
+from tests.conftest import wait_for
 from tests.failover.conftest import (
     PASSPHRASE,
     RecordingExporter,
@@ -34,8 +35,12 @@ from tests.failover.conftest import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-# A manual step must still be waiting after this long without a confirmation (seconds).
+# A manual step must still be waiting after this long without a confirmation (seconds): 20 of the
+# runner's confirmation polls (poll_s=0.05 below).
 STILL_WAITING_S = 1.0
+# Deadline for a runner to reach a state (seconds): generous, for a loaded machine; a wait ends as
+# soon as the state is reached.
+STEP_TIMEOUT_S = 120.0
 
 
 def _executable(path: Path, text: str) -> Path:
@@ -176,20 +181,23 @@ def test_sharepoint_test_failover_waits_for_a_manual_confirmation_and_cleans_up(
     thread.start()
 
     def waiting_step() -> int | None:
+        """The waiting step, once the job says it waits too (the runner marks the step, then the job:
+        two writes, so a reader between them sees a waiting step in a running job)."""
         job = client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()
-        return next((s["idx"] for s in job["steps"] if s["state"] == "waiting"), None)
+        assert thread.is_alive() or "job" in outcome, "the runner stopped before the manual step"
+        step = next((s["idx"] for s in job["steps"] if s["state"] == "waiting"), None)
+        return step if job["state"] == "waiting" else None
 
-    deadline = time.monotonic() + 60
-    while (idx := waiting_step()) is None:
-        assert time.monotonic() < deadline and thread.is_alive(), "the manual step never started waiting"
-        time.sleep(0.05)
-    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()["state"] == "waiting"
-    time.sleep(STILL_WAITING_S)
-    assert thread.is_alive() and waiting_step() == idx, "the manual step went on without a confirmation"
+    idx = wait_for(waiting_step, STEP_TIMEOUT_S, "the manual step and its job to wait for a confirmation")
+    # Nothing to wait on for "it does not go on by itself": watch it for a while (many confirmation polls).
+    watch_until = time.monotonic() + STILL_WAITING_S
+    while time.monotonic() < watch_until:
+        assert thread.is_alive() and waiting_step() == idx, "the manual step went on without a confirmation"
+        time.sleep(0.05)  # paces the watch
     assert not (tmp_path / "tm-context.json").exists(), "the runbook after the manual step ran early"
 
     assert client.post(f"/api/v1/jobs/{job_id}/steps/{idx}/confirm", headers=auth).status_code == 204
-    thread.join(timeout=60)
+    wait_for(lambda: not thread.is_alive(), STEP_TIMEOUT_S, "the job to finish after the confirmation")
     job = Jobs(store=state).get(job_id)
     assert job.state == "succeeded", job.error
     manual = next(s for s in job.steps if s.kind == "manual")
@@ -230,21 +238,19 @@ def test_planned_failover_drains_to_the_final_point_and_commits(
     thread.start()
 
     # No shutdown automation configured: the operator confirms the shutdown (here, in the store).
-    deadline = time.monotonic() + 30
-    while jobs.get(job_id).steps[0].state != "waiting":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: jobs.get(job_id).steps[0].state == "waiting", STEP_TIMEOUT_S, "the shutdown step to wait")
     jobs.confirm(job_id, 1, by="operator")
-    while jobs.get(job_id).steps[1].state != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert jobs.get(job_id).steps[1].state == "running", "the drain finished before the final point existed"
+    wait_for(lambda: jobs.get(job_id).steps[1].state == "running", STEP_TIMEOUT_S, "the drain to start")
+    # The drain has nothing to finish on yet: watch that it does not (it polls the catalog meanwhile).
+    watch_until = time.monotonic() + STILL_WAITING_S
+    while time.monotonic() < watch_until:
+        assert jobs.get(job_id).steps[1].state == "running", "the drain finished before the final point existed"
+        time.sleep(0.05)  # paces the watch
     # The master target applies the agent's shutdown bookmark and reports it.
     final = RecoveryPoint(point_id="sql01-final", time=server.clock(), kind="app")
     report_points(server, {"sql01": [RecoveryPoint(point_id="sql01-1", time=now - 600, kind="app", group_id="g1"),
                                      final]})
-    thread.join(timeout=60)
+    wait_for(lambda: not thread.is_alive(), STEP_TIMEOUT_S, "the planned failover to finish")
     job = jobs.get(job_id)
     assert job.state == "succeeded", job.error
     assert {p for _, _, p in exporter.exports} == {"sql01-final"}
