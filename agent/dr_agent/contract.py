@@ -29,8 +29,10 @@ import enum
 import hashlib
 import hmac
 import re
+import time
 import types
 import typing
+import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, ClassVar, TypeVar
@@ -478,6 +480,12 @@ class CatalogReport(Message):
 # point is two phases: PAUSE to every member; once all answered PAUSED, MARK (one bookmark id) and
 # RESUME; when any did not pause in time, ABORT. Members answer MARKED / RESUMED, or FAILED.
 POINT_KINDS = ("crash", "app")
+
+
+def new_bookmark_id() -> str:
+    """A point's id (a bookmark's, a multi-VM point's): sortable and unique, UTC time in
+    milliseconds then 8 random hex digits."""
+    return f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
 
 
 def _point_id(cls_name: str, value: str) -> None:

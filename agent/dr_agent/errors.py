@@ -10,14 +10,14 @@
     ├── TargetError             the replica target (file or page blob) refused an operation
     ├── ConfigError             a service configuration file is missing a value or has a wrong one
     ├── PointNotFound           no recovery point matches the request
+    ├── CoordinationAborted     a multi-VM point was not taken (a member missing, not pausing, failing); no bookmark
     └── CaptureError            dr_agent.capture.errors: root of capture's errors
         ├── CaptureUnavailable  this machine lacks what a capture mode needs (root, /dev/fuse, tracefs, losetup)
         ├── DeviceError         a loop device, mount or FUSE session could not be set up or torn down
         ├── FreezeError         FIFREEZE/FITHAW failed on a mount point (every frozen one is still thawed)
         ├── ScriptFailed        an application pre/post script exited non-zero or timed out
         ├── TrackingLost        block tracking missed events (overrun, restart): a resync is needed
-        ├── CheckpointMismatch  a resume checkpoint belongs to another disk or another target
-        └── CoordinationAborted a multi-VM consistency point was aborted (timeout, agent gone); no bookmark
+        └── CheckpointMismatch  a resume checkpoint belongs to another disk or another target
 
 This tree is the registry: tests/test_errors.py fails on a subclass that is not drawn here.
 """
@@ -67,3 +67,8 @@ class ConfigError(AgentError):
 
 class PointNotFound(AgentError):
     pass
+
+
+class CoordinationAborted(AgentError):
+    """A multi-VM point did not complete (the process server's coordinator); every member resumed
+    and no bookmark counts."""

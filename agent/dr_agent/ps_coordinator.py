@@ -34,10 +34,8 @@ from queue import Empty, Queue
 from typing import Any
 
 from dr_agent.alerts import AlertLog
-from dr_agent.capture.consistency import new_bookmark_id
-from dr_agent.capture.errors import CoordinationAborted
-from dr_agent.contract import Failed, GroupState, Join, Mark, Pause, PointStep
-from dr_agent.errors import AgentError, ConfigError, ProtocolError
+from dr_agent.contract import Failed, GroupState, Join, Mark, Pause, PointStep, new_bookmark_id
+from dr_agent.errors import AgentError, ConfigError, CoordinationAborted, ProtocolError
 from dr_agent.records import FrameType
 from dr_agent.transport import PING_INTERVAL_S, Connection, message
 

@@ -20,22 +20,16 @@ import logging
 import os
 import signal
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from dr_agent.capture import _linux
 from dr_agent.capture.errors import FreezeError, ScriptFailed
+from dr_agent.contract import new_bookmark_id as new_bookmark_id  # one id format: the contract's
 
 log = logging.getLogger(__name__)
 
 SCRIPT_TIMEOUT = 300.0  # seconds; ASR's default pre/post script timeout is 5 minutes (ASR docs)
-
-
-def new_bookmark_id() -> str:
-    """A sortable unique bookmark id: UTC time in milliseconds, then 8 random hex digits."""
-    return f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
 
 
 # -- application consistency ------------------------------------------------------------------

@@ -8,6 +8,7 @@ Every message is one line: what was expected, what was found, and how to fix it.
 from __future__ import annotations
 
 from dr_agent.errors import AgentError
+from dr_agent.errors import CoordinationAborted as CoordinationAborted  # the coordinator's; kept importable here
 
 
 class CaptureError(AgentError):
@@ -47,7 +48,3 @@ class TrackingLost(CaptureError):
 
 class CheckpointMismatch(CaptureError):
     """A checkpoint file describes another source or target than the one being synced."""
-
-
-class CoordinationAborted(CaptureError):
-    """A multi-VM consistency point did not complete; every agent resumed and no bookmark counts."""
