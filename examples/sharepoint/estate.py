@@ -63,7 +63,8 @@ estate = Estate(
     protection_groups=[ProtectionGroup(
         name="sharepoint",
         members=[m.name for m in machines],
-        policy=Policy(multi_vm_consistency=True, rpo_threshold="15m", retention="24h", app_consistent_every="1h"),
+        policy=Policy(multi_vm_consistency=True, rpo_threshold="15m", crash_consistent_every="1m",
+                      retention="24h", app_consistent_every="1h"),
     )],
     recovery_plans=[RecoveryPlan(
         name="sharepoint",
