@@ -353,6 +353,7 @@ class Drill:
         self.seed = seed
         self.progress = progress
         self.work = lab.directory / "drill"
+        self.job_id = ""             # the failover's job, once `dr failover` named it
         self.env = self._env()
 
     # -- the product's commands, as a user runs them -----------------------------------------------
@@ -367,6 +368,10 @@ class Drill:
         for mt in self.lab.plan.master_targets:
             for d in mt.disks:
                 env[storage_env(d.storage_account)] = conn
+        # the lab's one storage account (Azurite's), which the master targets report as the replicas'
+        account = re.search(r"AccountName=([^;]+)", conn)
+        if account:
+            env[storage_env(account.group(1))] = conn
         return env
 
     def dr(self, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
@@ -419,7 +424,7 @@ class Drill:
                 self.progress(f"  {line}")
                 m = re.match(r"job (\S+):", line)
                 if m and not job:
-                    job = m.group(1)
+                    job = self.job_id = m.group(1)
                 waiting = re.match(r"\[(\d+)\] waiting: (.*)", line)
                 if waiting and job:
                     self.confirm(job, int(waiting.group(1)), waiting.group(2))
@@ -484,7 +489,10 @@ class Drill:
                                                 what="after the pause")
             self.progress(f"drill: multi-VM point {point} at {_ts(point_time)} covers the pause")
             start = time.time()
-            job = self.failover()
+            try:
+                job = self.failover()
+            finally:
+                job = job or self.job_id
             record = self.job(job)
             verdicts = self.verify(record, manifests, seeds, point)
             end = time.time()
@@ -497,8 +505,14 @@ class Drill:
             report = DrillReport(plan=self.plan.name, job=job, point=",".join(sorted(used)) or point, rpo_s=rpo,
                                  rto_s=end - start, disks=tuple(verdicts), chaos=tuple(killed), notes=tuple(notes))
             self.cleanup(job)
+            job = ""
             return report
         finally:
+            if job:  # the drill stopped after the failover started: its test resources go all the same
+                try:
+                    self.cleanup(job)
+                except LabError as err:
+                    self.progress(f"drill: {err}")
             for m in paused:
                 try:
                     lab.workload(m).resume()
