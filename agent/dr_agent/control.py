@@ -231,7 +231,7 @@ class ControlLoop:
         self._wake = threading.Event()
         self.beats = 0                           # heartbeats the server took
         self.catalogs = 0                        # catalog reports the server took
-        self._sent_catalog: dict[str, Any] | None = None
+        self._sent_catalog: list[dict[str, Any]] | None = None
         self._sent_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"{name}-control", daemon=True)
 
@@ -258,10 +258,12 @@ class ControlLoop:
         self.beats += 1
         if self._catalog is not None:
             body = self._catalog().to_json()
+            # what changed is the streams and their points; an RPO only ages (the server ages it too)
+            content = [{k: v for k, v in s.items() if k != "rpo_seconds"} for s in body["streams"]]
             due = time.monotonic() - self._sent_at >= CATALOG_REFRESH_S
-            if body != self._sent_catalog or due:
+            if content != self._sent_catalog or due:
                 self._post(CATALOG_PATH, body)
-                self._sent_catalog, self._sent_at = body, time.monotonic()
+                self._sent_catalog, self._sent_at = content, time.monotonic()
                 self.catalogs += 1
 
     def _run(self) -> None:
