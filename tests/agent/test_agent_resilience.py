@@ -231,3 +231,30 @@ def test_a_splitter_agent_that_died_compares_the_disk_with_the_replica(estate: E
     log = estate.agent_log("svc02")
     assert "did not stop cleanly" in log and "resync -> protected (resynced against the replica: 6 of 4096" in log
     assert not (tmp_path / "state/svc02/svc02.sdb.running").exists()
+
+
+def test_an_agent_starts_and_serves_its_disk_while_the_process_server_is_away(estate: Estate,
+                                                                               tmp_path: Path) -> None:
+    disk = estate.disk("sdb", 32 * MIB)
+    run("losetup", "-d", disk.dev)
+    assert estate.ps.proc is not None
+    estate.ps.proc.send_signal(signal.SIGSTOP)  # away before the agent starts
+    try:
+        config = estate.agent_config("new01", [f'name = "new01.sdb"\nmode = "splitter"\ndevice = "{disk.image}"\n'
+                                               f'mountpoint = "{tmp_path / "fuse"}"'],
+                                     crash_consistent_every_s=1, connect_timeout_s=1.0, reconnect_max_s=2.0)
+        agent = estate.start_agent(config)
+        link = tmp_path / "fuse.dev"
+        wait_for(link.exists, 30, "the agent's device", agent=agent)
+        run("mkfs.ext4", "-q", "-F", str(link))  # the workload uses its disk at once
+        disk.dev = str(link.resolve())
+        disk.mount(str(link))
+        populate(disk.mnt, seed=8, count=10)
+        wait_for(lambda: "process server is unreachable" in estate.agent_log("new01"), 60, "the outage report",
+                 agent=agent)
+        assert "-> protected" not in estate.agent_log("new01")  # nothing reached the process server
+    finally:
+        estate.ps.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "-> protected" in estate.agent_log("new01"), 90, "protection once it is back", agent=agent)
+    _converges(estate, tmp_path, "new01.sdb", disk.mnt, agent, "late")
+    disk.umount()
