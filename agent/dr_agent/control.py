@@ -253,7 +253,9 @@ class ControlLoop:
         _call(self.config.server, path, body, ctx=self._ctx, token=self._token)
 
     def report(self) -> None:
-        """One round: the heartbeat, then the catalog when it changed or is due."""
+        """One round: the heartbeat, then the catalog when it changed or is due. The token is read
+        each round: registering again (a push, a renewal) writes a new one and revokes the old."""
+        self._token = read_token(self.config.identity_dir)
         self._post(HEARTBEAT_PATHS[self.role], self._health().to_json())
         self.beats += 1
         if self._catalog is not None:
@@ -288,7 +290,7 @@ class ControlLoop:
                                 "%.0f s", self.name, err, CONTROL_BACKOFF_MAX_S)
                 wait = _backoff(failures)
                 failures += 1
-            except (AuthError, ProtocolError) as err:
+            except (AuthError, ProtocolError, ConfigError) as err:
                 # a refusal (a revoked token, a body the server does not take): logged when it
                 # changes; the next round tries again, the service itself runs on
                 if str(err) != refused:

@@ -180,6 +180,17 @@ def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path) -
         log = (tmp_path / "master-target.log").read_text()
         assert log.count("configuration server is unreachable") == 1
         assert log.count("answers again; heartbeats resumed") == 1
+
+        # Registering again (a push does) revokes the old token: the running service reads the new one.
+        with server.operator() as api:
+            now = api.get("/api/v1/status").json()["time"]
+            register(server.url, "mt01", "master-target", ids["mt01"])
+
+            def beating() -> bool:
+                comps = api.get("/api/v1/status").json()["components"]
+                return next(c for c in comps if c["name"] == "mt01")["last_heartbeat"] > now + 1
+
+            wait_for("heartbeats with the new token", beating, HEALTHY_WITHIN_S)
     finally:
         for service in reversed(services):
             service.stop()
