@@ -77,6 +77,9 @@ log = logging.getLogger("dr_agent.agent")
 STOP_PATIENCE_S = 10.0
 # Seconds between the agent's checks of each disk (sink state, tracking losses, healing).
 TICK_S = 0.2
+# Seconds a point waits for a disk's worker to finish a step before it is skipped (a group point's
+# pause must answer well inside the coordinator's pause timeout).
+LOCK_WAIT_S = 2.0
 # A point's dirty blocks read while the file systems are frozen may take at most this share of
 # the buffer; more means the pre-copy fell behind: the point is skipped, the next one tries again.
 FROZEN_SHARE = 0.5
@@ -526,10 +529,11 @@ class Agent:
         try:
             self._point = (point_id or "", point_kind, point_id or "")
             for d in self._disks:
-                d.lock.acquire()
-                self._held.append(d)
                 if d.state != "protected" or d.buffered.fallback is not None:
                     raise CaptureError(f"disk {d.name} is in {d.state}: {d.problem or 'not protected yet'}")
+                if not d.lock.acquire(timeout=LOCK_WAIT_S):  # its worker is healing it: no point now
+                    raise CaptureError(f"disk {d.name} is busy ({d.state}); no point now")
+                self._held.append(d)
             for d in self._disks:
                 if d.tracker is not None:
                     self._precopy(d, stop or self._stop)
