@@ -205,6 +205,12 @@ def _mocks_and_monitor() -> Any:
             if isinstance(args.inputs.get("identity"), dict):
                 principal = str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
                 outputs["identity"] = dict(args.inputs["identity"], principalId=principal)
+                assigned = args.inputs["identity"].get("userAssignedIdentities")
+                if isinstance(assigned, list):  # declared as a list of ids, read back as a map of them
+                    outputs["identity"]["userAssignedIdentities"] = {i: {} for i in assigned}
+            if kind == "UserAssignedIdentity":  # what Azure returns for a new identity
+                outputs["principalId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid))
+                outputs["clientId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, rid + "/client"))
             if kind == "PublicIPAddress":
                 outputs["ipAddress"] = "203.0.113.10"  # TEST-NET-3 (RFC 5737): never a real address
             return rid, outputs

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dr_agent.contract import MT_PORT
+from dr_agent.contract import CS_PORT, MT_PORT, Layout
 
 from dr.azure import naming
 from dr.azure.contract import MasterTarget, StackPlan
@@ -24,7 +24,7 @@ from dr.blueprints import render
 from dr.errors import DrError
 from dr.model import Estate
 
-CONTROL_PORT = 443  # configuration server API and registration (ASR: HTTPS 443 to the CS)
+CONTROL_PORT = CS_PORT  # configuration server API and registration (the data path's contract)
 # process server -> master target replication stream: the master target's port (the data path's contract)
 DATA_PORT = MT_PORT
 PASSPHRASE_SECRET = "registration-passphrase"  # Key Vault secret name of the vault registration passphrase
@@ -45,17 +45,50 @@ def storage_secret(account: str) -> str:
     return f"storage-{account}"
 
 
+BOOTSTRAP_DEADLINE_S = 1800  # first boot gives up (and says so on the console) after 30 minutes
+PACKAGES_CONTAINER = "packages"  # the private container of the estate's own wheels
+PREVIEW_HASH = "PREVIEW-NOT-BUILT"  # `dr preview` builds no wheels: the real hashes exist at `pulumi up`
+IMDS = "http://169.254.169.254"  # Azure Instance Metadata Service (managed identity tokens)
+
+
 @dataclass(frozen=True)
 class Registration:
     """What every server needs to find and join the configuration server."""
 
-    configuration_server: str  # https://<private address>:443
+    configuration_server: str  # https://<private address>:CS_PORT
     passphrase_secret_uri: str  # https://<vault>.vault.azure.net/secrets/registration-passphrase
-    package_version: str
 
     @property
     def vault_uri(self) -> str:
         return self.passphrase_secret_uri.split("/secrets/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Packages:
+    """What one server installs: its wheels in the estate's private container, pinned by hash."""
+
+    base_url: str  # https://<account>.blob.core.windows.net/packages/<target>/<role>
+    files: tuple[str, ...]  # wheel file names
+    requirements: str  # pip requirements: every wheel as name==version --hash=sha256:...
+
+
+def packages_url(account: str, target: str, role: str) -> str:
+    return f"https://{account}.blob.core.windows.net/{PACKAGES_CONTAINER}/{target}/{role}"
+
+
+def packages_for(houses: Any, account: str, target: str, role: str, version: str) -> Packages:
+    """The server's packages from the built wheelhouses (`dr.azure.wheels.Wheelhouse`), or, for
+    `dr preview` (nothing built), the project's wheels with a placeholder hash."""
+    from dr.azure.wheels import ROLE_PROJECT_WHEELS
+
+    url = packages_url(account, target, role)
+    for house in houses:
+        if house.target == target and house.role == role:
+            return Packages(url, tuple(w.name for w in house.wheels), house.requirements())
+    names = [f"{dist}-{version}-py3-none-any.whl" for dist in ROLE_PROJECT_WHEELS[role]]
+    requirements = "".join(f"{n.split('-')[0].replace('_', '-')}=={version} --hash=sha256:{PREVIEW_HASH}\n"
+                           for n in sorted(names))
+    return Packages(url, tuple(sorted(names)), requirements)
 
 
 def passphrase_secret_uri(key_vault: str) -> str:
@@ -132,8 +165,36 @@ def data_path_configs(estate: Estate) -> dict[str, str]:
     return render_configs(estate, make_plan(estate))
 
 
+def _bootstrap_json(role: str, name: str, packages: Packages, secrets: list[tuple[str, str]], **rest: Any) -> str:
+    """/etc/dr/bootstrap.json: what `blueprints/cloud-init/bootstrap.py` does at first boot."""
+    layout = Layout("/")
+    config: dict[str, Any] = {
+        "role": role,
+        "name": name,
+        "deadline_s": BOOTSTRAP_DEADLINE_S,
+        "imds": IMDS,
+        "secrets": [{"key": key, "uri": uri} for key, uri in secrets],
+        "packages": {
+            "base_url": packages.base_url,
+            "files": list(packages.files),
+            "dir": "/var/lib/dr/packages",
+            "requirements": "/etc/dr/requirements.txt",
+            "venv": str(layout.venv),
+            "links": ["dr-agent"] if role == "master-target" else ["dr", "dr-agent"],
+        },
+    }
+    config.update(rest)
+    return json.dumps(config, indent=2)
+
+
 def render_master_target(
-    estate: Estate, plan: StackPlan, mts: MasterTarget, reg: Registration, data_path: Mapping[str, str]
+    estate: Estate,
+    plan: StackPlan,
+    mts: MasterTarget,
+    reg: Registration,
+    data_path: Mapping[str, str],
+    packages: Packages,
+    address: str,
 ) -> str:
     config = master_target_config(estate, plan, mts, reg)
     windows = mts.os == "windows"
@@ -143,6 +204,15 @@ def render_master_target(
         {"env": naming.storage_env(account), "uri": f"{reg.vault_uri}/secrets/{storage_secret(account)}"}
         for account in config["storage_accounts"]
     ]
+    layout = Layout("/")
+    bootstrap = _bootstrap_json(
+        "master-target", mts.name, packages,
+        [("DR_VAULT_KEY", reg.passphrase_secret_uri), *[(a["env"], a["uri"]) for a in storage]],
+        env_file=str(layout.env_file), env_keys=[a["env"] for a in storage],
+        register={"server": reg.configuration_server, "name": mts.name, "role": "master-target",
+                  "out": str(layout.identity_dir), "addresses": [address]},
+        start=[["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "dr-master-target.service"]],
+    )
     return _checked(
         mts.name,
         render(
@@ -150,15 +220,18 @@ def render_master_target(
             agent_toml=toml,
             agent_unit=unit,
             storage=storage,
-            register_request=json.dumps({"name": mts.name, "role": "master-target"}),
             name=mts.name,
             estate=estate.estate,
             config_json=json.dumps(config, indent=2),
+            bootstrap_json=bootstrap,
+            requirements=packages.requirements,
+            packages=packages,
+            address=address,
             passphrase_secret_uri=reg.passphrase_secret_uri,
             configuration_server=reg.configuration_server,
-            package_version=reg.package_version,
             data_port=DATA_PORT,
             python_version=PYTHON_WINDOWS_VERSION,
+            deadline_s=BOOTSTRAP_DEADLINE_S,
         ),
     )
 
@@ -175,10 +248,16 @@ def config_server_config(estate: Estate, name: str, reg: Registration) -> dict[s
     }
 
 
-def render_config_server(estate: Estate, name: str, reg: Registration) -> str:
+def render_config_server(estate: Estate, name: str, reg: Registration, packages: Packages) -> str:
     # The server reads the spec itself (`dr config-server start SPEC`): shipped gzip+base64.
     # `include:` is already merged into the estate, so it is left out.
     spec = json.dumps(estate.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"include"}))
+    bootstrap = _bootstrap_json(
+        "configuration-server", name, packages, [("DR_VAULT_KEY", reg.passphrase_secret_uri)],
+        passphrase_file="/etc/dr/registration.passphrase",
+        start=[["mkdir", "-p", "/var/lib/dr"], ["systemctl", "daemon-reload"],
+               ["systemctl", "enable", "--now", "dr-config-server.service"]],
+    )
     return _checked(
         name,
         render(
@@ -187,8 +266,9 @@ def render_config_server(estate: Estate, name: str, reg: Registration) -> str:
             name=name,
             estate=estate.estate,
             config_json=json.dumps(config_server_config(estate, name, reg), indent=2),
+            bootstrap_json=bootstrap,
+            requirements=packages.requirements,
             passphrase_secret_uri=reg.passphrase_secret_uri,
-            package_version=reg.package_version,
             control_port=CONTROL_PORT,
         ),
     )

@@ -4,8 +4,9 @@
     ├── dr:azure:Network            recovery VNet + subnet (or the existing ones), the NSGs
     ├── dr:azure:KeyVault           Key Vault holding the registration passphrase (and admin password)
     ├── dr:azure:StorageTier        the plan's geo-redundant storage accounts and private containers
-    ├── dr:azure:ConfigurationServer  one per plan config server: NIC, VM, Key Vault access
-    ├── dr:azure:MasterTarget       one per plan MTS: NIC, retention disk, VM, storage and Key Vault access
+    ├── dr:azure:PackageStore       the estate's own wheels (and their dependencies), by hash, private
+    ├── dr:azure:ConfigurationServer  one per plan config server: identity + grants, NIC, VM
+    ├── dr:azure:MasterTarget       one per plan MTS: identity + grants, NIC, retention disk, VM
     └── dr:azure:RecoverySite       one per recovery plan: its failover resource group, and
         ├── dr:azure:TrafficManager     priority routing: on-premises 1, Azure 2
         ├── dr:azure:IsolatedNetwork    (test failover) a VNet with the same address space, no route out
@@ -32,6 +33,7 @@ from pulumi_azure_native import (
     authorization,
     compute,
     keyvault,
+    managedidentity,
     network,
     storage,
     trafficmanager,
@@ -42,6 +44,7 @@ from dr.azure.bootstrap import (
     ADMIN_PASSWORD_SECRET,
     CONTROL_PORT,
     DATA_PORT,
+    PACKAGES_CONTAINER,
     PASSPHRASE_SECRET,
     RETENTION_LUN,
 )
@@ -58,11 +61,13 @@ OPENED_PORTS: Mapping[int, str] = {
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_KEY_VAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-# Marketplace images (Gen1, so the seed's A/D sizes, which are Gen1-only, can boot them).
+ROLE_STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+# Marketplace images. Linux: Ubuntu 24.04 LTS (Generation 2), whose python3 is 3.12 (dr needs 3.11+);
+# every size of the current profile boots Generation 2 (dr/data/vm_sizes.yaml).
 LINUX_IMAGE = {
     "publisher": "Canonical",
-    "offer": "0001-com-ubuntu-server-jammy",
-    "sku": "22_04-lts",
+    "offer": "ubuntu-24_04-lts",
+    "sku": "server",
     "version": "latest",
 }
 WINDOWS_IMAGE = {
@@ -474,8 +479,79 @@ def _image(windows: bool) -> compute.ImageReferenceArgs:
     return compute.ImageReferenceArgs(**(WINDOWS_IMAGE if windows else LINUX_IMAGE))
 
 
+def _server_identity(
+    owner: pulumi.ComponentResource,
+    name: str,
+    target: Target,
+    role: str,
+    grants: Sequence[tuple[str, pulumi.Input[str], str]],
+) -> tuple[managedidentity.UserAssignedIdentity, list[pulumi.Resource]]:
+    """A server's user-assigned identity and its role assignments (name suffix, scope, role), declared
+    before the VM so the VM depends on them: the first boot then finds its rights in place (Azure
+    may still take minutes to apply them; the bootstrap waits that out)."""
+    identity = managedidentity.UserAssignedIdentity(
+        f"{name}-identity",
+        resource_name_=f"{name}-id",
+        resource_group_name=target.resource_group_name,
+        location=target.region,
+        tags=target.tagged(dr_role=f"{role}-identity"),
+        opts=_child(owner),
+    )
+    assignments: list[pulumi.Resource] = [
+        _grant(owner, f"{name}-{suffix}", target=target, principal_id=identity.principal_id, scope=scope, role=role_id)
+        for suffix, scope, role_id in grants
+    ]
+    return identity, assignments
+
+
+class PackageStore(pulumi.ComponentResource):
+    """The estate's own wheels (`dr.azure.wheels`: built from the checkout, dependency wheels for the
+    servers' platforms, each with its SHA-256) in a private container `packages` of one of the
+    estate's storage accounts. The servers download them with their identity and install them by
+    hash; nothing comes from a public index."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        target: Target,
+        account: storage.StorageAccount,
+        houses: Sequence[Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("dr:azure:PackageStore", name, None, opts)
+        self.account = account
+        container = storage.BlobContainer(
+            f"{name}-container",
+            container_name=PACKAGES_CONTAINER,
+            account_name=account.name,
+            resource_group_name=target.resource_group_name,
+            public_access=storage.PublicAccess.NONE,
+            opts=_child(self),
+        )
+        self.blobs: list[pulumi.Resource] = [container]
+        for house in houses:
+            for wheel in house.wheels:
+                self.blobs.append(
+                    storage.Blob(
+                        f"{name}-{house.target}-{house.role}-{wheel.name}",
+                        blob_name=f"{house.target}/{house.role}/{wheel.name}",
+                        container_name=container.name,
+                        account_name=account.name,
+                        resource_group_name=target.resource_group_name,
+                        type=storage.BlobType.BLOCK,
+                        content_type="application/zip",
+                        metadata={"sha256": wheel.sha256},
+                        source=pulumi.FileAsset(str(wheel.path)),
+                        opts=_child(self),
+                    )
+                )
+        self.register_outputs({"container": container.name, "wheels": len(self.blobs) - 1})
+
+
 class ConfigurationServer(pulumi.ComponentResource):
-    """The configuration server VM (Linux, size from the plan) running `dr config-server`."""
+    """The configuration server VM (Linux, size from the plan) running `dr config-server`, with its
+    identity (read the Key Vault secrets, read the packages) declared first."""
 
     def __init__(
         self,
@@ -485,6 +561,7 @@ class ConfigurationServer(pulumi.ComponentResource):
         server: ConfigServer,
         net: ServerNet,
         key_vault: keyvault.Vault,
+        packages: PackageStore,
         custom_data: str,
         admin_user: str,
         ssh_public_key: str,
@@ -492,19 +569,15 @@ class ConfigurationServer(pulumi.ComponentResource):
     ) -> None:
         super().__init__("dr:azure:ConfigurationServer", name, None, opts)
         nic, public = _server_nic(self, name, target, net, "configuration-server")
+        self.identity, grants = _server_identity(self, name, target, "configuration-server", [
+            ("kv-secrets", key_vault.id, ROLE_KEY_VAULT_SECRETS_USER),
+            ("packages", packages.account.id, ROLE_STORAGE_BLOB_DATA_READER),
+        ])
         self.vm = _server_vm(
             self, name, target, size=server.size, windows=False, nic=nic, admin_user=admin_user,
             ssh_public_key=ssh_public_key, admin_password=None, custom_data=custom_data,
             tags=target.tagged(dr_role="configuration-server", dr_bootstrap=bootstrap_digest(custom_data)),
-        )
-        principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
-        _grant(
-            self,
-            f"{name}-kv-secrets",
-            target=target,
-            principal_id=principal,
-            scope=key_vault.id,
-            role=ROLE_KEY_VAULT_SECRETS_USER,
+            identity=self.identity, depends_on=[*grants, *packages.blobs],
         )
         self.private_ip = net.private_ip
         self.public_ip = public.ip_address if public is not None else None
@@ -524,18 +597,23 @@ def _server_vm(
     admin_password: pulumi.Input[str] | None,
     custom_data: str,
     tags: pulumi.Input[Mapping[str, pulumi.Input[str]]],
+    identity: managedidentity.UserAssignedIdentity,
+    depends_on: Sequence[pulumi.Resource] = (),
     data_disks: Sequence[compute.DataDiskArgs] = (),
 ) -> compute.VirtualMachine:
-    """A DR server VM (configuration server or master target): managed identity, the OS image of
-    its kind, a premium OS disk, boot diagnostics; custom data bootstraps it once (later edits
-    to it are not a reason to replace the VM)."""
+    """A DR server VM (configuration server or master target): its user-assigned identity (whose
+    role assignments, and the published wheels, it depends on), the OS image of its kind, a premium
+    OS disk, boot diagnostics; custom data bootstraps it once (later edits to it are not a reason to
+    replace the VM)."""
     return compute.VirtualMachine(
         f"{name}-vm",
         vm_name=name,
         resource_group_name=target.resource_group_name,
         location=target.region,
         hardware_profile=compute.HardwareProfileArgs(vm_size=size),
-        identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
+        identity=compute.VirtualMachineIdentityArgs(
+            type=compute.ResourceIdentityType.USER_ASSIGNED, user_assigned_identities=[identity.id]
+        ),
         storage_profile=compute.StorageProfileArgs(
             image_reference=_image(windows),
             os_disk=compute.OSDiskArgs(
@@ -560,13 +638,14 @@ def _server_vm(
         ),
         diagnostics_profile=compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
         tags=tags,
-        opts=_child(parent, ignore_changes=["osProfile.customData"]),
+        opts=_child(parent, ignore_changes=["osProfile.customData"], depends_on=list(depends_on)),
     )
 
 
 class MasterTargetServer(pulumi.ComponentResource):
-    """A master target VM (A4 or D14 per the plan; Windows or Linux image by OS) with its retention
-    disk, write access to its storage accounts and read access to the passphrase."""
+    """A master target VM (the plan's size; Windows or Linux image by OS) with its retention disk and
+    its identity, declared first: write access to its storage accounts, read access to the Key
+    Vault secrets and to the packages."""
 
     def __init__(
         self,
@@ -578,6 +657,7 @@ class MasterTargetServer(pulumi.ComponentResource):
         accounts: Mapping[str, storage.StorageAccount],
         account_names: Sequence[str],
         key_vault: keyvault.Vault,
+        packages: PackageStore,
         custom_data: str,
         admin_user: str,
         ssh_public_key: str,
@@ -589,6 +669,12 @@ class MasterTargetServer(pulumi.ComponentResource):
         windows = mts.os == "windows"
         groups = target.groups_of(mts.machines)
         nic, public = _server_nic(self, name, target, net, "master-target")
+        grants: list[tuple[str, pulumi.Input[str], str]] = [("kv-secrets", key_vault.id, ROLE_KEY_VAULT_SECRETS_USER)]
+        grants += [(f"blob-{account}", accounts[account].id, ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR)
+                   for account in account_names]
+        if not any(accounts[a] is packages.account for a in account_names):
+            grants.append(("packages", packages.account.id, ROLE_STORAGE_BLOB_DATA_READER))
+        self.identity, assignments = _server_identity(self, name, target, "master-target", grants)
         retention = compute.Disk(
             f"{name}-retention",
             disk_name=f"{name}-retention",
@@ -606,6 +692,8 @@ class MasterTargetServer(pulumi.ComponentResource):
             tags=target.tagged(
                 dr_role="master-target", dr_protection_group=groups, dr_bootstrap=bootstrap_digest(custom_data)
             ),
+            identity=self.identity,
+            depends_on=[*assignments, *packages.blobs],
             data_disks=[
                 compute.DataDiskArgs(
                     lun=RETENTION_LUN,
@@ -636,24 +724,6 @@ class MasterTargetServer(pulumi.ComponentResource):
                 },
                 tags=target.tagged(dr_role="master-target"),
                 opts=_child(self),
-            )
-        principal = self.vm.identity.apply(lambda i: i.principal_id if i else "")
-        _grant(
-            self,
-            f"{name}-kv-secrets",
-            target=target,
-            principal_id=principal,
-            scope=key_vault.id,
-            role=ROLE_KEY_VAULT_SECRETS_USER,
-        )
-        for account in account_names:
-            _grant(
-                self,
-                f"{name}-blob-{account}",
-                target=target,
-                principal_id=principal,
-                scope=accounts[account].id,
-                role=ROLE_STORAGE_BLOB_DATA_CONTRIBUTOR,
             )
         self.private_ip = net.private_ip
         self.public_ip = public.ip_address if public is not None else None

@@ -51,6 +51,9 @@ class StackOptions:
     package_version: str = __version__  # the wheels the servers install (dr_agent.__version__)
     stack: str = "preview"  # the Pulumi stack: names and role-assignment GUIDs mix it in (dr.azure.naming.Scope)
     key_vault_recover: bool = False  # recover the soft-deleted Key Vault of an earlier destroy of this stack
+    # The wheelhouses the servers install (dr.azure.wheels.Wheelhouse, built at `pulumi up`); empty
+    # in `dr preview`, which shows the project's wheel names with a placeholder hash instead.
+    packages: tuple[Any, ...] = ()
 
 
 def failover_plan_name(estate: Estate, options: StackOptions) -> str | None:

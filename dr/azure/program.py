@@ -21,6 +21,7 @@ from dr.azure.components import (
     KeyVault,
     MasterTargetServer,
     Network,
+    PackageStore,
     RecoverySite,
     ServerNet,
     StorageTier,
@@ -100,8 +101,18 @@ class DrEstate(pulumi.ComponentResource):
         registration = bootstrap.Registration(
             configuration_server=f"https://{cs_addresses[first_cs]}:{bootstrap.CONTROL_PORT}" if first_cs else "",
             passphrase_secret_uri=bootstrap.passphrase_secret_uri(kv.vault_name),
-            package_version=options.package_version,
         )
+        # The estate's own wheels, in a private container of its first retention account (else its first).
+        store_account = next((a for a in plan.storage_accounts if a.purpose == "retention"), plan.storage_accounts[0])
+        store_name = naming.storage_account_name(estate.estate, store_account.name)
+        packages = PackageStore(
+            f"{name}-packages", target=target, account=tier.accounts[store_account.name], houses=options.packages,
+            opts=child,
+        )
+
+        def packages_of(target_os: str, role: str) -> bootstrap.Packages:
+            return bootstrap.packages_for(options.packages, store_name, target_os, role, options.package_version)
+
         servers: dict[str, Any] = {}
         for cs in plan.config_servers:
             server = ConfigurationServer(
@@ -110,7 +121,10 @@ class DrEstate(pulumi.ComponentResource):
                 server=cs,
                 net=ServerNet(net.subnet_id, net.control_nsg.id, cs_addresses[cs.name]),
                 key_vault=kv.vault,
-                custom_data=bootstrap.render_config_server(estate, cs.name, registration),
+                packages=packages,
+                custom_data=bootstrap.render_config_server(
+                    estate, cs.name, registration, packages_of("linux", "configuration-server")
+                ),
                 admin_user=options.admin_user,
                 ssh_public_key=options.ssh_public_key,
                 opts=child,
@@ -123,15 +137,19 @@ class DrEstate(pulumi.ComponentResource):
             retention = plan.retention_account_of(mts.name)
             if retention is not None:
                 used.append(retention.name)
+            address = next(addresses)
             server_mts = MasterTargetServer(
                 f"{name}-{naming.short_name(estate.estate, mts.name)}",
                 target=target,
                 mts=mts,
-                net=ServerNet(net.subnet_id, net.data_nsg.id, next(addresses)),
+                net=ServerNet(net.subnet_id, net.data_nsg.id, address),
                 accounts=tier.accounts,
                 account_names=used,
                 key_vault=kv.vault,
-                custom_data=bootstrap.render_master_target(estate, plan, mts, registration, data_path),
+                packages=packages,
+                custom_data=bootstrap.render_master_target(
+                    estate, plan, mts, registration, data_path, packages_of(mts.os, "master-target"), address
+                ),
                 admin_user=options.admin_user,
                 ssh_public_key=options.ssh_public_key,
                 admin_password=options.admin_password,

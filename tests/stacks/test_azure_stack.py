@@ -21,6 +21,7 @@ import pulumi
 import pulumi_azure_native.authorization as authorization
 import pulumi_azure_native.compute as compute
 import pulumi_azure_native.keyvault as keyvault
+import pulumi_azure_native.managedidentity as managedidentity
 import pulumi_azure_native.network as network
 import pulumi_azure_native.resources as resources
 import pulumi_azure_native.storage as storage
@@ -29,7 +30,7 @@ import pytest
 from ruamel.yaml import YAML
 from stack_examples import estate_and_plan
 
-from dr.azure import bootstrap, naming
+from dr.azure import bootstrap, naming, wheels
 from dr.azure.components import OPENED_PORTS, TEST_ISOLATION_RULE
 from dr.azure.contract import StackPlan
 from dr.azure.options import StackInvalid, check
@@ -55,6 +56,8 @@ SDK: dict[str, Any] = {  # type token -> SDK class, to ask the SDK itself which 
     "azure-native:compute:VirtualMachineExtension": compute.VirtualMachineExtension,
     "azure-native:trafficmanager:Profile": trafficmanager.Profile,
     "azure-native:authorization:RoleAssignment": authorization.RoleAssignment,
+    "azure-native:managedidentity:UserAssignedIdentity": managedidentity.UserAssignedIdentity,
+    "azure-native:storage:Blob": storage.Blob,
 }
 WIDE_OPEN = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
 
@@ -63,6 +66,13 @@ WIDE_OPEN = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
 def run(name: str, failover: str = "none", plan_name: str | None = None) -> Preview:
     estate, plan = estate_and_plan(name)
     return preview(estate, plan, failover, plan_name)  # type: ignore[arg-type]
+
+
+def vm_ip(result: Preview, vm_name: str) -> str:
+    """The static private address of a server VM (its NIC is `<vm>-nic`)."""
+    nic = next(n.inputs for n in result.of_type(":network:NetworkInterface")
+               if n.inputs["networkInterfaceName"] == f"{vm_name}-nic")
+    return str(nic["ipConfigurations"][0]["privateIPAddress"])
 
 
 def _vms(result: Preview, role: str) -> list[dict[str, Any]]:
@@ -89,8 +99,9 @@ def test_counts_and_sizes_equal_the_plan(example: tuple[str, Estate, StackPlan])
     )
     containers = sorted(c.inputs["containerName"] for c in result.of_type(":storage:BlobContainer"))
     assert containers == sorted(
-        naming.REPLICA_CONTAINER if a.purpose == "replica" else naming.RETENTION_CONTAINER
-        for a in plan.storage_accounts
+        [bootstrap.PACKAGES_CONTAINER]
+        + [naming.REPLICA_CONTAINER if a.purpose == "replica" else naming.RETENTION_CONTAINER
+           for a in plan.storage_accounts]
     )
     # every MTS gets exactly one retention disk, attached at LUN 0
     retention = [d for d in result.of_type(":compute:Disk") if d.inputs["tags"]["dr-role"] == "retention-disk"]
@@ -316,46 +327,74 @@ def test_cloud_init_parses_and_carries_the_registration_values() -> None:
             }
             script = files["/usr/local/lib/dr/bootstrap.py"]["content"]
             compile(script, "bootstrap.py", "exec")  # the first-boot script is valid Python
-            assert f"https://{cs_ip}:{bootstrap.CONTROL_PORT}/api/v1/register" in script
-            assert passphrase_uri in script and '"role": "master-target"' in script
-            for account in config["storage_accounts"]:  # every connection string the TOML names
-                assert (
-                    f'"{naming.storage_env(account)}=" + secret("https://{kv}.vault.azure.net/secrets/storage-{account}")'
-                    in script
-                )
+            boot = json.loads(files["/etc/dr/bootstrap.json"]["content"])
+            assert boot["register"] == {"server": f"https://{cs_ip}:{bootstrap.CONTROL_PORT}", "name": mts.name,
+                                        "role": "master-target", "out": "/etc/dr-agent/identity",
+                                        "addresses": [vm_ip(result, mts.name)]}
+            secrets = {s["key"]: s["uri"] for s in boot["secrets"]}
+            assert secrets.pop("DR_VAULT_KEY") == passphrase_uri
+            assert secrets == {naming.storage_env(a): f"https://{kv}.vault.azure.net/secrets/storage-{a}"
+                               for a in config["storage_accounts"]}  # every connection string the TOML names
+            assert boot["env_file"] == "/etc/dr-agent/env" and set(boot["env_keys"]) == set(secrets)
             service = files["/etc/systemd/system/dr-master-target.service"]["content"]
             assert service.rstrip("\n") == data_path[f"{mts.name}/dr-master-target.service"].rstrip("\n")
-            assert "EnvironmentFile=-/etc/dr-agent/env" in service and "/etc/dr-agent/env" in script
+            assert "EnvironmentFile=-/etc/dr-agent/env" in service
         else:
             config = json.loads(files["/etc/dr/config-server.json"]["content"])
             shipped = json.loads(gzip.decompress(base64.b64decode(files["/etc/dr/dr.yaml"]["content"])))
             assert files["/etc/dr/dr.yaml"]["encoding"] == "gz+b64"
             assert Estate.model_validate(shipped) == estate.model_copy(update={"include": []})
-            script = files["/usr/local/lib/dr/fetch-passphrase.py"]["content"]
-            compile(script, "fetch-passphrase.py", "exec")
-            assert passphrase_uri in script
+            boot = json.loads(files["/etc/dr/bootstrap.json"]["content"])
+            assert boot["secrets"] == [{"key": "DR_VAULT_KEY", "uri": passphrase_uri}]
+            assert boot["passphrase_file"] == "/etc/dr/registration.passphrase" and "register" not in boot
             service = files["/etc/systemd/system/dr-config-server.service"]["content"]
             assert f"dr config-server start /etc/dr/dr.yaml --listen 0.0.0.0:{bootstrap.CONTROL_PORT}" in service
         assert config["registration"]["passphrase_secret_uri"] == passphrase_uri
         assert config["role"] == role and config["name"] == vm["vmName"]
+        # the estate's own wheels from its private container, by hash, never from an index
+        assert doc["runcmd"] == [["python3", "/usr/local/lib/dr/bootstrap.py", "/etc/dr/bootstrap.json"]]
+        packages = boot["packages"]
+        assert packages["base_url"].startswith("https://") and "/packages/linux/" in packages["base_url"]
+        assert ".blob.core.windows.net/" in packages["base_url"]
+        pins = files["/etc/dr/requirements.txt"]["content"].splitlines()
+        assert len(pins) == len(packages["files"]) and all(" --hash=sha256:" in p for p in pins)
+        assert all(f.endswith(".whl") for f in packages["files"]) and "pip install" not in text
         assert "preview-placeholder" not in text  # secrets are fetched at boot, never shipped
 
 
-def test_windows_bootstrap_carries_the_registration_values() -> None:
+def test_windows_bootstrap_carries_the_registration_values(tmp_path: Path) -> None:
     estate, plan = estate_and_plan("sharepoint")
     mts = plan.master_targets[0]
-    reg = bootstrap.Registration("https://10.50.1.4:443", bootstrap.passphrase_secret_uri("kv1"), "0.1.0")
-    script = bootstrap.render_master_target(estate, plan, mts, reg, bootstrap.data_path_configs(estate))
+    reg = bootstrap.Registration("https://10.50.1.4:8443", bootstrap.passphrase_secret_uri("kv1"))
+    files = []
+    for name in ("dr_agent-0.1.0-py3-none-any.whl", "zstandard-0.25.0-cp311-cp311-win_amd64.whl"):
+        (tmp_path / name).write_bytes(name.encode())
+        files.append(wheels.Wheel(tmp_path / name, wheels.digest(tmp_path / name)))
+    house = wheels.Wheelhouse("windows", "master-target", tuple(files))
+    packages = bootstrap.packages_for([house], "acct1", "windows", "master-target", "0.1.0")
+    script = bootstrap.render_master_target(estate, plan, mts, reg, bootstrap.data_path_configs(estate), packages,
+                                            "10.50.1.5")
     assert mts.os == "windows"
     start = script.index("$config = @'\n") + len("$config = @'\n")
     config = json.loads(script[start : script.index("\n'@", start)])
-    assert config["configuration_server"] == "https://10.50.1.4:443"
+    assert config["configuration_server"] == "https://10.50.1.4:8443"
     assert (
         config["registration"]["passphrase_secret_uri"] == "https://kv1.vault.azure.net/secrets/registration-passphrase"
     )
-    assert "-Uri 'https://10.50.1.4:443/api/v1/register'" in script
+    assert ("register --server 'https://10.50.1.4:8443' --name 'contoso-sharepoint-mtsw01' "
+            "--role master-target") in script
+    assert "--passphrase-env DR_VAULT_KEY --address '10.50.1.5' --deadline" in script
     assert "master-target --config $agent\\master-target.toml" in script
     assert "/secrets/storage-" in script and "preview-placeholder" not in script
+    # only the published wheels, by hash, from the private container; no index, no name from one
+    start = script.index("$requirements = @'\n") + len("$requirements = @'\n")
+    pins = script[start : script.index("'@", start)].splitlines()
+    assert pins == [f"dr-agent==0.1.0 --hash=sha256:{files[0].sha256}",
+                    f"zstandard==0.25.0 --hash=sha256:{files[1].sha256}"]
+    assert "--no-index --find-links $packages --require-hashes" in script
+    assert "https://acct1.blob.core.windows.net/packages/windows/master-target/$file" in script
+    assert all(f"'{w.name}'" in script for w in files) and "pypi" not in script.lower()
+    assert script.count("Invoke-WithRetry") >= 4  # secrets, Python, each package: waited for, with a deadline
 
 
 def test_internet_connectivity_opens_to_process_server_public_addresses_only() -> None:

@@ -59,6 +59,7 @@ def test_validate_and_plan_never_import_pulumi() -> None:
         "authorization",
         "compute",
         "keyvault",
+        "managedidentity",
         "network",
         "resources",
         "storage",
