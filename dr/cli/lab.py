@@ -28,7 +28,7 @@ def _progress(message: str) -> None:
     click.echo(click.style("lab: ", fg="cyan") + message if use_colour() else f"lab: {message}", err=True)
 
 
-def _render(status: Any) -> None:
+def _render(status: Any, spec: Path) -> None:
     mark = {True: "running", False: "stopped"}
     click.echo(f"estate {status.estate}: {'up' if status.up else 'down'}, subnet {status.subnet}, {status.directory}")
     for c in status.components:
@@ -43,6 +43,8 @@ def _render(status: Any) -> None:
                    + ("" if d["mounted"] else " (not mounted)"))
     running = sum(c.running for c in status.components)
     click.echo(f"{running}/{len(status.components)} component(s) running")
+    if status.up:
+        click.echo(f"replication health, as the configuration server sees it: dr status {spec} --state {status.state}")
 
 
 @click.group("lab")
@@ -82,7 +84,7 @@ def up_cmd(spec: Path, root: Path | None, disk_size: str, no_push: bool, fmt: st
     if fmt == "json":
         echo_json(status.to_json())
     else:
-        _render(status)
+        _render(status, spec)
 
 
 @lab.command("status")
@@ -95,7 +97,7 @@ def status_cmd(spec: Path, root: Path | None, fmt: str) -> None:
     if fmt == "json":
         echo_json(status.to_json())
     else:
-        _render(status)
+        _render(status, spec)
 
 
 @lab.command("down")

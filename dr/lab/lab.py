@@ -66,6 +66,8 @@ class LabStatus:
     subnet: str
     components: tuple[Component, ...]
     disks: tuple[dict[str, Any], ...]
+    config_server: str = ""     # its URL (names resolve on the lab's nodes)
+    state: str = ""             # its store: `dr status --state STATE` shows the estate's health
 
     @property
     def all_running(self) -> bool:
@@ -78,7 +80,7 @@ class LabStatus:
             "components": [{"name": c.name, "kind": c.kind, "node": c.node, "address": c.address,
                             "running": c.running, "pids": list(c.pids), "detail": c.detail}
                            for c in self.components],
-            "disks": list(self.disks),
+            "disks": list(self.disks), "config_server": self.config_server, "state": self.state,
         }
 
 
@@ -237,7 +239,8 @@ class Lab:
                            "mounted": self._mounted(d)} for d in (st.disks if st else ()))
         return LabStatus(estate=self.topology.estate, directory=str(self.directory),
                          up=st is not None and "up" in st.steps and bool(live), subnet=self.topology.subnet,
-                         components=tuple(components), disks=disk_rows)
+                         components=tuple(components), disks=disk_rows, config_server=self.config_server_url,
+                         state=self.state_url)
 
     def kill(self, component: str, sig: int = signal.SIGKILL) -> list[int]:
         """Send `sig` (SIGKILL) to a component's service process, not to its supervisor: a machine name
