@@ -5,7 +5,8 @@
                     with a capped backoff until a deadline while the server is not there yet; write
                     the identity files and the API token (contract IDENTITY_FILES, TOKEN_FILE)
     ControlLoop     a service's thread: its `health()` every HEARTBEAT_INTERVAL_S and, for a master
-                    target, its recovery-point catalog (when it changed, and every CATALOG_REFRESH_S),
+                    target, its recovery-point catalog (looked at every CATALOG_POLL_S, sent when it
+                    changed and every CATALOG_REFRESH_S),
                     with backoff while the server is away, logging each transition once
 
 Standard library only (urllib, ssl): the agent package stays installable with few dependencies.
@@ -61,6 +62,9 @@ FIRST_BACKOFF_S = 1.0
 # How long `dr-agent register` keeps trying by default (seconds): a configuration server deployed
 # in the same run as its machines may come up many minutes after them.
 DEFAULT_REGISTER_DEADLINE_S = 30 * 60.0
+# A master target looks at its catalog this often and reports a change at once (seconds; our
+# choice: a local SQLite read of a few milliseconds, and a new point is at the server within it).
+CATALOG_POLL_S = 2.0
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{20,200}$")
 
 
@@ -233,6 +237,7 @@ class ControlLoop:
         self.catalogs = 0                        # catalog reports the server took
         self._sent_catalog: list[dict[str, Any]] | None = None
         self._sent_at = 0.0
+        self._beat_due = 0.0                     # monotonic time of the next heartbeat
         self._thread = threading.Thread(target=self._run, name=f"{name}-control", daemon=True)
 
     def start(self) -> ControlLoop:
@@ -253,11 +258,13 @@ class ControlLoop:
         _call(self.config.server, path, body, ctx=self._ctx, token=self._token)
 
     def report(self) -> None:
-        """One round: the heartbeat, then the catalog when it changed or is due. The token is read
-        each round: registering again (a push, a renewal) writes a new one and revokes the old."""
+        """One round: the heartbeat when due, then the catalog when it changed or is due. The token
+        is read each round: registering again (a push, a renewal) writes a new one and revokes the old."""
         self._token = read_token(self.config.identity_dir)
-        self._post(HEARTBEAT_PATHS[self.role], self._health().to_json())
-        self.beats += 1
+        if time.monotonic() >= self._beat_due:
+            self._post(HEARTBEAT_PATHS[self.role], self._health().to_json())
+            self.beats += 1
+            self._beat_due = time.monotonic() + self.config.interval_s
         if self._catalog is not None:
             body = self._catalog().to_json()
             # what changed is the streams and their points; an RPO only ages (the server ages it too)
@@ -271,6 +278,7 @@ class ControlLoop:
     def _run(self) -> None:
         failures = 0
         refused = ""
+        announced = False
         where = self.config.server
         while not self._stop.is_set():
             try:
@@ -278,12 +286,15 @@ class ControlLoop:
                 if failures:
                     log.warning("%s: the configuration server at %s answers again; heartbeats resumed",
                                 self.name, where)
-                elif self.beats == 1:
+                elif not announced:
+                    announced = True
                     log.info("%s: reporting to the configuration server at %s every %.0f s", self.name, where,
                              self.config.interval_s)
                 failures = 0
                 refused = ""
-                wait = self.config.interval_s
+                # a catalog is looked at often (a new point reaches the server in seconds); the
+                # heartbeat goes every interval
+                wait = min(self.config.interval_s, CATALOG_POLL_S) if self._catalog else self.config.interval_s
             except _Unreachable as err:
                 if not failures:
                     log.warning("%s: the configuration server is unreachable (%s); retrying with backoff up to "
