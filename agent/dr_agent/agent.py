@@ -315,14 +315,14 @@ class Agent:
         said = ""
         while not self._stop.is_set():
             try:
-                if d.state == "initial-sync":
-                    self._initial_sync(d)
-                elif d.state == "resync":
-                    self._resync(d)
-                elif self._fell_back(d):
+                if self._fell_back(d):  # first: a sync's sends would be refused meanwhile
                     if not self._heal(d):
                         self._stop.wait(TICK_S)
                         continue
+                elif d.state == "initial-sync":
+                    self._initial_sync(d)
+                elif d.state == "resync":
+                    self._resync(d)
                 elif d.tracker is not None and d.tracker.lost is not None:
                     self._set_state(d, "resync", f"tracking lost: {d.tracker.lost}")
                 else:
@@ -387,8 +387,12 @@ class Agent:
             d.tracker.bitmap.take()  # the copy reads every block: earlier marks are covered
         if resumed and (d.tracker is not None or d.unclean):
             # the part copied before the restart may have changed while no capture ran
-            resync(d.config.device, self._hashes(d), paced, end=resumed, exclusive=self._exclusive(d, paced.room),
-                   progress=d.sync.progress)
+            hashes = self._hashes(d)
+            try:
+                resync(d.config.device, hashes, paced, end=resumed, exclusive=self._exclusive(d, paced.room),
+                       progress=d.sync.progress)
+            finally:
+                hashes.close()
         result = initial_sync(d.config.device, paced, checkpoint=d.checkpoint, target=d.name,
                               checkpoint_every=self.config.sync_checkpoint_bytes,
                               exclusive=self._exclusive(d, paced.room), progress=d.sync.progress)
@@ -434,8 +438,11 @@ class Agent:
         """Leave bitmap mode once the process server takes changes again; True when healed."""
         with d.lock:
             reason = d.buffered.fallback or (d.down.fallback.reason if d.down.fallback else "") or "the sink failed"
-            if d.state != "bitmap":
+            if d.state == "protected":
                 self._set_state(d, "bitmap", f"{reason}; tracking changed blocks")
+            elif d.state != "bitmap":  # a sync under way continues from its checkpoint once healed
+                d.problem = f"{reason}; tracking changed blocks"
+            before = d.state
             fb = d.down.fallback
             if fb is not None and fb.resync:
                 d.buffered.fall_back(fb.reason)
@@ -445,10 +452,13 @@ class Agent:
 
                 c = self.config
                 d.state = "resync"
-                resync_after_fallback(d.down, d.config.device, servers=list(c.process_servers),
-                                      identity=c.identity, server_hostname=c.server_hostname,
-                                      exclusive=d.splitter.exclusive if d.splitter is not None
-                                      else contextlib.nullcontext)
+                try:
+                    resync_after_fallback(d.down, d.config.device, servers=list(c.process_servers),
+                                          identity=c.identity, server_hostname=c.server_hostname,
+                                          exclusive=d.splitter.exclusive if d.splitter is not None
+                                          else contextlib.nullcontext)
+                finally:
+                    d.state = before
             elif fb is not None:  # the process server's cache was full: ask it again, not too often
                 if time.monotonic() < d.retry_at:
                     return False
@@ -456,17 +466,19 @@ class Agent:
                 self._mark_dirty(d, d.down.resume(), fb.reason)
             self._mark_dirty(d, d.buffered.take_dirty(), reason)
             if not d.buffered.drained():
-                if d.state == "resync":
-                    d.state = "bitmap"
                 return False
             d.buffered.rearm()
             sent = 0
             if d.splitter is not None:
                 sent = d.splitter.resume_data_mode(room=d.buffered.paced(self._stop).room)
-            self._set_state(d, "protected", f"the process server takes changes again; {sent >> 20} MiB "
-                                            "of changed blocks resent" if d.splitter is not None else
-                                            "the process server takes changes again; the changed blocks go "
-                                            "with the next point")
+            why = (f"the process server takes changes again; {sent >> 20} MiB of changed blocks resent"
+                   if d.splitter is not None else
+                   "the process server takes changes again; the changed blocks go with the next point")
+            if d.state == "bitmap":
+                self._set_state(d, "protected", why)
+            else:
+                log.warning("disk %s: %s; the %s continues", d.name, why, d.state)
+                d.problem = ""
             return True
 
     def _mark_dirty(self, d: _Disk, ranges: list[tuple[int, int]], reason: str) -> None:
