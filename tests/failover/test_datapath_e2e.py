@@ -332,7 +332,7 @@ def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, 
         disk.sink.wait_applied(APPLY_TIMEOUT_S)
     _reported(site, {("sql01", d): {"p1"} for d in sql01})
 
-    plan = RecoveryPlan(name="db", groups=[PlanGroup(name="database", machines=["sql01"])])
+    plan = RecoveryPlan(name="db", groups=[PlanGroup(name="database", machines=["sql01"])], failback=True)
     server = ConfigServer(store=site.server.store, estate=site.server.estate.model_copy(
         update={"recovery_plans": [plan]}))
     # The on-premises side of the reverse direction: a process server and a master target.
