@@ -22,10 +22,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from dr.errors import EXIT_INVALID, DrError
@@ -33,17 +34,29 @@ from dr.failover import actions
 from dr.failover.points import Choice, Point, choose
 from dr.failover.provider import Environment, FailoverError, provisioning_report, recovery_group, recovery_network
 from dr.failover.steps import (
+    ActionDetail,
+    ChoosePointDetail,
+    CommitDetail,
+    DeleteGroupDetail,
+    DrainDetail,
+    FailoverMachineDetail,
     FailoverType,
     PlanNotRunnable,
+    PointRef,
+    ShutdownDetail,
+    StepKind,
+    TrafficManagerDetail,
     change_point_steps,
     cleanup_steps,
     commit_steps,
+    detail,
     failback_steps,
     failover_steps,
     find_plan,
     plan_machines,
+    step_kind,
 )
-from dr.model import Estate, RecoveryPlan
+from dr.model import Estate, Machine, RecoveryPlan
 from dr.server import alerts
 from dr.server.jobs import LEASE_RENEW_S, LEASE_TTL_S, JobRecord, Jobs, NewStep, SpecPin, StepRecord
 from dr.server.service import ConfigServer, Conflict
@@ -170,7 +183,7 @@ class Runner:
         return self._create(kind="cleanup", plan=plan, options={"source_job": job_id, "type": "test"},
                             steps=cleanup_steps(self.estate, plan))
 
-    def held_points(self, job: JobRecord) -> dict[str, dict[str, Any]]:
+    def held_points(self, job: JobRecord) -> dict[str, PointRef]:
         """The point each machine's recovery disks hold now: the newest materialization of the failover
         or of a later change of point. Refused while a change of point is unfinished (mixed points)."""
         changes = [c for c in self.jobs.children(job.id) if c.kind == "change-point"]
@@ -180,22 +193,22 @@ class Runner:
                     f"change-point job {change.id} of job {job.id} is {change.state}: the disks may hold mixed "
                     f"points; finish it (`dr failover --resume {change.id}`) before a commit"
                 )
-        held: dict[str, tuple[float, dict[str, Any]]] = {}
+        held: dict[str, tuple[float, PointRef]] = {}
         for record in (job, *changes):
             for step in record.steps:
-                if step.kind == "failover_machine" and step.state == "succeeded" and "point" in step.detail:
+                if step.kind != StepKind.FAILOVER_MACHINE or step.state != "succeeded":
+                    continue
+                point = detail(step, FailoverMachineDetail).point
+                if point is not None:
                     assert step.machine is not None
                     finished = step.finished or 0.0
                     if step.machine not in held or finished >= held[step.machine][0]:
-                        held[step.machine] = (finished, dict(step.detail["point"]))
+                        held[step.machine] = (finished, point)
         return {machine: point for machine, (_, point) in held.items()}
 
     def start_commit(self, job_id: str) -> str:
         job, plan = self._source_job(job_id, allowed=("planned-failover", "unplanned-failover"), verb="commit")
-        held = self.held_points(job)
-        steps = [NewStep(kind=s.kind, title=s.title, group=s.group, machine=s.machine,
-                         detail={**s.detail, **({"point": held[s.machine]} if s.machine in held else {})})
-                 for s in commit_steps(plan)]
+        steps = commit_steps(plan, self.held_points(job))
         return self._create(kind="commit", plan=plan, options={"source_job": job_id, "type": job.options["type"]},
                             steps=steps)
 
@@ -314,7 +327,7 @@ class Runner:
                 raise LeaseLost(f"this runner's lease on job {job_id} expired and another runner took the job "
                                 f"over before step {todo[index].idx}: `dr failover show {job_id}` says who")
             batch = [todo[index]]
-            if batch[0].kind in ("failover_machine", "failback_machine"):
+            if batch[0].kind in (StepKind.FAILOVER_MACHINE, StepKind.FAILBACK_MACHINE):
                 while (index + len(batch) < len(todo) and todo[index + len(batch)].kind == batch[0].kind
                        and todo[index + len(batch)].group == batch[0].group):
                     batch.append(todo[index + len(batch)])
@@ -378,71 +391,30 @@ class Runner:
 
     # ------------------------------------------------------------------ the steps
     def _execute(self, job_id: str, plan: RecoveryPlan, step: StepRecord) -> str:
-        job = self.jobs.get(job_id)
-        kind = step.kind
-        if kind == "shutdown":
-            return self._shutdown(job_id, step)
-        if kind == "drain":
-            return self._drain(job, step)
-        if kind == "choose_point":
-            return self._choose_point(job, plan, step)
-        if kind == "failover_machine":
-            return self._failover_machine(job, plan, step)
-        if kind in ("script", "runbook"):
-            return self._action(job, plan, step)
-        if kind == "manual":
-            return self._wait_for_confirmation(job_id, step, step.detail["action"]["manual"])
-        if kind == "traffic_manager":
-            detail = step.detail
-            return (f"Traffic Manager profile {detail['profile']}: endpoint {detail['from']} disabled, "
-                    f"{detail['to']} enabled (declared by the Pulumi stack; not applied here: no Pulumi CLI)")
-        if kind == "delete_group":
-            rg = step.detail["resource_group"]
-            removed = self.env.disks.delete_group(rg)
-            return f"resource group {rg}: {removed} disk(s) removed"
-        if kind == "commit":
-            assert step.machine is not None
-            # The point the disks hold (recorded when the commit was started); a job written before that
-            # was recorded commits the failover's own choice.
-            chosen = step.detail.get("point") or self._chosen(self.jobs.get(job.options["source_job"]))[step.machine]
-            machine = self.estate.machine(step.machine)
-            done = self.env.catalog.commit(machine, chosen["point_id"])
-            if self.env.replication is not None:
-                done += "; " + self.env.replication.commit(machine, chosen["point_id"])
-            return done
-        if kind in ("reprotect", "failback_machine"):
-            assert step.machine is not None
-            if self.env.replication is None:
-                raise FailoverError(
-                    f"{step.machine}: reverse replication needs the replication data path (dr_agent's master "
-                    "target on premises), which this runner is not connected to"
-                )
-            machine = self.estate.machine(step.machine)
-            source = self.jobs.get(job.options["source_job"])
-            group = recovery_group(self.estate, plan, source.options["type"])
-            if kind == "reprotect":
-                return self.env.replication.reprotect(machine, job=job_id, group=group)
-            return self.env.replication.failback(machine, job=job_id, group=group)
-        raise FailoverError(f"unknown step kind {kind!r}: this job was written by another version of dr")
+        """Run one step by its kind's handler (`HANDLERS`: one per kind, a test checks none is missing)."""
+        handler = HANDLERS[step_kind(step)]
+        return handler(self, self.jobs.get(job_id), plan, step)
 
-    def _shutdown(self, job_id: str, step: StepRecord) -> str:
+    def _shutdown(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
         assert step.machine is not None
+        how = detail(step, ShutdownDetail)
         machine = self.estate.machine(step.machine)
-        if not step.detail.get("automatic") or self.env.source is None:
-            return self._wait_for_confirmation(job_id, step, f"shut down {machine.name} and confirm")
+        if not how.automatic or self.env.source is None:
+            return self._wait_for_confirmation(job.id, step, f"shut down {machine.name} and confirm")
         try:
             return self.env.source.shutdown(machine)
         except Exception as err:
-            if step.detail.get("best_effort"):
+            if how.best_effort:
                 return f"shutdown of {machine.name} failed ({err}); continuing: unplanned failover"
             raise
 
-    def _drain(self, job: JobRecord, step: StepRecord) -> str:
+    def _drain(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
         assert step.machine is not None
-        shutdown = next((s for s in job.steps if s.kind == "shutdown" and s.machine == step.machine), None)
+        shutdown = next((s for s in job.steps if s.kind == StepKind.SHUTDOWN and s.machine == step.machine), None)
         since = shutdown.started if shutdown is not None and shutdown.started is not None else step.started or 0.0
         point = self.env.catalog.drain(self.estate.machine(step.machine), since=since, clock=self.server.clock)
-        self.jobs.update_detail(job.id, step.idx, {**step.detail, "point": _point_dict(step.machine, point)})
+        drained = replace(detail(step, DrainDetail), point=PointRef.of(step.machine, point))
+        self.jobs.update_detail(job.id, step.idx, drained.to_json())
         return f"{step.machine}: final point {point.point_id} ({point.kind}) applied"
 
     def _catalog(self, plan: RecoveryPlan) -> dict[str, dict[str, list[Point]]]:
@@ -452,29 +424,33 @@ class Runner:
         }
 
     def _choose_point(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
-        drained = {s.machine: s.detail["point"] for s in job.steps if s.kind == "drain" and "point" in s.detail}
+        drains = (detail(s, DrainDetail).point for s in job.steps if s.kind == StepKind.DRAIN)
+        drained = {p.machine: p for p in drains if p is not None}
+        this = detail(step, ChoosePointDetail)
         if drained:
             chosen = drained
         else:
-            picked = choose(self._catalog(plan), Choice.parse(step.detail["choice"]))
-            chosen = {m: _point_dict(m, Point(point_id=c.point_id, time=c.time, kind=c.kind,  # type: ignore[arg-type]
-                                                  group_id=c.group_id))
+            picked = choose(self._catalog(plan), Choice.parse(this.choice))
+            chosen = {m: PointRef(machine=m, point_id=c.point_id, time=c.time, kind=c.kind, group_id=c.group_id)
                       for m, c in picked.items()}
-        self.jobs.update_detail(job.id, step.idx, {**step.detail, "chosen": chosen})
-        return "\n".join(f"{m}: point {c['point_id']} ({c['kind']}"
-                         + (f", multi-VM {c['group_id']}" if c["group_id"] else "") + f", t={c['time']:.3f})"
+        self.jobs.update_detail(job.id, step.idx, replace(this, chosen=chosen).to_json())
+        return "\n".join(f"{m}: point {c.point_id} ({c.kind}"
+                         + (f", multi-VM {c.group_id}" if c.group_id else "") + f", t={c.time:.3f})"
                          for m, c in chosen.items())
 
-    def _chosen(self, job: JobRecord) -> dict[str, dict[str, Any]]:
+    def _chosen(self, job: JobRecord) -> dict[str, PointRef]:
         for s in reversed(job.steps):
-            if s.kind == "choose_point" and "chosen" in s.detail:
-                return dict(s.detail["chosen"])
+            if s.kind == StepKind.CHOOSE_POINT:
+                chosen = detail(s, ChoosePointDetail).chosen
+                if chosen is not None:
+                    return dict(chosen)
         raise FailoverError(f"job {job.id} has no chosen recovery point yet")
 
     def _failover_machine(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
         assert step.machine is not None
         machine = self.estate.machine(step.machine)
         point = self._chosen(job)[machine.name]
+        this = detail(step, FailoverMachineDetail)
         failover_type = job.options["type"]
         rg = recovery_group(self.estate, plan, failover_type)
         urls = []
@@ -483,13 +459,14 @@ class Runner:
         for disk in machine.disks:
             image = folder / f"{machine.name}-{disk.name}.vhd"  # a fixed VHD: what a managed disk imports
             try:
-                self.env.exporter.export(machine.name, disk.name, point["point_id"], image)
+                self.env.exporter.export(machine.name, disk.name, point.point_id, image)
                 urls.append(self.env.disks.put_disk(rg, f"{machine.name}/{disk.name}.vhd", image))
             finally:
                 image.unlink(missing_ok=True)
         report = provisioning_report(self.estate, plan, machine, failover_type, urls)
-        self.jobs.update_detail(job.id, step.idx, {**step.detail, "point": point, "disks": urls, "report": report})
-        return (f"{machine.name}: {len(urls)} disk(s) at point {point['point_id']} in {rg}; "
+        self.jobs.update_detail(job.id, step.idx,
+                                replace(this, point=point, disks=tuple(urls), report=report).to_json())
+        return (f"{machine.name}: {len(urls)} disk(s) at point {point.point_id} in {rg}; "
                 f"would provision {report['size']} VM on {report['network']}/{report['subnet']}")
 
     def context(self, job: JobRecord, plan: RecoveryPlan, group: str) -> dict[str, Any]:
@@ -497,16 +474,18 @@ class Runner:
         failover_type = job.options.get("type", "planned")
         source = self.jobs.get(job.options["source_job"]) if "source_job" in job.options else job
         machines: dict[str, Any] = {}
+        materialized = {s.machine: d for s in source.steps if s.kind == StepKind.FAILOVER_MACHINE
+                        and (d := detail(s, FailoverMachineDetail)).report is not None and d.point is not None}
         for name in plan_machines(plan):
             spec = self.estate.machine(name)
-            done = next((s for s in source.steps if s.kind == "failover_machine" and s.machine == name
-                         and "report" in s.detail), None)
+            done = materialized.get(name)
+            report = None if done is None else done.report
             machines[name] = {
                 "kind": spec.kind, "source": spec.address or name,
-                "recovery": None if done is None else {
-                    "vm": done.detail["report"]["vm"], "resource_group": done.detail["report"]["resource_group"],
-                    "network": done.detail["report"]["network"], "size": done.detail["report"]["size"],
-                    "disks": done.detail["disks"], "point": done.detail["point"],
+                "recovery": None if done is None or report is None or done.point is None else {
+                    "vm": report["vm"], "resource_group": report["resource_group"],
+                    "network": report["network"], "size": report["size"],
+                    "disks": list(done.disks), "point": done.point.to_json(),
                 },
             }
         return {
@@ -519,20 +498,68 @@ class Runner:
             else plan.traffic_manager.model_dump(mode="json", exclude_none=True),
         }
 
-    def _action(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
-        action = step.detail["action"]
-        base = self.spec_path.resolve().parent
-        timeout = _seconds(action.get("timeout", "600s"))
-        context = self.context(job, plan, step.group or "")
-        if step.kind == "script":
-            path = (base / action["script"]).resolve()
-            result = actions.run_script(path, context=context, timeout_s=timeout, workdir=self.env.workdir / job.id,
-                                        stdin_context=False)
-        else:
-            path = actions.find_runbook(base, action["runbook"])
-            result = actions.run_script(path, context=context, timeout_s=timeout, workdir=self.env.workdir / job.id,
-                                        stdin_context=True)
-        return result.output
+    def _script(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        action = detail(step, ActionDetail).action
+        assert action.script is not None  # `detail` checks the action is the step's kind
+        path = (self.spec_path.resolve().parent / action.script).resolve()
+        return actions.run_script(path, context=self.context(job, plan, step.group or ""),
+                                  timeout_s=action.timeout.total_seconds(), workdir=self.env.workdir / job.id,
+                                  stdin_context=False).output
+
+    def _runbook(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        action = detail(step, ActionDetail).action
+        assert action.runbook is not None
+        path = actions.find_runbook(self.spec_path.resolve().parent, action.runbook)
+        return actions.run_script(path, context=self.context(job, plan, step.group or ""),
+                                  timeout_s=action.timeout.total_seconds(), workdir=self.env.workdir / job.id,
+                                  stdin_context=True).output
+
+    def _manual(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        action = detail(step, ActionDetail).action
+        return self._wait_for_confirmation(job.id, step, action.manual or step.title)
+
+    def _traffic_manager(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        tm = detail(step, TrafficManagerDetail)
+        return (f"Traffic Manager profile {tm.profile}: endpoint {tm.from_endpoint} disabled, "
+                f"{tm.to_endpoint} enabled (declared by the Pulumi stack; not applied here: no Pulumi CLI)")
+
+    def _delete_group(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        rg = detail(step, DeleteGroupDetail).resource_group
+        removed = self.env.disks.delete_group(rg)
+        return f"resource group {rg}: {removed} disk(s) removed"
+
+    def _commit(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        assert step.machine is not None
+        # The point the disks hold (recorded when the commit was started); a job written before that was
+        # recorded commits the failover's own choice.
+        chosen = (detail(step, CommitDetail).point
+                  or self._chosen(self.jobs.get(job.options["source_job"]))[step.machine])
+        machine = self.estate.machine(step.machine)
+        done = self.env.catalog.commit(machine, chosen.point_id)
+        if self.env.replication is not None:
+            done += "; " + self.env.replication.commit(machine, chosen.point_id)
+        return done
+
+    def _reverse(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> tuple[Machine, str]:
+        """The machine and the recovery group of a reprotect or failback step (they need the data path)."""
+        assert step.machine is not None
+        if self.env.replication is None:
+            raise FailoverError(
+                f"{step.machine}: reverse replication needs the replication data path (dr_agent's master "
+                "target on premises), which this runner is not connected to"
+            )
+        source = self.jobs.get(job.options["source_job"])
+        return self.estate.machine(step.machine), recovery_group(self.estate, plan, source.options["type"])
+
+    def _reprotect(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        machine, group = self._reverse(job, plan, step)
+        assert self.env.replication is not None
+        return self.env.replication.reprotect(machine, job=job.id, group=group)
+
+    def _failback_machine(self, job: JobRecord, plan: RecoveryPlan, step: StepRecord) -> str:
+        machine, group = self._reverse(job, plan, step)
+        assert self.env.replication is not None
+        return self.env.replication.failback(machine, job=job.id, group=group)
 
     def _wait_for_confirmation(self, job_id: str, step: StepRecord, text: str) -> str:
         jobs = self.jobs
@@ -562,12 +589,20 @@ class Runner:
         return f"confirmed by {by}"
 
 
-def _seconds(text: str) -> float:
-    from dr.duration import parse_duration
 
-    return parse_duration(text).total_seconds()
-
-
-def _point_dict(machine: str, point: Point) -> dict[str, Any]:
-    return {"machine": machine, "point_id": point.point_id, "time": point.time, "kind": point.kind,
-            "group_id": point.group_id}
+# One handler per step kind (tests/failover/test_steps.py fails when a kind has none).
+Handler = Callable[[Runner, JobRecord, RecoveryPlan, StepRecord], str]
+HANDLERS: Mapping[StepKind, Handler] = MappingProxyType({
+    StepKind.SHUTDOWN: Runner._shutdown,
+    StepKind.DRAIN: Runner._drain,
+    StepKind.CHOOSE_POINT: Runner._choose_point,
+    StepKind.FAILOVER_MACHINE: Runner._failover_machine,
+    StepKind.SCRIPT: Runner._script,
+    StepKind.RUNBOOK: Runner._runbook,
+    StepKind.MANUAL: Runner._manual,
+    StepKind.TRAFFIC_MANAGER: Runner._traffic_manager,
+    StepKind.DELETE_GROUP: Runner._delete_group,
+    StepKind.COMMIT: Runner._commit,
+    StepKind.REPROTECT: Runner._reprotect,
+    StepKind.FAILBACK_MACHINE: Runner._failback_machine,
+})

@@ -192,7 +192,7 @@ def test_refailover_is_refused_commit_keeps_the_changed_point_and_failback_follo
     change = runner.start_change_point(failover, Choice.parse("latest-app"))
     assert runner.run(change).state == "succeeded"
     assert blob_bytes(azurite, rg, "sql01/data.vhd") == image_bytes("sql01", "data", "app-1")
-    assert runner.held_points(jobs.get(failover))["sql01"]["point_id"] == "app-1"
+    assert runner.held_points(jobs.get(failover))["sql01"].point_id == "app-1"
 
     with pytest.raises(PlanNotRunnable, match=r"plan db says failback: false.*set `failback: true`"):
         runner.start_failback(failover)
