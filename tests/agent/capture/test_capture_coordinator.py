@@ -106,8 +106,12 @@ def rendered_process_server(root: Path, local: str) -> tuple[str, str, tuple[str
     spec = root / "spec"
     shutil.copytree(REPO / "examples/linux-estate", spec)
     text = (spec / "dr.yaml").read_text()
-    every_second = "      multi_vm_consistency: true\n      crash_consistent_every: 1s\n"
-    (spec / "dr.yaml").write_text(text.replace("      multi_vm_consistency: true\n", every_second, 1))
+    start = text.index("  - name: web-tier\n")
+    end = text.index("  - name: ", start + 1)
+    group = re.sub(r"(?m)^      crash_consistent_every: .*\n", "", text[start:end])
+    group = group.replace("      multi_vm_consistency: true\n",
+                          "      multi_vm_consistency: true\n      crash_consistent_every: 1s\n", 1)
+    (spec / "dr.yaml").write_text(text[:start] + group + text[end:])
     res = CliRunner().invoke(cli, ["replica", "configs", str(spec / "dr.yaml"), "--out", str(root / "configs")])
     assert res.exit_code == 0, res.output
     rendered = (root / "configs/ps-dublin/process-server.toml").read_text()
