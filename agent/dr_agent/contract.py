@@ -591,6 +591,9 @@ class ProcessServerHealth(Message):
     groups: dict[str, bool]                 # multi-VM group coordinated here -> every member connected
     group_problems: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> why no point now
     last_group_points: dict[str, str] = dataclasses.field(default_factory=dict)  # group -> newest point id
+    # stream -> the first record this process server lost (dropped as corrupt, or cut off) until the agent
+    # resends it or resyncs the disk: no recovery point past it is consistent until then
+    resync_from: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 # -- control-plane bodies: the agent's health (`Agent.health()`, its heartbeat body) -------------

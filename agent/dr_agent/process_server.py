@@ -120,7 +120,8 @@ class ProcessServer:
             backlog_bytes={d: c.used_bytes() for d, c in self.disks.items()}, agents=self.disks.agents(),
             master_target_reachable=self.link.reachable,
             groups={g: coord.state(g).complete for g in coord.groups} if coord else {},
-            group_problems=coord.problems() if coord else {}, last_group_points=coord.last_points() if coord else {})
+            group_problems=coord.problems() if coord else {}, last_group_points=coord.last_points() if coord else {},
+            resync_from={d: c.resync_from for d, c in self.disks.items() if c.resync_from is not None})
 
     def _probe_master_target(self) -> None:
         try:

@@ -70,6 +70,31 @@ def workload(shadow: Shadow, sink: Any, rng: random.Random, *, ops: int, bookmar
                             else "crash")
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus exposition (what a scraper reads), or None when it is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def welcome_durable(port: int, identity: Any, disk: str, size: int) -> int:
+    """Where a (re)starting agent's stream continues: the durable sequence a process server's WELCOME names."""
+    from dr_agent.pki import client_context
+    from dr_agent.records import FrameType
+    from dr_agent.transport import dial
+
+    conn = dial("127.0.0.1", port, client_context(identity))
+    try:
+        conn.send_json(FrameType.HELLO, {"disk": disk, "size": size})
+        return int(conn.recv_json(FrameType.WELCOME)["durable"])
+    finally:
+        conn.close()
+
+
 @dataclass
 class Pipeline:
     root: Path

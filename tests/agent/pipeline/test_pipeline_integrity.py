@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,15 @@ from dr_agent.records import (
 )
 from dr_agent.transport import dial
 from pipeline_harness import MIB, Shadow, TcpProxy
+
+from tests.conftest import wait_for
+
+# Deadline for the process server to find and report a bad record (seconds).
+REPORT_TIMEOUT_S = 30
+
+
+def _dropped(p: Any) -> list[int]:
+    return [a["from_seq"] for a in p.ps.alerts.read() if a["code"] == "dropped"]
 
 
 def test_record_round_trip_and_every_flipped_byte_is_caught() -> None:
@@ -149,9 +157,7 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resend
     corrupt_seq = sink.seq - 1  # the last write; the flush after it is the last record
     _corrupt_last_write(tmp_path / "ps/c01-disk0")
     proxy.restore()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not [a for a in p.ps.alerts.read() if a["code"] == "dropped"]:
-        time.sleep(0.02)
+    wait_for(lambda: _dropped(p), REPORT_TIMEOUT_S, "the process server to drop the corrupt record")
     alerts = p.ps.alerts.read()
     corrupt = [a for a in alerts if a["code"] == "corrupt"]
     assert corrupt and "checksum" in corrupt[0]["message"] and f"seq {corrupt_seq}" in corrupt[0]["message"]
@@ -159,7 +165,7 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resend
     # The agent still holds the records (the master target never applied them): it resends them.
     sink.wait_applied(30)
     assert (tmp_path / "mt/disks/c01-disk0.img").read_bytes() == bytes(shadow.data)
-    assert p.ps.disks.cache("c01-disk0").resync_from is None
+    assert "c01-disk0" not in p.ps.health().resync_from  # the resend healed the gap
     assert any(a["code"] == "resent" for a in p.ps.alerts.read())
     assert sink.fallback is None
     proxy.close()
@@ -194,10 +200,10 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
     dropped_seq = sink.seq - 1
     _corrupt_last_write(tmp_path / "ps/c02-disk0")
     proxy.restore()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not [a for a in p.ps.alerts.read() if a["code"] == "dropped"]:
-        time.sleep(0.02)
-    assert [a["from_seq"] for a in p.ps.alerts.read() if a["code"] == "dropped"] == [dropped_seq]
+    assert wait_for(lambda: _dropped(p), REPORT_TIMEOUT_S, "the process server to drop the corrupt record") == [
+        dropped_seq]
+    # No agent holds the record: the operator sees the gap until a resync heals it.
+    assert p.ps.health().resync_from == {"c02-disk0": dropped_seq}
 
     again = p.sink("c02-disk0", size)
     with pytest.raises(AgentError):  # the WELCOME says resync: the sink refuses changes until then
@@ -208,7 +214,7 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
     again.wait_applied(30)
     assert result.blocks_differing == 16 and result.bytes_sent == 65536  # only the lost write's blocks
     assert (tmp_path / "mt/disks/c02-disk0.img").read_bytes() == disk.read_bytes()
-    assert p.ps.disks.cache("c02-disk0").resync_from is None
+    assert "c02-disk0" not in p.ps.health().resync_from
     assert any(a["code"] == "resynced" for a in p.ps.alerts.read())
     again.close()
     proxy.close()
@@ -226,5 +232,5 @@ def test_flipped_byte_in_a_frame_is_refused_and_reported(make_pipeline: Any, pki
     with pytest.raises(AgentError, match="checksum"):
         conn.recv_json(FrameType.ACK)
     conn.close()
-    assert p.ps.disks.cache("f01-disk0").last_seq == 0
+    assert p.ps.health().backlog_bytes.get("f01-disk0", 0) == 0  # nothing of the bad frame was cached
     assert any(a["code"] == "corrupt" for a in p.ps.alerts.read())

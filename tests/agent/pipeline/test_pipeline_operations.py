@@ -17,7 +17,7 @@ from dr_agent.process_server import ProcessServer, ProcessServerConfig, Throttle
 from dr_agent.retention import RetentionPolicy, prune
 from dr_agent.sink import ProcessServerSink
 from dr_agent.target import FileTarget
-from pipeline_harness import MIB, Shadow, service_pair, workload
+from pipeline_harness import MIB, Shadow, service_pair, welcome_durable, workload
 
 from dr.cli import cli
 
@@ -39,8 +39,10 @@ def test_agent_moves_to_another_process_server(make_pipeline: Any, pki: Any, tmp
         sink.flush()
         sink.wait_applied(60)
         assert (tmp_path / "mt/disks/mv01-disk0.img").read_bytes() == bytes(shadow.data)
-        assert ps2.disks.cache("mv01-disk0").last_seq == sink.seq
+        assert ps2.health().agents.keys() == {"mv01-disk0"}
         sink.close()
+        # The second process server holds the whole stream: a restarted agent continues after its last record.
+        assert welcome_durable(ps2.port, pki.agent, "mv01-disk0", size) == sink.seq
     finally:
         ps2.close()
 

@@ -10,11 +10,20 @@ from typing import Any
 
 import pytest
 from dr_agent.errors import CacheFull
-from pipeline_harness import MIB, Shadow, TcpProxy
+from pipeline_harness import MIB, Shadow, TcpProxy, metric
+
+from tests.conftest import wait_for
 
 # Steady churn during the outage: 256 KiB of incompressible data every 0.1 s (2.5 MiB/s).
 CHUNK = 256 * 1024
 PERIOD_S = 0.1
+# Deadline for an alert (the process server checks its fill twice a second) or a drained cache (seconds).
+ALERT_TIMEOUT_S = 30
+DRAIN_TIMEOUT_S = 120
+
+
+def _codes(p: Any) -> set[str]:
+    return {a["code"] for a in p.ps.alerts.read()}
 
 
 def _outage(make_pipeline: Any, tmp_path: Path, outage_s: float) -> None:
@@ -46,10 +55,12 @@ def _outage(make_pipeline: Any, tmp_path: Path, outage_s: float) -> None:
         time.sleep(max(0.0, start + (n + 1) * PERIOD_S - time.monotonic()))
     sink.flush()
     shadow.bookmark(sink, "after-outage", "app")
-    time.sleep(1.5)  # the process server checks its fill twice a second
+    wait_for(lambda: {"cache-warning", "cache-critical"} <= _codes(p), ALERT_TIMEOUT_S,
+             "the cache-warning and cache-critical alerts")
     assert sink.fallback is None
-    codes = {a["code"] for a in p.ps.alerts.read()}
-    assert {"cache-warning", "cache-critical"} <= codes, codes
+    health = p.ps.health()
+    assert health.cache_level == "critical", health
+    assert health.backlog_bytes["file01-disk0"] > 0
     assert p.mt.catalog.points("file01-disk0") == []  # nothing reached the master target meanwhile
     assert sink.applied < sink.durable
 
@@ -57,10 +68,8 @@ def _outage(make_pipeline: Any, tmp_path: Path, outage_s: float) -> None:
     sink.wait_applied(120)
     replica = (tmp_path / "mt/disks/file01-disk0.img").read_bytes()
     assert replica == bytes(shadow.data)
-    deadline = time.monotonic() + 10
-    while "cache-ok" not in {a["code"] for a in p.ps.alerts.read()} and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "cache-ok" in {a["code"] for a in p.ps.alerts.read()}
+    wait_for(lambda: "cache-ok" in _codes(p), ALERT_TIMEOUT_S, "the cache-ok alert")
+    assert p.ps.health().cache_level == "ok"
     proxy.close()
 
 
@@ -95,18 +104,17 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
         except CacheFull:
             refused += 1  # the splitter would now switch to its bitmap mode
     assert sink.fallback is not None and fallbacks and refused >= 20
-    cached = p.ps.disks.cache("full01-disk0").last_seq
-    assert sink.fallback.from_seq == cached + 1
+    cached = sink.durable  # the last record the process server acknowledged as durable in its cache
+    assert sink.fallback.from_seq == cached + 1  # the fallback begins right after it: no record in between
     # every write the cache did not take is a dirty range: none silently dropped
     assert sum(n for _, n in sink.dirty) >= (40 * CHUNK) - cached * CHUNK
-    assert "cache-full" in {a["code"] for a in p.ps.alerts.read()}
+    assert "cache-full" in _codes(p)
     with pytest.raises(CacheFull):
         sink.bookmark("no-point-in-a-gap", "crash")
 
     proxy[0].restore()  # the master target drains the cache, then the agent resends the dirty ranges
-    deadline = time.monotonic() + 60
-    while p.ps.disks.cache("full01-disk0").acked_seq < cached and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: (metric(p.mt.metrics.text(), "dr_master_target_applied_seq", disk="full01-disk0") or 0) >= cached,
+             DRAIN_TIMEOUT_S, f"the master target to apply the cached records up to seq {cached}")
     for off, n in sink.resume():  # paced as a resync is: each step applied before the next
         sink.write(off, bytes(shadow.data[off:off + n]))
         sink.flush()
