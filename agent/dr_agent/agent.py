@@ -333,8 +333,8 @@ class Agent:
                 if self._stop.is_set():
                     return
                 if str(err) != said:
-                    log.warning("disk %s: %s; retrying", d.name, err)
                     said = str(err)
+                    log.warning("%s; retrying", said if said.startswith(f"disk {d.name}") else f"disk {d.name}: {said}")
                 d.problem = str(err)
                 self._stop.wait(backoff.delay())
             except Exception:  # a defect: say so, keep protecting the other disks, retry later

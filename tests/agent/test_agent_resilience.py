@@ -258,3 +258,36 @@ def test_an_agent_starts_and_serves_its_disk_while_the_process_server_is_away(es
     wait_for(lambda: "-> protected" in estate.agent_log("new01"), 90, "protection once it is back", agent=agent)
     _converges(estate, tmp_path, "new01.sdb", disk.mnt, agent, "late")
     disk.umount()
+
+
+def test_an_outage_during_the_initial_sync_heals_and_the_sync_continues(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sdb", 96 * MIB)
+    disk.mount()
+    with open(disk.mnt / "big.bin", "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MIB))
+    disk.umount()
+    run("losetup", "-d", disk.dev)
+    config = estate.agent_config(
+        "sync01", [f'name = "sync01.sdb"\nmode = "splitter"\ndevice = "{disk.image}"\n'
+                   f'mountpoint = "{tmp_path / "fuse"}"'],
+        crash_consistent_every_s=1, buffer_mb=4, sync_checkpoint_mb=8, io_timeout_s=2.0, connect_timeout_s=1.0,
+        reconnect_initial_s=0.2, reconnect_max_s=2.0)
+    agent = estate.start_agent(config)
+    link = tmp_path / "fuse.dev"
+    wait_for(link.exists, 30, "the agent's device", agent=agent)
+    disk.dev = str(link.resolve())
+    disk.mount(str(link))
+    assert estate.ps.proc is not None
+    estate.ps.proc.send_signal(signal.SIGSTOP)
+    try:
+        populate(disk.mnt / "during", seed=9, count=24)  # more than the buffer holds
+        wait_for(lambda: "process server is unreachable" in estate.agent_log("sync01"), 60, "the outage report",
+                 agent=agent)
+        assert "initial-sync -> protected" not in estate.agent_log("sync01")
+    finally:
+        estate.ps.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "initial-sync -> protected" in estate.agent_log("sync01"), 120, "the sync to finish",
+             agent=agent)
+    _converges(estate, tmp_path, "sync01.sdb", disk.mnt, agent, "synced")
+    disk.umount()
