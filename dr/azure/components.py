@@ -10,7 +10,8 @@
     └── dr:azure:RecoverySite       one per recovery plan: its failover resource group, and
         ├── dr:azure:TrafficManager     priority routing: on-premises 1, Azure 2
         ├── dr:azure:IsolatedNetwork    (test failover) a VNet with the same address space, no route out
-        └── dr:azure:RecoveryVm         (failover requested) managed disks imported from replica VHDs, NICs, VM
+        └── dr:azure:RecoveryVm         (failover requested) managed disks imported from the chosen recovery
+                                        point (materialised by `dr failover`), NICs, VM
 
 No Recovery Services vault: dr does not use Azure Site Recovery (its own data path replicates into
 the estate's storage accounts, and its configuration server is the registration root), so a vault
@@ -812,8 +813,10 @@ def _static_ip(machine: Machine, subnet_prefix: str) -> str | None:
 
 
 class RecoveryVm(pulumi.ComponentResource):
-    """A failed-over machine: managed disks imported from its replica VHD blobs (first disk = OS
-    disk), one NIC per source NIC in the recovery (or isolated) subnet, a VM of the plan's size."""
+    """A failed-over machine: managed disks imported from the VHD blobs `dr failover` materialised at
+    the chosen recovery point (first disk = OS disk; never the live replica, which replication is
+    still writing), one NIC per source NIC in the recovery (or isolated) subnet, a VM of the plan's
+    size."""
 
     def __init__(
         self,
@@ -832,7 +835,7 @@ class RecoveryVm(pulumi.ComponentResource):
         super().__init__("dr:azure:RecoveryVm", name, None, opts)
         windows = "windows" in machine.os.lower()
         disks: list[compute.Disk] = []
-        for index, (disk, (account_name, account_id)) in enumerate(zip(machine.disks, disk_sources, strict=True)):
+        for index, (disk, (source_uri, account_id)) in enumerate(zip(machine.disks, disk_sources, strict=True)):
             disks.append(
                 compute.Disk(
                     f"{name}-{disk.name}",
@@ -846,7 +849,7 @@ class RecoveryVm(pulumi.ComponentResource):
                     hyper_v_generation=("V2" if machine.firmware == "uefi" else "V1") if index == 0 else None,
                     creation_data=compute.CreationDataArgs(
                         create_option="Import",
-                        source_uri=naming.replica_blob_url(account_name, machine.name, disk.name),
+                        source_uri=source_uri,
                         storage_account_id=account_id,
                     ),
                     tags=dict(tags),

@@ -102,7 +102,28 @@ def storage_env(account: str) -> str:
 
 
 def replica_blob_url(account: str, machine: str, disk: str) -> str:
+    """The live replica the master target is still writing: never what a failover imports."""
     return f"https://{account}.blob.core.windows.net/{REPLICA_CONTAINER}/{replica_blob(machine, disk)}"
+
+
+# Where a failover's recovery disks are: `dr failover` materialises each disk at the chosen recovery
+# point into the page blob `<machine>/<disk>.vhd` of a container named after the plan's recovery
+# resource group, in the account whose connection string it is given (`--storage`); the stack's
+# recovery VMs import exactly those blobs (the estate's recovery-disk account, output
+# `recovered_disks`), never the live replica.
+def recovered_disk_container(resource_group: str) -> str:
+    """An Azure container name for a resource group: 3-63 lower-case letters, digits and single dashes."""
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", resource_group.lower())).strip("-")[:63].rstrip("-")
+    return name.ljust(3, "0")
+
+
+def recovered_disk_blob(machine: str, disk: str) -> str:
+    return f"{machine}/{disk}.vhd"
+
+
+def recovered_disk_url(account: str, resource_group: str, machine: str, disk: str) -> str:
+    return (f"https://{account}.blob.core.windows.net/{recovered_disk_container(resource_group)}/"
+            f"{recovered_disk_blob(machine, disk)}")
 
 
 def short_name(estate: str, name: str) -> str:

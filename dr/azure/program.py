@@ -165,18 +165,16 @@ class DrEstate(pulumi.ComponentResource):
             kind = options.failover if rp.name == requested else "none"
             disk_sources: dict[str, list[tuple[str, pulumi.Input[str]]]] = {}
             if kind != "none":
+                # The chosen recovery point, as `dr failover` materialised it (never the live replica).
+                group_name = (naming.test_failover_resource_group if kind == "test" else
+                              naming.failover_resource_group)(azure.resource_group, rp.name)
+                recovered = tier.accounts[store_account.name].id
                 for group in rp.groups:
                     for m in group.machines:
-                        sources: list[tuple[str, pulumi.Input[str]]] = []
-                        for disk in estate.machine(m).disks:
-                            account = plan.account_of_disk(m, disk.name)
-                            sources.append(
-                                (
-                                    naming.storage_account_name(estate.estate, account.name),
-                                    tier.accounts[account.name].id,
-                                )
-                            )
-                        disk_sources[m] = sources
+                        disk_sources[m] = [
+                            (naming.recovered_disk_url(store_name, group_name, m, disk.name), recovered)
+                            for disk in estate.machine(m).disks
+                        ]
             site = RecoverySite(
                 f"{name}-{rp.name}",
                 target=target,
@@ -197,6 +195,12 @@ class DrEstate(pulumi.ComponentResource):
             "master_targets": master_targets,
             "recovery_plans": sites,
             "replica_layout": f"{naming.REPLICA_CONTAINER}/<machine>-<disk>.vhd",
+            # where `dr failover` must put the recovery disks (its --storage: this account's connection string)
+            "recovered_disks": {
+                "account": store_name,
+                "container": "<the recovery resource group's name>",
+                "blob": naming.recovered_disk_blob("<machine>", "<disk>"),
+            },
         }
         self.register_outputs(self.outputs)
 

@@ -17,7 +17,6 @@ where the Pulumi CLI is absent the runner materializes the disks and reports the
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -131,9 +130,10 @@ class StoreCatalog:
 
 
 def container_name(group: str) -> str:
-    """An Azure container name for a resource group: 3-63 lower-case letters, digits and single dashes."""
-    name = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", group.lower())).strip("-")[:63].rstrip("-")
-    return name.ljust(3, "0")
+    """An Azure container name for a resource group (the stack's recovery VMs import from it)."""
+    from dr.azure.naming import recovered_disk_container
+
+    return recovered_disk_container(group)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,6 +36,7 @@ from dr.azure.contract import StackPlan
 from dr.azure.options import StackInvalid, check
 from dr.cli.replica import render_configs
 from dr.errors import DrError
+from dr.failover.provider import container_name
 from dr.model import Estate
 from dr.plan import make_plan
 from dr.preview import Preview, preview, preview_options, render_markdown, render_text, resource_delta
@@ -199,14 +200,19 @@ def test_recovery_vms_only_for_the_requested_plan(example: tuple[str, Estate, St
     imported = [
         d.inputs for d in result.of_type(":compute:Disk") if d.inputs["creationData"]["createOption"] == "Import"
     ]
+    # The chosen point as `dr failover` materialised it (the runner's BlobDiskStore: a container named
+    # after the recovery resource group, `<machine>/<disk>.vhd`), never the live replica.
+    group_name = (naming.test_failover_resource_group if failover == "test" else naming.failover_resource_group)(
+        estate.azure.resource_group, rp.name)
+    account = next(a.name for a in plan.storage_accounts if a.purpose == "retention")
     expected = sorted(
-        naming.replica_blob_url(
-            naming.storage_account_name(estate.estate, plan.account_of_disk(m, d.name).name), m, d.name
-        )
+        f"https://{naming.storage_account_name(estate.estate, account)}.blob.core.windows.net/"
+        f"{container_name(group_name)}/{m}/{d.name}.vhd"
         for m in wanted
         for d in estate.machine(m).disks
     )
     assert sorted(d["creationData"]["sourceUri"] for d in imported) == expected
+    assert not [d for d in imported if f"/{naming.REPLICA_CONTAINER}/" in d["creationData"]["sourceUri"]]
     assert all(
         d["creationData"]["storageAccountId"].endswith(d["creationData"]["sourceUri"].split(".")[0][8:])
         for d in imported
