@@ -86,9 +86,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def dr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def dr(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dr", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**ENV, "DR_VAULT_PASSPHRASE": PASSPHRASE})
+                          timeout=timeout, env={**ENV, "DR_VAULT_PASSPHRASE": PASSPHRASE, **(env or {})})
 
 
 class ConfigServerProcess:

@@ -102,7 +102,7 @@ def test_a_wrong_passphrase_is_refused_without_retrying(tmp_path: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.slow
-def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path) -> None:
+def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path, azurite: str) -> None:
     from agent_harness import Disk, need_root, populate
     from pipeline_harness import Service
 
@@ -162,6 +162,13 @@ def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path) -
             points = api.get("/api/v1/machines/sql_01/recovery-points", params={"disk": "log"}).json()
             assert points and all(p["snapshot"] for p in points)
 
+        # A test failover as a user runs it: no --catalog, the points and where their bytes are come
+        # from the configuration server; a machine with an underscore and two disks, one point.
+        _test_failover(spec, tmp_path, azurite, {d.image.stem: d for d in disks})
+
+        with server.operator() as api:
+            view = api.get("/api/v1/status").json()
+
             # The server goes away and comes back: the services tell it again, each saying so once.
             server.stop()
             before = view["time"]
@@ -197,3 +204,42 @@ def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path) -
         for disk in disks:
             disk.detach()
         server.stop()
+
+
+def _test_failover(spec: Path, tmp_path: Path, azurite: str, sources: dict[str, Any]) -> None:
+    """`dr failover all --type test --point latest`; every disk of sql_01 lands in Azure at the same
+    point, its file system clean and holding the files the source had before its agent came."""
+    import json
+
+    from agent_harness import run, tree_hashes
+    from azure.storage.blob import BlobServiceClient
+    from control_harness import dr
+    from dr_agent.vhd import FOOTER_SIZE
+
+    done = dr("failover", "all", "--type", "test", "--point", "latest", "--spec", str(spec), "--state",
+              str(tmp_path / "state.db"), "--storage", azurite, "--format", "json",
+              env={"DR_WORKDIR": str(tmp_path / "work")}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    chosen = next(s for s in job["steps"] if s["kind"] == "choose_point")["detail"]["chosen"]
+    assert list(chosen) == ["sql_01"]
+    service = BlobServiceClient.from_connection_string(azurite)
+    blobs = {b.name: c.name for c in service.list_containers()
+             for b in service.get_container_client(c.name).list_blobs() if b.name.startswith("sql_01/")}
+    assert sorted(blobs) == ["sql_01/data_1.vhd", "sql_01/log.vhd"], blobs
+    for name, container in blobs.items():
+        disk = name.split("/")[1].removesuffix(".vhd")
+        data = service.get_blob_client(container, name).download_blob().readall()
+        image = tmp_path / f"failed-over-{disk}.img"
+        image.write_bytes(data[:-FOOTER_SIZE])
+        run("e2fsck", "-fn", str(image))
+        mnt = tmp_path / f"failed-over-{disk}"
+        mnt.mkdir()
+        run("mount", "-o", "ro,noload,loop", str(image), str(mnt))
+        try:
+            assert tree_hashes(mnt / "before") == tree_hashes(sources[disk].mnt / "before"), disk
+        finally:
+            run("umount", str(mnt))
+    cleanup = dr("failover", "cleanup", job["id"], "--spec", str(spec), "--state", str(tmp_path / "state.db"),
+                 "--storage", azurite, env={"DR_WORKDIR": str(tmp_path / "work")}, timeout=300)
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
