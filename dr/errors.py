@@ -31,6 +31,7 @@ command catches them; their own tree is in agent/dr_agent/errors.py.
     ├── Forbidden                    exit 2  dr.server.service: the caller's role may not do this
     ├── NotFound                     exit 2  dr.server.service: the API's "no such machine/job/step"
     ├── Conflict                     exit 2  dr.server.service: the request conflicts with the state
+    ├── CertificateRefused           exit 2  dr.server.certs: the vault CA does not sign this request (bad CSR)
     └── LabError                     exit 2  dr.lab.errors: the lab cannot be set up or torn down (not root,
                                              a missing tool and its Debian package, a failed step)
 
