@@ -2,8 +2,9 @@
 
     Catalog        the recovery points of each disk (the configuration server's catalog, which the
                    master targets report)
-    Exporter       a disk's bytes at a recovery point, into a local file (the data path's export:
-                   `dr.failover.datapath.AgentExporter`)
+    Exporter       a disk's bytes at a recovery point, into a local file (the data path's export
+                   from where the configuration server's catalog says the point is:
+                   `dr.failover.datapath.ReplicaExporter`)
     DiskStore      where recovered disks go in Azure: page blobs, one container per failed-over
                    plan's resource group (Azurite in tests)
     SourceControl  shuts a source machine down (vSphere power-off, SSH for a physical server); when
