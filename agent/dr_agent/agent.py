@@ -110,6 +110,7 @@ class AgentConfig:
     post_scripts: tuple[str, ...] = ()     # app points: run after the thaw, always
     script_timeout_s: float = SCRIPT_TIMEOUT
     buffer_bytes: int = BUFFER_BYTES
+    spill_bytes: int = 0                   # then this much in a local file (state_dir/<disk>.spill); 0: none
     backoff_initial_s: float = BACKOFF_INITIAL_S
     backoff_max_s: float = BACKOFF_MAX_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
@@ -239,7 +240,8 @@ class Agent:
                                  server_hostname=c.server_hostname, patience_s=float("inf"),
                                  backoff=Backoff(c.backoff_initial_s, c.backoff_max_s),
                                  connect_timeout_s=c.connect_timeout_s, io_timeout_s=c.io_timeout_s)
-        buffered = BufferedSink(down, capacity_bytes=c.buffer_bytes)
+        buffered = BufferedSink(down, capacity_bytes=c.buffer_bytes, spill=c.state_dir / f"{dc.name}.spill",
+                                spill_bytes=c.spill_bytes)
         marker = c.state_dir / f"{dc.name}.running"
         d = _Disk(dc, down, buffered, size, marker, c.state_dir / f"{dc.name}.sync.json", marker.exists())
         try:

@@ -223,7 +223,7 @@ def agent_config(path: Path) -> Any:
 
     [agent] name, identity, state_dir, process_servers, process_server_hostname,
     crash_consistent_every_s, app_consistent_every_s, multi_vm_group, coordinator, pre_scripts,
-    post_scripts, buffer_mb, reconnect_initial_s, reconnect_max_s, connect_timeout_s, io_timeout_s,
+    post_scripts, buffer_mb, spill_mb, reconnect_initial_s, reconnect_max_s, connect_timeout_s, io_timeout_s,
     stop_patience_s, sync_checkpoint_mb; [[agent.disks]] name, mode ("tracking" | "splitter"),
     device (or backing), mount_points, mountpoint (splitter: where its FUSE file appears).
     """
@@ -257,6 +257,8 @@ def agent_config(path: Path) -> Any:
             tuning[field] = float(c[key])
     if "buffer_mb" in c:
         tuning["buffer_bytes"] = int(float(c["buffer_mb"]) * 1024 * 1024)
+    if "spill_mb" in c:
+        tuning["spill_bytes"] = int(float(c["spill_mb"]) * 1024 * 1024)
     if "sync_checkpoint_mb" in c:
         tuning["sync_checkpoint_bytes"] = int(float(c["sync_checkpoint_mb"]) * 1024 * 1024)
     try:

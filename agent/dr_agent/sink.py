@@ -14,11 +14,14 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from dr_agent.changes import BookmarkKind
 from dr_agent.errors import AgentError, CacheFull, TransportError
@@ -479,6 +482,57 @@ class ProcessServerSink:
 BUFFER_BYTES = 64 * 1024 * 1024
 
 _Item = tuple[str, int, int, bytes, str, str, str | None]  # kind, offset, length, data, id, point kind, group
+_KIND_CODES = {"write": 1, "discard": 2, "barrier": 3, "sync": 4, "bookmark": 5}
+_CODE_KINDS = {v: k for k, v in _KIND_CODES.items()}
+
+
+class _Spill:
+    """A FIFO of buffered changes in a local file, used once the memory buffer is full (`spill_mb`).
+
+    Not durable and never read after a restart: an agent that stops with changes here did not stop
+    cleanly, and its next start compares the disk with the replica anyway. Emptied, the file is
+    truncated, so it takes space only during an outage."""
+
+    # kind, offset, length, data bytes, then the lengths of the point id, point kind and group
+    HEAD = struct.Struct(">BQQIHHH")
+
+    def __init__(self, path: Path, capacity_bytes: int) -> None:
+        self.path, self.capacity_bytes = path, capacity_bytes
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._write = self._read = 0
+        self.items = 0
+        self.bytes = 0  # data bytes of the writes held
+
+    def put(self, item: _Item) -> None:
+        kind, offset, length, data, point, point_kind, group = item
+        texts = [t.encode() for t in (point, point_kind, group or "")]
+        record = self.HEAD.pack(_KIND_CODES[kind], offset, length, len(data), *map(len, texts)) + data + b"".join(texts)
+        os.pwrite(self._fd, record, self._write)
+        self._write += len(record)
+        self.items += 1
+        self.bytes += len(data)
+
+    def get(self) -> _Item:
+        code, offset, length, ndata, *sizes = self.HEAD.unpack(os.pread(self._fd, self.HEAD.size, self._read))
+        body = os.pread(self._fd, ndata + sum(sizes), self._read + self.HEAD.size)
+        self._read += self.HEAD.size + len(body)
+        data, texts, pos = body[:ndata], [], ndata
+        for n in sizes:
+            texts.append(body[pos:pos + n].decode())
+            pos += n
+        self.items -= 1
+        self.bytes -= ndata
+        if self.items == 0:
+            self.reset()
+        return (_CODE_KINDS[code], offset, length, data, texts[0], texts[1], texts[2] or None)
+
+    def reset(self) -> None:
+        self._write = self._read = self.items = self.bytes = 0
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -503,11 +557,13 @@ class BufferedSink:
     mode): its writes wait for room instead of falling back, and its flush waits until durable.
     """
 
-    def __init__(self, downstream: ProcessServerSink, *, capacity_bytes: int = BUFFER_BYTES) -> None:
+    def __init__(self, downstream: ProcessServerSink, *, capacity_bytes: int = BUFFER_BYTES,
+                 spill: Path | None = None, spill_bytes: int = 0) -> None:
         self.down = downstream
         self.disk = downstream.disk
         self.size = downstream.size
         self.capacity_bytes = capacity_bytes
+        self._spill = _Spill(spill, spill_bytes) if spill is not None and spill_bytes > 0 else None
         self._cv = threading.Condition()
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_bytes = 0
@@ -542,7 +598,8 @@ class BufferedSink:
     @property
     def backlog_bytes(self) -> int:
         """Bytes buffered here plus bytes sent but not yet durable at the process server."""
-        return self._queued_bytes + self.down._undurable_bytes + self.down._pending_bytes
+        spilled = self._spill.bytes if self._spill is not None else 0
+        return self._queued_bytes + spilled + self.down._undurable_bytes + self.down._pending_bytes
 
     @property
     def connected(self) -> bool:
@@ -551,7 +608,7 @@ class BufferedSink:
     def drained(self) -> bool:
         """Nothing buffered, nothing in flight, and every change handed on is durable."""
         with self._cv:
-            idle = not self._queue and not self._busy
+            idle = not self._queue and not self._busy and not self._spilled
         return idle and self.down.connected and self.down.fallback is None and self.down.durable >= self.down.seq
 
     def wait_idle(self, stop: threading.Event) -> None:
@@ -593,8 +650,14 @@ class BufferedSink:
             self._cv.notify_all()
         self.down.close()
         self._thread.join(5)
+        if self._spill is not None:
+            self._spill.close()
 
     # -- internals ------------------------------------------------------------------------------
+    @property
+    def _spilled(self) -> bool:
+        return self._spill is not None and self._spill.items > 0
+
     def _put(self, item: _Item, nbytes: int, *, wait: bool, stop: threading.Event | None = None) -> int:
         with self._cv:
             while True:
@@ -604,11 +667,19 @@ class BufferedSink:
                     raise CacheFull(f"disk {self.disk}: {self.fallback}; tracking changes in a bitmap")
                 # the agent's own bulk sends leave half the buffer to the workload's changes
                 limit = self.capacity_bytes // 2 if wait else self.capacity_bytes
-                if self._queued_bytes + nbytes <= limit or not self._queue:
+                if not self._spilled and (self._queued_bytes + nbytes <= limit or not self._queue):
                     break
+                spill = self._spill
+                if not wait and spill is not None and spill.bytes + nbytes <= spill.capacity_bytes:
+                    spill.put(item)  # after everything in memory, in order: the shipper reads it next
+                    self._added += 1
+                    self._cv.notify_all()
+                    return self._added
                 if not wait:
-                    self._fall_back(f"{self._queued_bytes >> 20} MiB of changes are waiting for the process "
-                                    f"server (the buffer holds {self.capacity_bytes >> 20} MiB)")
+                    spilled = f" and {spill.capacity_bytes >> 20} MiB on disk" if spill is not None else ""
+                    self._fall_back(f"{(self._queued_bytes + (spill.bytes if spill else 0)) >> 20} MiB of changes "
+                                    f"are waiting for the process server (the buffer holds "
+                                    f"{self.capacity_bytes >> 20} MiB{spilled})")
                     continue
                 if self._closed or (stop is not None and stop.is_set()):
                     raise TransportError(f"disk {self.disk}: stopped while waiting for room in the buffer")
@@ -629,6 +700,11 @@ class BufferedSink:
         self._handed += len(self._queue)
         self._queue.clear()
         self._queued_bytes = 0
+        while self._spill is not None and self._spill.items:
+            kind, offset, length, *_ = self._spill.get()
+            if kind in ("write", "discard"):
+                self._dirty.append((offset, length))
+            self._handed += 1
         self._cv.notify_all()
 
     def _refresh_points(self) -> None:
@@ -646,18 +722,21 @@ class BufferedSink:
                     if self._closed:
                         return
             with self._cv:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._spilled and not self._closed:
                     self._cv.wait(0.5)
                     self._refresh_points()
                     if not self.down.connected:
                         break
                 if self._closed:
                     return
-                if not self._queue:
+                if self._queue:  # memory first: everything spilled came after it
+                    item = self._queue.popleft()
+                    if item[0] == "write":
+                        self._queued_bytes -= item[2]
+                elif self._spill is not None and self._spill.items:
+                    item = self._spill.get()
+                else:
                     continue
-                item = self._queue.popleft()
-                if item[0] == "write":
-                    self._queued_bytes -= item[2]
                 self._busy = True
             try:
                 self._hand_on(item)
@@ -721,8 +800,8 @@ class PacedSink:
     def room(self, nbytes: int) -> None:
         """Wait until `nbytes` more fit in the buffer (call outside any lock the workload needs)."""
         b = self.buffered
-        b.wait(lambda: b._queued_bytes + nbytes <= b.capacity_bytes // 2 or not b._queue, self.stop,
-               "room in the buffer")
+        b.wait(lambda: not b._spilled and (b._queued_bytes + nbytes <= b.capacity_bytes // 2 or not b._queue),
+               self.stop, "room in the buffer")
 
     def bookmark(self, bookmark_id: str, kind: BookmarkKind, group_id: str | None = None) -> None:
         self.buffered.bookmark(bookmark_id, kind, group_id)

@@ -291,3 +291,35 @@ def test_an_outage_during_the_initial_sync_heals_and_the_sync_continues(estate: 
              agent=agent)
     _converges(estate, tmp_path, "sync01.sdb", disk.mnt, agent, "synced")
     disk.umount()
+
+
+def test_a_local_spill_carries_an_outage_without_the_bitmap(estate: Estate, tmp_path: Path) -> None:
+    disk = estate.disk("sdb", 64 * MIB)
+    run("losetup", "-d", disk.dev)
+    config = estate.agent_config(
+        "spill01", [f'name = "spill01.sdb"\nmode = "splitter"\ndevice = "{disk.image}"\n'
+                    f'mountpoint = "{tmp_path / "fuse"}"'],
+        crash_consistent_every_s=1, buffer_mb=1, spill_mb=512, io_timeout_s=2.0, connect_timeout_s=1.0,
+        reconnect_initial_s=0.2, reconnect_max_s=2.0)
+    agent = estate.start_agent(config)
+    wait_for(lambda: "initial-sync -> protected" in estate.agent_log("spill01"), 60, "protection", agent=agent)
+    link = tmp_path / "fuse.dev"
+    disk.dev = str(link.resolve())
+    disk.mount(str(link))
+    spill = tmp_path / "state/spill01/spill01.sdb.spill"
+    assert estate.ps.proc is not None
+    writer = Writer(disk.mnt / "load")
+    try:
+        estate.ps.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: spill.exists() and spill.stat().st_size > 8 * MIB, 60, "changes in the spill", agent=agent)
+        estate.ps.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "reconnected to the process server" in estate.agent_log("spill01"), 60, "the reconnection",
+                 agent=agent)
+    finally:
+        estate.ps.proc.send_signal(signal.SIGCONT)
+        writer.stop()
+    assert writer.errors == []
+    _converges(estate, tmp_path, "spill01.sdb", disk.mnt, agent, "spilled")
+    wait_for(lambda: spill.stat().st_size == 0, 30, "the spill to be emptied", agent=agent)
+    disk.umount()
+    assert "-> bitmap" not in estate.agent_log("spill01")  # the spill held the whole outage
