@@ -202,7 +202,10 @@ def _check(cls_name: str, key: str, value: Any, annotation: Any) -> Any:
             (inner,) = typing.get_args(annotation)[:1]
             return tuple(_check(cls_name, f"{key}[{i}]", v, inner) for i, v in enumerate(value))
     elif isinstance(annotation, type) and issubclass(annotation, Message):
-        return annotation.from_json(value)
+        try:
+            return annotation.from_json(value)
+        except ProtocolError as err:  # say where in the outer message it was
+            raise ProtocolError(f"{cls_name}: {key}: {err}") from None
     else:
         ok = _KINDS.get(annotation, (annotation,))
         # bool is an int in Python; a wire number is never a bool

@@ -100,6 +100,35 @@ def test_a_wrong_passphrase_is_refused_without_retrying(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "machine 'nosuch' is not in the spec" in unknown.stderr
 
 
+def test_register_gives_up_at_its_deadline_saying_why(tmp_path: Path) -> None:
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(["dr-agent", "register", "--server", url, "--name", "ps01", "--role", "process-server",
+                           "--out", str(tmp_path / "ps01"), "--deadline", "3s"],
+                          env={**os.environ, "DR_VAULT_KEY": "x" * 20}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dr-agent: error: the configuration server at {url} did not answer within 3 s (")
+    assert last.endswith("): start it, or check --server and the network")
+    assert not (tmp_path / "ps01").exists()
+
+
+def test_control_bodies_parse_strictly() -> None:
+    from dr_agent.contract import CatalogPoint, CatalogReport, ReplicaLocation, StreamCatalog
+    from dr_agent.errors import ProtocolError
+
+    report = CatalogReport(streams=(StreamCatalog(
+        stream=stream_name("sql_01", "data_1"), size=1 << 20, rpo_seconds=3.0,
+        location=ReplicaLocation(kind="pageblob", account="acct", container="replicas", blob="sql_01.data_1.vhd"),
+        points=(CatalogPoint(point_id="p1", time=1.5, kind="crash", snapshot="2026-12-01T00:00:00Z",
+                             group_id="g1"),)),))
+    assert CatalogReport.from_json(report.to_json()) == report
+    with pytest.raises(ProtocolError, match="a page blob replica needs account, container and blob"):
+        ReplicaLocation.from_json({"kind": "pageblob", "container": "replicas"})
+    with pytest.raises(ProtocolError, match=r"points\[0\].*snapshot' is missing"):
+        CatalogReport.from_json({"streams": [{"stream": "a.b", "size": 512, "location": {"kind": "file", "path": "/x"},
+                                              "points": [{"point_id": "p", "time": 1, "kind": "crash"}]}]})
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path, azurite: str) -> None:
