@@ -528,7 +528,8 @@ class Agent:
         point_id = new_bookmark_id()
         self.pause(kind, point_id=point_id, stop=stop)
         try:
-            self.mark(point_id, group_id if group_id is not None else self.config.group)
+            # the machine's own point: not a group point (only the coordinator's carry the group id)
+            self.mark(point_id, group_id)
         finally:
             self.resume()
         return point_id
