@@ -328,7 +328,7 @@ class TrackingAgent:
         self.target = target
         self.tracker = BlockTracker(device, block_size=block_size, buffer_kb=buffer_kb)
         self._reader: _linux.DiskReader | None = None
-        self._frozen: list[Path] = []
+        self._frozen: list[tuple[Path, int]] = []  # mount point, the descriptor that holds it frozen
         self._frozen_at = 0.0
 
     def start(self, *, background: bool = True, progress: Progress | None = None) -> ResyncResult:
@@ -399,11 +399,11 @@ class TrackingAgent:
                 self._thaw()
                 raise FreezeError(f"{mount_point} is not a mount point; list the mount points of {self.device}")
             try:
-                _linux.freeze(mount_point)
+                fd = _linux.freeze_held(mount_point)
             except OSError as err:
                 self._thaw()
                 raise FreezeError(f"could not freeze {mount_point}: {err.strerror}") from None
-            self._frozen.append(mount_point)
+            self._frozen.append((mount_point, fd))
         self._frozen_at = time.monotonic()
         self.tracker.sync()
         if self.tracker.lost is not None:
@@ -420,8 +420,8 @@ class TrackingAgent:
 
     def _thaw(self) -> None:
         while self._frozen:
-            mount_point = self._frozen.pop()
+            mount_point, fd = self._frozen.pop()
             try:
-                _linux.thaw(mount_point)
+                _linux.thaw_held(fd)
             except OSError as err:
                 log.error("could not thaw %s: %s", mount_point, err)
