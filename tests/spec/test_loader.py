@@ -39,7 +39,7 @@ def test_finding_in_an_included_file_points_into_it(tmp_path: Path) -> None:
     (tmp_path / "inv.yaml").write_text(
         "# discovered\nmachines:\n  - name: old01\n    site: hq\n    kind: vmware\n"
         "    os: Windows Server 2012 R2\n    vcpus: 2\n    memory_gb: 4\n"
-        "    disks:\n      - {name: c, size_gb: 4000}\n")
+        "    disks:\n      - {name: c, size_gb: 40000}\n")  # above azure-2026's 32767 GB
     spec = (ROOT / "examples/sharepoint/dr.yaml").read_text()
     spec = spec.replace("members: [dc01, sql01, app01, web01, web02]",
                         "members: [dc01, sql01, app01, web01, web02, old01]")
