@@ -27,6 +27,7 @@ from dr_agent.contract import CS_PORT, MT_PORT, PS_PORT, Layout
 from dr.lab import machine
 from dr.lab.build import Artifacts, source_tree
 from dr.lab.errors import LabError
+from dr.lab.host import run, tool
 from dr.lab.network import namespace_pids
 from dr.lab.topology import AZURITE_PORT, Node, NodeKind, Topology
 
@@ -284,8 +285,8 @@ def lab_ssh_key(topo: Topology) -> Path:
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         key.parent.chmod(0o700)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"dr-lab@{topo.estate}", "-f", str(key)],
-                       check=True, capture_output=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"dr-lab@{topo.estate}", "-f", str(key)],
+            what="make the lab's SSH key")
         (key.parent / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
         (key.parent / "authorized_keys").chmod(0o600)
     return key
@@ -300,8 +301,8 @@ def start_sshd(topo: Topology, node: Node) -> tuple[int, Path]:
     d.mkdir(parents=True, exist_ok=True)
     host_key = d / "ssh_host_ed25519_key"
     if not host_key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", str(host_key)],
-                       check=True, capture_output=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", str(host_key)],
+            what=f"make the SSH host key of {node.name}")
     lab_ssh_key(topo)
     config = d / "sshd_config"
     config.write_text("\n".join([
@@ -312,7 +313,7 @@ def start_sshd(topo: Topology, node: Node) -> tuple[int, Path]:
         "UsePAM no", "StrictModes no", "UseDNS no", "Subsystem sftp internal-sftp", ""]))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # sshd's privilege separation directory
     log = topo.directory / "logs" / f"sshd-{node.name}.log"
-    pid = machine.start(topo, node, [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+    pid = machine.start(topo, node, [tool("sshd"), "-D", "-e", "-f", str(config)],
                         log=log)
     wait_port(node.ip, SSH_PORT, what=f"sshd on {node.name}", log=log, alive=_alive(pid))
     pub = host_key.with_suffix(".pub").read_text().split()

@@ -139,3 +139,15 @@ def test_replica_configs_take_the_labs_addresses(tmp_path: Path) -> None:
     assert agent["process_servers"][0] == "10.213.9.10:9443"
     bad = CliRunner().invoke(cli, ["replica", "configs", str(spec), "--out", str(tmp_path), "--address", "ps9=1.2.3.4"])
     assert bad.exit_code == 2 and "not a machine or server" in bad.output
+
+
+def test_not_root_and_a_missing_tool_are_one_line_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dr.lab import host
+
+    monkeypatch.setattr(host.os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match=r"^`dr lab up` makes network namespaces.*run it as root$"):
+        host.require_root("up")
+    monkeypatch.setattr(host.shutil, "which", lambda name: None)
+    monkeypatch.setattr(host.os, "access", lambda path, mode: False)
+    with pytest.raises(LabError, match=r"^sshd is not installed: apt-get install openssh-server"):
+        host.tool("sshd")

@@ -25,6 +25,7 @@ from dr.lab.services import azurite_binary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [REPO / "examples/linux-estate/dr.yaml", REPO / "examples/sharepoint/dr.yaml"]
+HEALTHY_WITHIN_S = 60.0   # the bar: Healthy within a minute of the lab being up
 DISK_SIZE = "16M"   # the smallest the lab takes: every byte is replicated on a shared 2-core machine
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -81,6 +82,20 @@ def test_up_runs_every_component_on_pre_agent_data_and_down_leaves_nothing(spec:
         assert {"azurite", "config_server"} <= set(kinds)
         assert len(status["disks"]) == sum(len(m.disks) for m in lab.estate.machines)
         assert all(d["mounted"] and d["device"].startswith("/dev/loop") for d in status["disks"])
+
+        # no faults: the configuration server sees every machine and server Healthy within a minute,
+        # from heartbeats and catalogs the services send by themselves
+        deadline, health = time.monotonic() + HEALTHY_WITHIN_S, {}
+        while time.monotonic() < deadline:
+            done = subprocess.run([sys.executable, "-m", "dr", "status", str(spec), "--state", status["state"],
+                                   "--format", "json"], capture_output=True, text=True, check=False, cwd=REPO)
+            if done.returncode == 0:
+                report = json.loads(done.stdout)
+                health = {x["name"]: x["health"]["state"] for x in [*report["machines"], *report["components"]]}
+                if len(health) == len(lab.estate.machines) + len(lab.servers) and set(health.values()) == {"Healthy"}:
+                    break
+            time.sleep(2)
+        assert set(health) == {*lab.machines, *lab.servers} and set(health.values()) == {"Healthy"}, health
 
         # the data that was on each disk before its agent was installed is there, byte for byte
         for name in lab.machines:
