@@ -47,7 +47,9 @@ def test_drill_verifies_every_disk_and_down_leaves_nothing(example: str, plan: s
     spec = REPO / "examples" / example / "dr.yaml"
     env = dict(os.environ)
     dr = [sys.executable, "-m", "dr"]
-    netns_before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    from dr.lab import Lab
+
+    prefix = Lab.load(spec, root=root).topology.netns_prefix  # this lab's namespaces (other labs may run)
     try:
         options = [*(["--plan", plan] if plan else []), *(["--chaos", "--seed", "7"] if chaos else [])]
         done = subprocess.run([*dr, "lab", "drill", str(spec), "--root", str(root), *options],
@@ -73,5 +75,5 @@ def test_drill_verifies_every_disk_and_down_leaves_nothing(example: str, plan: s
                               env=env, timeout=600, check=False)
     assert down.returncode == 0, down.stderr
     assert leftovers(root) == []
-    netns_after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    assert not {n for n in netns_after - netns_before if n.startswith("drlab-")}
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+    assert [n for n in netns if n.startswith(prefix)] == []
