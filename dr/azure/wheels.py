@@ -183,10 +183,12 @@ def _third_party(project: tuple[Wheel, Wheel], requirement: str) -> list[str]:
     return sorted(out)
 
 
-def collect(project: tuple[Wheel, Wheel], role: str, target: str, out: Path) -> Wheelhouse:
-    """The project's wheels plus every dependency wheel of `role`'s requirement for `target`,
-    downloaded with pip for that platform (binary wheels only: nothing is built on a server)."""
-    spec = TARGETS[target]
+def collect(project: tuple[Wheel, Wheel], role: str, target: str | Target, out: Path) -> Wheelhouse:
+    """The project's wheels plus every dependency wheel of `role`'s requirement for `target` (a key
+    of TARGETS, or another interpreter and platform), downloaded with pip for that platform (binary
+    wheels only: nothing is built on a server)."""
+    spec = TARGETS[target] if isinstance(target, str) else target
+    target = spec.name
     folder = out / target / role
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
