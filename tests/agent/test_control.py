@@ -174,8 +174,11 @@ def test_services_report_heartbeats_and_catalogs_by_themselves(tmp_path: Path, a
 
         with server.operator() as api:
             def healthy() -> Any:
+                # Healthy, and past the initial sync (which is Healthy too): points at the server
                 view = api.get("/api/v1/status").json()
-                return view if view["health"]["state"] == "Healthy" else None
+                disks = [d for m in view["machines"] for d in m["disks"]]
+                protected = all(d["points"] > 0 and d["rpo_seconds"] is not None for d in disks)
+                return view if view["health"]["state"] == "Healthy" and protected else None
 
             try:
                 view = wait_for("the estate to be Healthy", healthy, HEALTHY_WITHIN_S)
