@@ -14,7 +14,8 @@ The drill (and anything else that drives a lab that is up) uses:
     lab.disk_path(machine, disk)      where the host reads that disk's files (/proc/<init>/root/...)
     lab.kill(component)               SIGKILL a component's process (its supervisor restarts it):
                                       a machine name (its agent), a server name, "config-server", "azurite"
-    lab.run_on(node, argv, env=...)   run a command on a node ("azure" resolves every name of the estate)
+    lab.run_on(node, argv, env=...)   run a command on a node (every node resolves every name of the estate;
+                                      lab.topology.azure.name is the configuration server's node)
     lab.config_server_url             https://<cs name>:8443 (resolvable on every node)
     lab.ca_file, lab.passphrase_file, lab.state_url   the configuration server's CA, vault passphrase, store
     lab.storage_connection_string     Azurite, the estate's storage accounts
@@ -23,11 +24,13 @@ The drill (and anything else that drives a lab that is up) uses:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,9 +230,10 @@ class Lab:
     def status(self) -> LabStatus:
         st = self.state
         live = set(network.owned_namespaces(self.topology))
+        running = {n.netns: services.processes(n, lambda _: True) for n in self.topology.nodes if n.netns in live}
         components = []
         for name, kind, node in self._expected():
-            found = services.processes(node, services.MATCHERS[kind]) if node.netns in live else []
+            found = [f for f in running.get(node.netns, []) if services.MATCHERS[kind](f.argv)]
             detail = ""
             if kind == "agent" and st is not None and not found:
                 detail = st.agents.get(node.name, "")
@@ -267,6 +271,26 @@ class Lab:
         require_root("up")
         require_tools()
         services.azurite_binary()
+        with self._lock("up"):
+            return self._up(disk_size=disk_size, progress=progress, push=push)
+
+    @contextlib.contextmanager
+    def _lock(self, action: str) -> Iterator[None]:
+        """One `up` or `down` of a lab at a time (a lock file in the lab's directory)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise LabError(f"another `dr lab up` or `down` of {self.topology.estate} is running "
+                               f"({f.read().strip() or 'pid unknown'}): wait for it") from None
+            f.truncate(0)
+            f.write(f"{action}, pid {os.getpid()}")
+            f.flush()
+            yield
+
+    def _up(self, *, disk_size: int, progress: Progress, push: bool) -> LabStatus:
         topo = self.topology
         st = self.state or LabState(estate=topo.estate, spec=str(self.spec), directory=str(self.directory),
                                     disk_size=disk_size, started=time.time())
@@ -400,7 +424,7 @@ class Lab:
         if not targets:
             progress("agents: already running on every machine")
             return st
-        help_text = self.run_on("azure", [str(art.dr), "agent", "push", "--help"], timeout=120)
+        help_text = self.run_on(self.topology.azure.name, [str(art.dr), "agent", "push", "--help"], timeout=120)
         if help_text.returncode != 0:
             why = "not installed: this build has no `dr agent push`"
             progress(f"agents: {why}")
@@ -415,7 +439,7 @@ class Lab:
         progress(f"agents: dr agent push {' '.join(targets)}")
         log = self.directory / "logs" / "push.log"
         env = {services.PASSPHRASE_ENV: self.passphrase_file.read_text().strip()}
-        done = self.run_on("azure", argv, env=env, timeout=PUSH_TIMEOUT_S)
+        done = self.run_on(self.topology.azure.name, argv, env=env, timeout=PUSH_TIMEOUT_S)
         log.write_text(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
         said = {m: "" for m in targets}
         for line in done.stdout.splitlines():
@@ -432,6 +456,12 @@ class Lab:
     def down(self, *, progress: Progress = _quiet) -> list[str]:
         """Stop and remove everything of this estate's lab; what was removed (idempotent)."""
         require_root("down")
+        if not self.directory.exists():
+            return self._down(progress)
+        with self._lock("down"):
+            return self._down(progress)
+
+    def _down(self, progress: Progress) -> list[str]:
         topo = self.topology
         recorded = self.state.host_dirs if self.state else ()
         removed: list[str] = []

@@ -165,10 +165,11 @@ def topology(estate: Any, plan: Any, *, root: Path = LAB_ROOT) -> Topology:
         nodes.append(Node(name=name, kind=kind, netns=f"{NETNS_PREFIX}{key}-{name}", ip=str(base + host),
                           veth=f"{IFACE_PREFIX}{key}{index:03d}h", peer=f"{IFACE_PREFIX}{key}{index:03d}n", **kw))
 
-    add("azure", NodeKind.AZURE, AZURE_HOST)
     servers = [(ps.name, NodeKind.PROCESS_SERVER, ps.site) for ps in plan.process_servers]
     servers += [(mt.name, NodeKind.MASTER_TARGET, None) for mt in plan.master_targets]
     machines = [(m.name, NodeKind.SOURCE, m.site) for m in estate.machines]
+    taken = {name for name, _, _ in servers + machines}
+    add(next(n for n in ("azure", "lab-azure", f"azure-{key}") if n not in taken), NodeKind.AZURE, AZURE_HOST)
     if len(servers) + len(machines) > MAX_NODES:
         raise LabError(f"the lab holds at most {MAX_NODES} machines and servers, {estate.estate} has "
                        f"{len(servers) + len(machines)}: run a smaller spec in the lab")

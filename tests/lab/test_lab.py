@@ -151,3 +151,25 @@ def test_not_root_and_a_missing_tool_are_one_line_with_the_fix(monkeypatch: pyte
     monkeypatch.setattr(host.os, "access", lambda path, mode: False)
     with pytest.raises(LabError, match=r"^sshd is not installed: apt-get install openssh-server"):
         host.tool("sshd")
+
+
+def test_a_machine_named_azure_keeps_its_name_and_the_labs_azure_moves_aside() -> None:
+    from types import SimpleNamespace as NS
+
+    disk = NS(name="c")
+    estate = NS(estate="e", machines=[NS(name="azure", site="hq", disks=[disk])],
+                machine=lambda name: NS(name=name, disks=[disk]))
+    plan = NS(process_servers=[NS(name="ps1", site="hq")], master_targets=[NS(name="mt1")],
+              config_servers=[NS(name="e-cs01")])
+    topo = topology(estate, plan)
+    assert topo.node("azure").kind is NodeKind.SOURCE and topo.azure.name == "lab-azure"
+    assert len({n.netns for n in topo.nodes}) == 4
+
+
+def test_one_up_or_down_of_a_lab_at_a_time(tmp_path: Path) -> None:
+    from dr.lab import Lab
+
+    lab = Lab.load(REPO / "examples/sharepoint/dr.yaml", root=tmp_path)
+    with lab._lock("up"), pytest.raises(LabError, match=r"another `dr lab up` or `down` .* \(up, pid \d+\)"):
+        with lab._lock("down"):
+            pass
