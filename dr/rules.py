@@ -38,13 +38,13 @@ def _alternative(matrix: SupportMatrix) -> str:
 
 def _page_blob_problem(size_gb: float) -> str | None:
     """A disk too large for its replica: one Azure page blob (the limit is dr_agent.vhd's, with its source)."""
-    from dr_agent import vhd
+    from dr_agent.vhd import PAGE_BLOB_LIMIT_SOURCE, largest_disk
 
     gib = 1024**3  # bytes per GB as the spec counts sizes (discovery writes bytes / 2**30)
-    if size_gb * gib <= vhd.largest_disk():
+    if size_gb * gib <= largest_disk():
         return None
     return (f"{size_gb:g} GB: a disk replicates into one Azure page blob, which holds at most 8 TiB "
-            f"({vhd.PAGE_BLOB_LIMIT_SOURCE}), so a disk of at most {vhd.largest_disk() / gib:.3f} GB; "
+            f"({PAGE_BLOB_LIMIT_SOURCE}), so a disk of at most {largest_disk() / gib:.3f} GB; "
             "split the disk")
 
 
