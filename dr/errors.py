@@ -10,6 +10,7 @@ command catches them; their own tree is in agent/dr_agent/errors.py.
     ├── SpecUnreadable               exit 2  a file cannot be read or parsed (missing, not YAML, duplicate
     │                                        key, a missing include, an include cycle, a .py that fails)
     ├── SecretUnavailable            exit 2  a credential reference {env: X} / {file: P} cannot be resolved
+    │   └── NotPrivate               exit 2  dr.server.settings: a secret file others can read (refused at start)
     ├── MissingExtra                 exit 2  an optional dependency is not installed (the message is the pip line)
     ├── NotFound                     exit 2  a named disk, group, recovery point or job does not exist
     ├── SpecInvalid                  exit 1  the spec breaks the model or the support matrix (every finding)
@@ -17,6 +18,7 @@ command catches them; their own tree is in agent/dr_agent/errors.py.
     ├── PlanUnusable                 exit 1  dr.azure.contract: the plan cannot be declared (errors, missing key)
     ├── StackInvalid                 exit 1  dr.azure.options: the stack's configuration is inconsistent
     ├── CustomDataTooLarge           exit 1  dr.azure.bootstrap: a server's first-boot data exceeds Azure's 64 KiB
+    ├── WheelBuildFailed             exit 1  dr.azure.wheels: the project's wheels for the servers cannot be built
     ├── SourceError                  exit 2  dr.discover.errors: a vCenter/ESXi/SSH source refused or failed
     │   ├── SourceUnreachable        exit 2  no connection (DNS, refused, routed nowhere)
     │   ├── CertificateUntrusted     exit 2  the source's TLS certificate is not trusted
@@ -26,11 +28,15 @@ command catches them; their own tree is in agent/dr_agent/errors.py.
     ├── FailoverError                exit 1  dr.failover.provider: a failover step failed
     ├── PlanNotRunnable              exit 1  dr.failover.steps: the recovery plan cannot be run as asked
     ├── NoRecoveryPoint              exit 1  dr.failover.points: no recovery point satisfies the choice
+    ├── SpecChanged                  exit 1  dr.failover.runner: the spec is not the one the job started with
+    ├── LeaseLost                    exit 2  dr.failover.runner: another runner took the job over (lease expired)
     ├── StoreError                   exit 2  dr.server.store: the state store cannot be opened or used
     ├── AuthError                    exit 2  dr.server.service: missing, wrong or expired credentials
     ├── Forbidden                    exit 2  dr.server.service: the caller's role may not do this
     ├── NotFound                     exit 2  dr.server.service: the API's "no such machine/job/step"
     ├── Conflict                     exit 2  dr.server.service: the request conflicts with the state
+    │   └── JobBusy                  exit 2  dr.server.jobs: another runner holds the job's lease
+    ├── TooManyTries                 exit 2  dr.server.app: too many wrong passphrases from an address (HTTP 429)
     ├── CertificateRefused           exit 2  dr.server.certs: the vault CA does not sign this request (bad CSR)
     └── LabError                     exit 2  dr.lab.errors: the lab cannot be set up or torn down (not root,
                                              a missing tool and its Debian package, a failed step)
