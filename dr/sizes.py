@@ -9,7 +9,7 @@ Microsoft announced one, its retirement date: `status(today)` says retired, reti
     >>> smallest_fitting("asr-2015", vcpus=2, memory_gb=8, data_disks=1, nics=1).name
     'Standard_A5'
     >>> smallest_fitting("azure-2026", vcpus=2, memory_gb=8, data_disks=1, nics=1, generation=2).name
-    'Standard_D2as_v5'
+    'Standard_D2s_v5'
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class VmSize:
     retires: datetime.date | None = None  # Microsoft's announced retirement date, if any
     source: str = ""  # where the figures come from (a key of vm_sizes.yaml's sources)
     retirement_source: str = ""
+    preference: int = 0  # the family's place in vm_sizes.yaml's `families`: equal sizes go to the first
 
     def fits(self, vcpus: int, memory_gb: float, data_disks: int, nics: int) -> bool:
         return (
@@ -67,9 +68,11 @@ class VmSize:
         verb = "was retired on" if state == "retired" else "retires on"
         return f"{self.name} {verb} {self.retires} ({self.retirement_source})"
 
-    def sort_key(self) -> tuple[int, float, int, int, str]:
-        """"Smallest" means fewest vCPUs, then least memory, fewest disks and NICs, then name."""
-        return (self.vcpus, self.memory_gb, self.max_data_disks, self.max_nics, self.name)
+    def sort_key(self) -> tuple[int, float, int, int, int, str]:
+        """"Smallest" means fewest vCPUs, then least memory, fewest disks and NICs; between equals,
+        the family listed first (so the current profile keeps to Dsv5, the servers' family, and one
+        quota request covers most of the estate), then name."""
+        return (self.vcpus, self.memory_gb, self.max_data_disks, self.max_nics, self.preference, self.name)
 
 
 def _date(value: Any) -> datetime.date | None:
@@ -106,6 +109,7 @@ def _all_sizes() -> tuple[VmSize, ...]:
                 retires=_date(family.get("retires")),
                 source=str(family.get("source", "")),
                 retirement_source=str(family.get("retirement_source", "")),
+                preference=list(families).index(str(row["family"])),
             )
         )
     return tuple(sizes)

@@ -56,7 +56,7 @@ def test_plan_text_json_markdown_html() -> None:
                          "failover_vms", "quota", "bandwidth", "errors", "warnings"}
     # The SharePoint example (azure-2026): 7 disks, 2,740 source IOPS -> 1 CS, 1 D8s_v5 (16 data disks,
     # like the seed's A4), 1 replica + 1 retention account; quota: D4s_v5 4 + D8s_v5 8 + failover
-    # D2as_v5 2 + D8as_v5 8 + D4as_v5 4 + D2as_v5 2 + D2as_v5 2 = 30 vCPU against 20 -> shortfall 10.
+    # D2s_v5 2 + D8s_v5 8 + D4s_v5 4 + D2s_v5 2 + D2s_v5 2 = 30 vCPU against 20 -> shortfall 10.
     assert [m["size"] for m in data["master_targets"]] == ["Standard_D8s_v5"]
     assert [c["size"] for c in data["config_servers"]] == ["Standard_D4s_v5"]
     assert [a["purpose"] for a in data["storage_accounts"]] == ["replica", "retention"]

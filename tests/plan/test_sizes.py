@@ -112,7 +112,9 @@ def test_current_profile_plans_without_size_warnings() -> None:
     plan = make_plan(spec)
     assert plan.errors == [] and [w for w in plan.warnings if "retire" in w.message] == []
     assert [m.size for m in plan.master_targets] == ["Standard_D8s_v5", "Standard_D16s_v5"]
-    assert [v.size for v in plan.failover_vms] == ["Standard_E4s_v5", "Standard_D16as_v5"]  # 19 data disks
+    assert [v.size for v in plan.failover_vms] == ["Standard_E4s_v5", "Standard_D16s_v5"]  # 19 data disks
+    # between equal sizes the family listed first: Dsv5 like the servers (not Dasv5), fewer quota requests
+    assert set(plan.quota.vcpus_by_family) == {"standardDSv5Family", "standardESv5Family"}
     assert retired_sizes(spec, from_contract(plan.model_dump(mode="json")), None) == []
 
 
