@@ -91,6 +91,8 @@ def tear_down(topo: Topology) -> list[str]:
             for f in etc.iterdir():
                 f.unlink()
             etc.rmdir()
+    if NETNS_ETC.is_dir() and not any(NETNS_ETC.iterdir()):
+        NETNS_ETC.rmdir()   # made by the first lab (`ip netns` needs none): the last one removes it
     for iface in sorted(os.listdir("/sys/class/net")):
         if iface.startswith(f"dl{topo.key}") and quiet(["ip", "link", "delete", iface]):
             removed.append(f"interface {iface}")
