@@ -491,6 +491,8 @@ class Lab:
                                "/proc/mounts, then run `dr lab down` again")
             shutil.rmtree(self.directory)
             removed.append(f"directory {self.directory}")
+            with contextlib.suppress(OSError):   # the labs' root, when this was its last lab
+                self.directory.parent.rmdir()
         return removed
 
 
