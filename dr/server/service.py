@@ -38,6 +38,14 @@ UNKNOWN_STREAMS_MAX = 64
 RECENT_EVENTS = 50
 
 
+# Characters a new vault's passphrase needs at least. `GET /api/v1/ca` proves to a machine that has
+# no CA yet that this server holds the passphrase (contract.ca_proof, keyed with scrypt of it), and
+# anyone who can reach the server can test guesses against that proof offline at scrypt's cost
+# (about 50 ms each here): only a long random passphrase makes that useless. 20 random base64
+# characters are 120 bits; `openssl rand -base64 24` (what the stack's README line uses) gives 32.
+MIN_VAULT_PASSPHRASE = 20
+
+
 class AuthError(DrError):
     """A call without a valid token or with a wrong passphrase (HTTP 401 at the API)."""
 
@@ -283,6 +291,12 @@ class ConfigServer:
         """Record the vault passphrase (hashed) at first start; later starts must give the same one."""
         if not passphrase:
             raise AuthError("the vault passphrase is empty: give one with --passphrase-file or DR_VAULT_PASSPHRASE")
+        if self.store.get_meta("vault_passphrase") is None and len(passphrase) < MIN_VAULT_PASSPHRASE:
+            raise AuthError(
+                f"a new vault needs a passphrase of at least {MIN_VAULT_PASSPHRASE} characters (this one has "
+                f"{len(passphrase)}): registering machines can test guesses of it offline against the server's "
+                "CA proof, so make it long and random, e.g. `openssl rand -base64 24`"
+            )
         salt = secrets.token_bytes(16)
         record = f"scrypt${salt.hex()}${_hash_passphrase(passphrase, salt).hex()}"
         self.store.set_meta_once("vault_passphrase", record)

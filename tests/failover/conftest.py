@@ -23,7 +23,7 @@ from dr.server.schemas import CatalogReport, RecoveryPoint, RegisterRequest, Rep
 from dr.server.service import ConfigServer, Principal
 from dr.server.store import Store
 
-PASSPHRASE = "failover tests"
+PASSPHRASE = "failover tests vault passphrase"
 # Azurite's well-known development account (Azurite docs, "Connection strings").
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
