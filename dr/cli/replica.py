@@ -29,7 +29,12 @@ def _catalog(path: Path | None) -> Any:
                          "catalog.sqlite")
     if not path.is_file():
         raise SpecUnreadable(f"{path}: no such catalog; expected the master target's STATE_DIR/catalog.sqlite")
-    return Catalog(path)
+    from dr_agent.errors import ConfigError
+
+    try:
+        return Catalog.open_readonly(path)
+    except ConfigError as err:
+        raise SpecUnreadable(str(err)) from None
 
 
 @click.command("recovery-points")
