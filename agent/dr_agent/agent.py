@@ -657,6 +657,14 @@ class Agent:
                 write(offset, data)
 
     # -- health and stopping ------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What the agent does, for its start-up line: it listens on nothing, it dials these."""
+        c = self.config
+        return {"disks": {d.name: {"mode": d.config.mode, "device": str(d.config.device)} for d in self._disks},
+                "process_servers": [f"{h}:{p}" for h, p in c.process_servers],
+                "coordinator": f"{c.coordinator[0]}:{c.coordinator[1]}" if c.coordinator else None,
+                "group": c.group}
+
     def health(self) -> AgentHealth:
         now = time.time()
         disks = []

@@ -143,8 +143,18 @@ def _serve(service: Any, name: str, config: Path | None = None) -> int:
     except BaseException:
         service.close()
         raise
-    print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}), flush=True)
-    logging.getLogger(f"dr_agent.{name}").info("%s listening on port %s", name, service.port)
+    if service.port is None:  # the agent listens on nothing: say what it protects and whom it dials
+        about = service.describe()
+        print(json.dumps({"service": name, **about}), flush=True)
+        logging.getLogger(f"dr_agent.{name}").info(
+            "%s started: protecting %s through process server(s) %s%s", name,
+            ", ".join(f"{disk} ({d['mode']}, {d['device']})" for disk, d in about["disks"].items()),
+            ", ".join(about["process_servers"]),
+            f"; multi-VM group {about['group']} via {about['coordinator']}" if about.get("coordinator") else "")
+    else:
+        print(json.dumps({"service": name, "port": service.port, "metrics_port": service.metrics_port}),
+              flush=True)
+        logging.getLogger(f"dr_agent.{name}").info("%s listening on port %s", name, service.port)
     while not stop.wait(0.5):  # a timed wait: SIGTERM taken by another thread must still wake us
         pass
     logging.getLogger(f"dr_agent.{name}").info("%s stopping", name)

@@ -5,6 +5,7 @@ runs it. Nothing here stands in for a product component."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -98,6 +99,7 @@ class Estate:
         self.mt = Service("master-target", root / "mt.toml", root / "mt.log")
         self.ps = Service("process-server", root / "ps.toml", root / "ps.log")
         self.agents: list[subprocess.Popen[bytes]] = []
+        self.announcements: list[dict[str, Any]] = []  # each started agent's first stdout line
         self.disks: list[Disk] = []
 
     @property
@@ -133,6 +135,7 @@ class Estate:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line, f"the agent did not start: {(self.root / f'{config.stem}.log').read_text()[-3000:]}"
+        self.announcements.append(json.loads(line))
         return proc
 
     def agent_log(self, name: str) -> str:

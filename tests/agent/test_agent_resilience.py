@@ -128,7 +128,7 @@ def test_restarts_in_tracking_mode_never_touch_the_workload(estate: Estate, tmp_
     try:
         for stop in (signal.SIGKILL, signal.SIGTERM):
             agent = estate.start_agent(config)
-            wait_for(lambda: "-> protected" in estate.agent_log("db02").rsplit("agent listening", 1)[-1], 90,
+            wait_for(lambda: "-> protected" in estate.agent_log("db02").rsplit("agent started:", 1)[-1], 90,
                      "protection", agent=agent)
             time.sleep(1.5)
             agent.send_signal(stop)
