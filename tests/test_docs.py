@@ -42,3 +42,15 @@ def test_no_page_reads_like_a_build_log() -> None:
              for m in [BUILD_LOG.search(line)] if m]
     assert not found, found
     assert BUILD_LOG.search("measured on this VM")  # the check can fail
+
+
+def test_the_readme_is_a_front_door_whose_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 200, "the README is the front door: move reference material into docs/"
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert any(link.startswith("docs/pages/") for link in local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README links to files that are not there: {missing}"
+    assert "bash .ci/setup && dr lab drill examples/sharepoint/dr.yaml" in readme  # the main command
+    assert "bash .ci/setup && python -m pytest -q" in readme  # the test command (.ci/run runs it)
