@@ -113,6 +113,16 @@ def disk_state(state: str | None, *, disk: str, problem: str = "", done: int = 0
     return HEALTHY
 
 
+def pending_resync(first_lost: int | None, *, disk: str, server: str) -> Health:
+    """A process server lost records of a disk (dropped as corrupt, or cut off) and waits for the agent to
+    resend them or resync the disk: no recovery point after them is consistent until then."""
+    if first_lost is None:
+        return HEALTHY
+    return Health(state="Warning", reasons=(
+        f"disk {disk}: resync pending: process server {server} lost its changes from record {first_lost} on; "
+        "no newer recovery point is consistent until the agent resends them or resyncs the disk",))
+
+
 def aged_rpo(rpo_s: float | None, *, reported: float | None, newest_point: float | None, now: float) -> float | None:
     """The RPO now: the last reported RPO plus the time since that report (it grows until the next
     report says otherwise), and at least the age of the newest recovery point (failing over now loses

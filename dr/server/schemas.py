@@ -40,6 +40,8 @@ Rate = Annotated[float, Field(ge=0, le=MAX_BYTES)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
 EpochSeconds = Annotated[float, Field(ge=0, le=MAX_EPOCH_S)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+# A stream's record number (the data path's frame sequence, an unsigned 64-bit field on the wire).
+RecordNumber = Annotated[int, Field(ge=0, le=2**64 - 1)]
 GroupName = Annotated[str, Field(min_length=1, max_length=120)]
 Problem = Annotated[str, Field(max_length=1000)]
 
@@ -127,6 +129,9 @@ class ProcessServerHeartbeat(Report):
     groups: dict[GroupName, bool] = Field(default_factory=dict, max_length=MAX_GROUPS,
                                           description="multi-VM groups coordinated here")
     group_problems: dict[GroupName, Problem] = Field(default_factory=dict, max_length=MAX_GROUPS)
+    resync_from: dict[StreamName, RecordNumber] = Field(
+        default_factory=dict, max_length=MAX_STREAMS,
+        description="stream -> the first record this process server lost until the agent resends or resyncs")
 
     @property
     def backlog_total(self) -> int:

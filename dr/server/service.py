@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dr_agent.contract import Role, VaultCa, ca_proof, parse_stream, passphrase_key
+from dr_agent.contract import Role, VaultCa, ca_proof, parse_stream, passphrase_key, stream_name
 from dr_agent.errors import AgentError
 
 from dr.errors import DrError
@@ -436,7 +436,7 @@ class ConfigServer:
                 details = {"backlog_bytes": beat.backlog_total, "cache_bytes": beat.cache_bytes,
                            "cache_capacity_bytes": beat.cache_capacity_bytes,
                            "master_target_reachable": beat.master_target_reachable, "groups": beat.groups,
-                           "group_problems": beat.group_problems}
+                           "group_problems": beat.group_problems, "resync_from": beat.resync_from}
                 tx.execute(
                     "UPDATE components SET last_heartbeat = ?, cache_free_fraction = ?, details = ? "
                     "WHERE name = ?",
@@ -568,6 +568,11 @@ class ConfigServer:
         points: dict[tuple[str, str], list[Any]] = {}
         for r in self.store.query("SELECT machine, disk, time, kind FROM recovery_points"):
             points.setdefault((r["machine"], r["disk"]), []).append(r)
+        resyncs: dict[str, tuple[str, int]] = {}  # stream -> (process server, first record it lost)
+        for r in components.values():
+            if r["role"] == "process_server":
+                for stream, first in json.loads(r["details"] or "{}").get("resync_from", {}).items():
+                    resyncs[stream] = (r["name"], first)
         machines: list[MachineStatus] = []
         for group in self.estate.protection_groups:
             threshold = group.policy.rpo_threshold.total_seconds()
@@ -592,6 +597,8 @@ class ConfigServer:
                     parts.append(health.disk_state(state.get("state"), disk=disk.name, problem=state.get("problem", ""),
                                                    done=state.get("sync_done_bytes", 0),
                                                    total=state.get("sync_total_bytes", 0)))
+                    server, first_lost = resyncs.get(stream_name(name, disk.name), ("", None))
+                    parts.append(health.pending_resync(first_lost, disk=disk.name, server=server))
                     if rpo_s is not None or state.get("state") != "initial-sync":
                         parts.append(health.rpo(rpo_s, threshold_s=threshold, disk=disk.name))
                     disk_states.append(DiskStatus(

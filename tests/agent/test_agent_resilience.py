@@ -145,8 +145,9 @@ def test_restarts_in_tracking_mode_never_touch_the_workload(estate: Estate, tmp_
 
 def test_a_multi_vm_group_s_machines_share_each_point_id(tmp_path: Path, pki: Any) -> None:
     need_root()
-    from tests.agent.conftest import PASSPHRASE
     from dr_agent.pki import register
+
+    from tests.agent.conftest import PASSPHRASE
 
     groups = ('\n[[process_server.groups]]\nname = "erp"\nmembers = ["web01", "db01"]\n'
               'crash_consistent_every_s = 1\napp_consistent_every_s = 2\n')

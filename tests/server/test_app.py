@@ -204,3 +204,35 @@ def test_the_vault_passphrase_cannot_change(server: ConfigServer) -> None:
 
     with pytest.raises(AuthError, match="another passphrase"):
         server.init_vault("another one")
+
+
+def test_a_pending_resync_a_process_server_reports_shows_as_warning(client: TestClient) -> None:
+    from dr_agent.contract import ProcessServerHealth
+
+    operator = register(client, "ops", "operator")["token"]
+    agent = register(client, "agent-dc01", "agent", machine="dc01")["token"]
+    ps = register(client, "ps01", "process_server", site="hq")["token"]
+    beat = client.post("/api/v1/heartbeat/agent", headers=bearer(agent),
+                       json={"power_state": "on", "disks": [{"stream": "dc01.c", "rpo_seconds": 30}]})
+    assert beat.status_code == 204
+
+    def ps_beat(resync_from: dict[str, int]) -> int:
+        body = ProcessServerHealth(  # the body the process server's control loop sends (its health())
+            name="ps01", cache_bytes=0, cache_capacity_bytes=2**30, cache_free_fraction=0.9, cache_level="ok",
+            backlog_bytes={}, agents={"dc01.c": "agent-dc01"}, master_target_reachable=True, groups={},
+            resync_from=resync_from).to_json()
+        return client.post("/api/v1/heartbeat/process-server", headers=bearer(ps), json=body).status_code
+
+    assert ps_beat({"dc01.c": 1234}) == 204
+    dc01 = machine(client, operator, "dc01")
+    assert dc01["health"]["state"] == "Warning"
+    assert any("disk c: resync pending" in r and "ps01" in r and "record 1234" in r for r in dc01["health"]["reasons"])
+    assert not any("resync" in r for r in machine(client, operator, "sql01")["health"]["reasons"])  # only dc01's
+
+    assert ps_beat({}) == 204  # the agent resynced: the warning goes
+    assert machine(client, operator, "dc01")["health"] == {"state": "Healthy", "reasons": []}
+
+    # Bounded like the other fields: a negative record number or a malformed stream name is refused.
+    for bad in ({"dc01.c": -1}, {"no such/stream": 1}):
+        assert client.post("/api/v1/heartbeat/process-server", headers=bearer(ps),
+                           json={"cache_free_fraction": 0.9, "resync_from": bad}).status_code == 422
