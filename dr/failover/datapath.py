@@ -80,8 +80,6 @@ class ReplicaExporter:
         return dest.stat().st_size
 
 
-# Bytes read from a recovered page blob per request (4 MiB, the Put Page maximum: Azure docs).
-REVERSE_CHUNK_BYTES = 4 * 1024 * 1024
 # How long reverse replication waits for the on-premises master target to apply a disk (seconds).
 REVERSE_APPLY_TIMEOUT_S = 3600.0
 
@@ -111,6 +109,9 @@ class AgentReverseReplication:
 
     def _send(self, machine: Any, group: str, point_id: str, kind: str) -> list[int]:
         from azure.storage.blob import BlobServiceClient
+        from dr_agent.errors import AgentError
+        from dr_agent.export import open_location, plan_reads
+        from dr_agent.pageblob import read_range
         from dr_agent.pki import Identity
         from dr_agent.sink import ProcessServerSink
         from dr_agent.vhd import FOOTER_SIZE, parse_footer
@@ -123,7 +124,10 @@ class AgentReverseReplication:
             blob = service.get_blob_client(container_name(group), f"{machine.name}/{disk.name}.vhd")
             total = int(blob.get_blob_properties().size)
             size = total - FOOTER_SIZE
-            footer = blob.download_blob(offset=size, length=FOOTER_SIZE).readall()
+            try:
+                footer = read_range(blob, size, FOOTER_SIZE)
+            except AgentError as err:
+                raise FailoverError(f"{machine.name}/{disk.name}: reading the recovered blob: {err}") from None
             if parse_footer(footer) != size:
                 raise FailoverError(f"{machine.name}/{disk.name}: the recovered blob is not a fixed VHD")
             key = (machine.name, disk.name)
@@ -133,11 +137,19 @@ class AgentReverseReplication:
                     identity=Identity(self.identity_dir), patience_s=self.apply_timeout_s)
             sink = self.sinks[key]
             count = 0
-            for offset in range(0, size, REVERSE_CHUNK_BYTES):
-                chunk = blob.download_blob(offset=offset, length=min(REVERSE_CHUNK_BYTES, size - offset)).readall()
-                if chunk.count(0) != len(chunk):
-                    sink.write(offset, chunk)
-                    count += len(chunk)
+            # The data path's reader: the page ranges listed once, then ranged GETs of what is written.
+            reader = open_location({"kind": "pageblob", "container": blob.container_name, "blob": blob.blob_name},
+                                   None, size=size, connection_string=self.connection_string)
+            try:
+                for offset, n in plan_reads(reader.ranges()):
+                    chunk = reader.read(offset, n)
+                    if chunk.count(0) != len(chunk):
+                        sink.write(offset, chunk)
+                        count += len(chunk)
+            except AgentError as err:
+                raise FailoverError(f"{machine.name}/{disk.name}: reverse replication failed: {err}") from None
+            finally:
+                reader.close()
             sink.flush()
             sink.bookmark(point_id, kind, None)
             sink.wait_applied(self.apply_timeout_s)

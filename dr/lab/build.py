@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dr.lab.errors import LabError
-
-AGENT_EXTRAS = "capture,metrics"    # what a source machine's agent needs (FUSE for the splitter, metrics)
+from dr.push import EXTRAS as AGENT_EXTRAS  # a lab machine's agent is installed as `dr agent push` installs it
 
 
 @dataclass(frozen=True)

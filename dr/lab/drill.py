@@ -55,8 +55,6 @@ CHAOS_WINDOW_S = (5.0, 30.0)
 CHAOS_RECOVERY_TIMEOUT_S = 120.0
 # Seconds the failover command may take for the whole plan.
 FAILOVER_TIMEOUT_S = 1800.0
-# Bytes per ranged read of a recovered page blob (4 MiB, the largest Get Blob range with CRC64: Azure docs).
-DOWNLOAD_CHUNK = 4 * 1024 * 1024
 LOST_FOUND = "lost+found"
 
 
@@ -237,32 +235,30 @@ def _blob(connection_string: str, url: str) -> Any:
 
 
 def download_disk(connection_string: str, url: str, dest: Path) -> int:
-    """The recovered page blob as a raw image at `dest` (sparse: only written page ranges are
-    read), the fixed-VHD footer checked and cut; the image's size."""
+    """The recovered page blob as a raw image at `dest` (.img; sparse: only written page ranges are
+    read), the fixed-VHD footer checked and cut; the image's size. Read through the data path's
+    exporter (`dr_agent.export`): the page ranges are listed once, then read in ranged GETs."""
+    from dr_agent.errors import AgentError
+    from dr_agent.export import export_location
+    from dr_agent.pageblob import read_range
     from dr_agent.vhd import FOOTER_SIZE, parse_footer
 
     blob = _blob(connection_string, url)
-    size = int(blob.get_blob_properties().size)
-    if size < FOOTER_SIZE:
-        raise LabError(f"{url}: {size} bytes, too small for a VHD")
-    footer = blob.download_blob(offset=size - FOOTER_SIZE, length=FOOTER_SIZE).readall()
     try:
-        virtual = parse_footer(footer)
-    except ValueError as err:
-        raise LabError(f"{url}: the last 512 bytes are not a fixed-VHD footer ({err})") from None
-    virtual = int(virtual)
-    with open(dest, "wb") as out:
-        out.truncate(virtual)
-        for page in blob.list_page_ranges():
-            if page.cleared:
-                continue
-            start, end = int(page.start), min(int(page.end) + 1, virtual)
-            offset = start
-            while offset < end:
-                n = min(DOWNLOAD_CHUNK, end - offset)
-                out.seek(offset)
-                out.write(blob.download_blob(offset=offset, length=n).readall())
-                offset += n
+        size = int(blob.get_blob_properties().size)
+        if size < FOOTER_SIZE:
+            raise LabError(f"{url}: {size} bytes, too small for a VHD")
+        footer = read_range(blob, size - FOOTER_SIZE, FOOTER_SIZE)
+        try:
+            virtual = int(parse_footer(footer))
+        except ValueError as err:
+            raise LabError(f"{url}: the last 512 bytes are not a fixed-VHD footer ({err})") from None
+        export_location({"kind": "pageblob", "container": blob.container_name, "blob": blob.blob_name},
+                        None, dest, size=virtual, connection_string=connection_string)
+    except AgentError as err:
+        raise LabError(f"{url}: {err}") from None
+    finally:
+        blob.close()
     return virtual
 
 
