@@ -259,12 +259,14 @@ class Hello(Message):
     NAME: ClassVar[str] = "HELLO"
     disk: str
     size: int
-    purpose: str = "stream"                 # "stream" (records) or "hashes" (a resync's block digests)
+    # "stream" (records; one connection per disk at a master target), "hashes" (a resync's block digests)
+    # or "probe" (a process server asking a master target where a stream stands: WELCOME, then the end)
+    purpose: str = "stream"
     first_retained: int | None = None       # an agent: the oldest record it still holds
     resyncing: bool = False                 # an agent: a hash resync is under way
     ps: str | None = None                   # a process server dialling a master target: its name
 
-    PURPOSES: ClassVar[tuple[str, ...]] = ("stream", "hashes")
+    PURPOSES: ClassVar[tuple[str, ...]] = ("stream", "hashes", "probe")
 
     def __post_init__(self) -> None:
         if not STREAM_NAME.match(self.disk):

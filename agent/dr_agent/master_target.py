@@ -147,6 +147,9 @@ class MasterTarget:
         if hello.purpose == "hashes":  # reads only: the disk's stream may go on meanwhile
             self._serve_hashes(conn, self._target(disk, size))
             return
+        if hello.purpose == "probe":  # where the stream stands, without waiting for the stream's connection
+            conn.send_msg(FrameType.WELCOME, Welcome(applied=self._target(disk, size).applied_seq()))
+            return
         with self._lock:
             lock = self._disk_locks.setdefault(disk, threading.Lock())
         if not lock.acquire(timeout=IDLE_TIMEOUT_S + 5):

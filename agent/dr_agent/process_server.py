@@ -149,7 +149,9 @@ class ProcessServer:
         if cache.last_seq == 0 and cache.used_bytes() == 0:
             # A disk new to this process server (first sync, or an agent that moved here): start
             # the stream where the master target is, or where the agent's retained records begin.
-            base = self.link.applied(disk, size)
+            base = self.forwarders.applied(disk)  # its forwarder holds the stream: it knows
+            if base is None:
+                base = self.link.applied(disk, size)
             if base is None:
                 first = hello.first_retained
                 base = first - 1 if first else 0

@@ -30,7 +30,8 @@ FORWARD_FRAME_BYTES = 4 * 1024 * 1024
 FORWARD_WINDOW_BYTES = 64 * 1024 * 1024
 # Seconds between keepalive PINGs on an idle forwarding connection (well under IDLE_TIMEOUT_S).
 PING_EVERY_S = 5.0
-# Seconds to wait for the master target when only asking where a stream stands.
+# Seconds a whole probe of the master target may take (connect, HELLO, WELCOME) when only asking
+# where a stream stands: an agent's WELCOME waits on it.
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -101,13 +102,23 @@ class MasterTargetLink:
             raise
 
     def applied(self, disk: str, size: int) -> int | None:
-        """The master target's applied sequence for `disk`, or None when it cannot be reached now."""
+        """The master target's applied sequence for `disk`, or None when it cannot say within
+        PROBE_TIMEOUT_S. A "probe" HELLO: the master target answers it without the disk's stream
+        connection (one per disk, which this process server's forwarder may hold)."""
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
         try:
-            conn, applied = self.hello(disk, size, timeout=PROBE_TIMEOUT_S)
+            conn = self.dial(timeout=PROBE_TIMEOUT_S)
         except AgentError:
             return None
-        conn.close()
-        return applied
+        try:
+            conn.sock.settimeout(max(0.01, deadline - time.monotonic()))  # the read, too, within the probe's time
+            conn.send_msg(FrameType.HELLO, Hello(disk, size, purpose="probe"))
+            return conn.recv_msg(FrameType.WELCOME, Welcome).applied
+        except AgentError as err:
+            log.info("master target %s:%d did not say where %s stands: %s", *self.address, disk, err)
+            return None
+        finally:
+            conn.close()
 
 
 class Forwarders:
@@ -119,6 +130,7 @@ class Forwarders:
         self._lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._stop = threading.Event()
+        self._streaming: set[str] = set()  # disks whose forwarder holds the master target's stream now
 
     def ensure(self, disk: str) -> None:
         """A forwarder for `disk` runs (started if it is not)."""
@@ -164,12 +176,22 @@ class Forwarders:
         broken = threading.Event()
         try:
             cache.set_acked(applied)
+            with self._lock:
+                self._streaming.add(disk)
             reader = threading.Thread(target=self._read_acks, args=(conn, disk, cache, broken),
                                       name=f"fwd-ack-{disk}", daemon=True)
             reader.start()
             self._send(conn, disk, cache, applied + 1, broken)
         finally:
+            with self._lock:
+                self._streaming.discard(disk)
             conn.close()
+
+    def applied(self, disk: str) -> int | None:
+        """The master target's applied sequence for `disk` as this disk's forwarder knows it (its
+        WELCOME, then the ACKs), or None when the forwarder holds no stream to the master target now."""
+        with self._lock:
+            return self.disks.cache(disk).acked_seq if disk in self._streaming else None
 
     @staticmethod
     def _read_acks(conn: Connection, disk: str, cache: DiskCache, broken: threading.Event) -> None:
