@@ -37,3 +37,14 @@ def echo_error(message: str) -> None:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def span(seconds: float | None) -> str:
+    """A duration for people: "-" when unknown, seconds under 2 min, minutes under 2 h, then hours."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -145,17 +145,27 @@ def verify_record(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[in
     return seq, end
 
 
+def _check_header(what: str, pos: int | None, magic: tuple[bytes, bytes], version: tuple[int, int],
+                  payload: tuple[int, int]) -> None:
+    """Refuse a record's or frame's header whose (got, expected) magic or version differs, or whose
+    (payload length, maximum) is too long: CorruptData naming `what` and, when known, its byte `pos`."""
+    if magic[0] == magic[1] and version[0] == version[1] and payload[0] <= payload[1]:
+        return  # the hot path: every record read goes through here
+    at = "" if pos is None else f" at byte {pos}"
+    if magic[0] != magic[1]:
+        raise CorruptData(f"{what} magic {bytes(magic[0])!r}{at}; expected {magic[1]!r}")
+    if version[0] != version[1]:
+        raise CorruptData(f"{what} version {version[0]}{at}; this agent reads version {version[1]}")
+    if payload[0] > payload[1]:
+        raise CorruptData(f"{what} payload length {payload[0]}{at} exceeds {payload[1]}")
+
+
 def _verified(view: memoryview, pos: int) -> tuple[int, int, tuple[int, int, int, int]]:
     """(seq, end, (kind, codec, offset, length)) of the checked record at `pos`."""
     if len(view) - pos < RECORD_HEADER_SIZE:
         raise EOFError("short record header")
     magic, version, kind, codec, _, plen, seq, offset, length, checksum = RECORD_HEADER.unpack_from(view, pos)
-    if magic != RECORD_MAGIC:
-        raise CorruptData(f"record magic {bytes(magic)!r} at byte {pos}; expected {RECORD_MAGIC!r}")
-    if version != RECORD_VERSION:
-        raise CorruptData(f"record version {version} at byte {pos}; this agent reads version {RECORD_VERSION}")
-    if plen > MAX_RECORD_PAYLOAD:
-        raise CorruptData(f"record payload length {plen} at byte {pos} exceeds {MAX_RECORD_PAYLOAD}")
+    _check_header("record", pos, (magic, RECORD_MAGIC), (version, RECORD_VERSION), (plen, MAX_RECORD_PAYLOAD))
     end = pos + RECORD_HEADER_SIZE + plen
     if end > len(view):
         raise EOFError("short record payload")
@@ -209,12 +219,7 @@ def json_frame(ftype: FrameType, body: dict[str, Any]) -> bytes:
 def parse_frame_header(head: bytes | bytearray) -> tuple[FrameType, int, int]:
     """(type, payload length, checksum) of a frame header; raises CorruptData."""
     magic, version, ftype, _, plen, checksum = FRAME_HEADER.unpack(head)
-    if magic != FRAME_MAGIC:
-        raise CorruptData(f"frame magic {magic!r}; expected {FRAME_MAGIC!r}")
-    if version != FRAME_VERSION:
-        raise CorruptData(f"frame version {version}; this agent speaks version {FRAME_VERSION}")
-    if plen > MAX_FRAME_PAYLOAD:
-        raise CorruptData(f"frame payload length {plen} exceeds {MAX_FRAME_PAYLOAD}")
+    _check_header("frame", None, (magic, FRAME_MAGIC), (version, FRAME_VERSION), (plen, MAX_FRAME_PAYLOAD))
     try:
         t = FrameType(ftype)
     except ValueError:

@@ -74,6 +74,18 @@ def _sources(checkout: Path) -> list[str]:
             if p.is_file() and not skip & set(p.relative_to(checkout).parts) and ".egg-info" not in p.as_posix()]
 
 
+def _pip(args: list[str], what: str) -> None:
+    """`pip ARGS` with this interpreter; WheelBuildFailed naming `what` and pip's last line when it fails."""
+    argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise WheelBuildFailed(f"pip did not {what} within {BUILD_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise WheelBuildFailed(f"pip could not {what}: {last}")
+
+
 def build(checkout: Path, out: Path) -> tuple[Wheel, Wheel]:
     """(dr-agent wheel, dr-as-code wheel) built from a copy of `checkout` into `out` (building
     leaves nothing behind in the checkout)."""
@@ -85,15 +97,8 @@ def build(checkout: Path, out: Path) -> tuple[Wheel, Wheel]:
         for rel in _sources(checkout):
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(checkout / rel, src / rel)
-        argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "wheel", "--no-deps", "-w",
-                str(out), str(src / "agent"), str(src)]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise WheelBuildFailed(f"building the wheels took over {BUILD_TIMEOUT_S} s: {' '.join(argv)}") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise WheelBuildFailed(f"pip could not build the wheels from {checkout}: {last}")
+        _pip(["wheel", "--no-deps", "-w", str(out), str(src / "agent"), str(src)],
+             f"build the wheels from {checkout}")
     agent = next(out.glob("dr_agent-*.whl"), None)
     dr = next(out.glob("dr_as_code-*.whl"), None)
     if agent is None or dr is None:
@@ -194,17 +199,10 @@ def collect(project: tuple[Wheel, Wheel], role: str, target: str | Target, out: 
     folder.mkdir(parents=True)
     requirement = ROLE_REQUIREMENTS[role]
     needed = _third_party(project, requirement)
-    argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "download", "--only-binary=:all:",
-            "--python-version", spec.python, "--implementation", "cp", "--abi", spec.abi, "--abi", "abi3",
-            "--abi", "none", *[a for p in spec.platforms for a in ("--platform", p)], "--platform", "any",
-            "-d", str(folder), *needed]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise WheelBuildFailed(f"collecting the {target} wheels of {role} took over {BUILD_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise WheelBuildFailed(f"pip could not collect the {target} dependency wheels of {requirement}: {last}")
+    _pip(["download", "--only-binary=:all:", "--python-version", spec.python, "--implementation", "cp",
+          "--abi", spec.abi, "--abi", "abi3", "--abi", "none", *[a for p in spec.platforms for a in ("--platform", p)],
+          "--platform", "any", "-d", str(folder), *needed],
+         f"collect the {target} dependency wheels of {requirement}")
     stray = [p.name for p in folder.glob("dr_agent-*") if p.is_file()] + [p.name for p in folder.glob("dr_as_code-*")]
     if stray:  # a third-party package depending on a name of ours: refuse rather than mix them
         raise WheelBuildFailed(f"a dependency of {requirement} pulled {', '.join(stray)} from an index")

@@ -28,7 +28,10 @@ def _progress(message: str) -> None:
     click.echo(click.style("lab: ", fg="cyan") + message if use_colour() else f"lab: {message}", err=True)
 
 
-def _render(status: Any, spec: Path) -> None:
+def _render(status: Any, spec: Path, fmt: str) -> None:
+    if fmt == "json":
+        echo_json(status.to_json())
+        return
     mark = {True: "running", False: "stopped"}
     click.echo(f"estate {status.estate}: {'up' if status.up else 'down'}, subnet {status.subnet}, {status.directory}")
     for c in status.components:
@@ -81,10 +84,7 @@ def up_cmd(spec: Path, root: Path | None, disk_size: str, no_push: bool, fmt: st
 
     size = parse_size(disk_size)
     status = _lab(spec, root).up(disk_size=size, progress=_progress, push=not no_push)
-    if fmt == "json":
-        echo_json(status.to_json())
-    else:
-        _render(status, spec)
+    _render(status, spec, fmt)
 
 
 @lab.command("status")
@@ -94,10 +94,7 @@ def up_cmd(spec: Path, root: Path | None, disk_size: str, no_push: bool, fmt: st
 def status_cmd(spec: Path, root: Path | None, fmt: str) -> None:
     """What runs in the lab, where (exit 0 even when parts are stopped: read `all_running`)."""
     status = _lab(spec, root).status()
-    if fmt == "json":
-        echo_json(status.to_json())
-    else:
-        _render(status, spec)
+    _render(status, spec, fmt)
 
 
 @lab.command("down")

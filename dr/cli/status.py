@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from dr.output import echo_json, format_option, use_colour
+from dr.output import echo_json, format_option, span, use_colour
 
 _COLOURS = {"Healthy": "green", "Warning": "yellow", "Critical": "red"}
 
@@ -20,17 +20,7 @@ def _when(value: float | None, now: float) -> str:
         return "never"
     age = now - value
     stamp = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M")
-    return f"{stamp} ({_span(age)} ago)"
-
-
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{stamp} ({span(age)} ago)"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -47,8 +37,8 @@ def _state(text: str, colour: bool) -> str:
 def _text(view: dict[str, Any], colour: bool) -> list[str]:
     now = view["time"]
     out = [f"estate {view['estate']}: {_state(view['health']['state'], colour)}", ""]
-    rows = [[m["name"], m["group"], m["health"]["state"], _span(m["rpo_seconds"]),
-             _span(m["rpo_threshold_seconds"]), _when(m["latest_point"], now), _when(m["latest_app_point"], now)]
+    rows = [[m["name"], m["group"], m["health"]["state"], span(m["rpo_seconds"]),
+             span(m["rpo_threshold_seconds"]), _when(m["latest_point"], now), _when(m["latest_app_point"], now)]
             for m in view["machines"]]
     table = _table(rows, ["MACHINE", "GROUP", "HEALTH", "RPO", "THRESHOLD", "LATEST POINT", "LATEST APP POINT"])
     if colour:
@@ -75,8 +65,8 @@ def _markdown(view: dict[str, Any]) -> list[str]:
     now = view["time"]
     out = [f"## Estate `{view['estate']}`: {view['health']['state']}", "",
            "| Machine | Group | Health | RPO | Threshold | Latest point |", "|---|---|---|---|---|---|"]
-    out += [f"| {m['name']} | {m['group']} | {m['health']['state']} | {_span(m['rpo_seconds'])} | "
-            f"{_span(m['rpo_threshold_seconds'])} | {_when(m['latest_point'], now)} |" for m in view["machines"]]
+    out += [f"| {m['name']} | {m['group']} | {m['health']['state']} | {span(m['rpo_seconds'])} | "
+            f"{span(m['rpo_threshold_seconds'])} | {_when(m['latest_point'], now)} |" for m in view["machines"]]
     out += ["", f"Open alerts: {len(view['alerts'])}", ""]
     out += [f"- **{a['severity']}** `{a['condition']}` {a['subject']}: {a['message']}" for a in view["alerts"]]
     return out

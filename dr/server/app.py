@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dr import __version__
 from dr.errors import DrError
+from dr.output import span
 from dr.server.jobs import Jobs
 from dr.server.schemas import (
     AgentHeartbeat,
@@ -115,16 +116,6 @@ def _when(value: float | None) -> str:
     return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 120:
-        return f"{value:.0f} s"
-    if value < 7200:
-        return f"{value / 60:.0f} min"
-    return f"{value / 3600:.1f} h"
-
-
 @dataclass(frozen=True, kw_only=True)
 class _Templates:
     env: jinja2.Environment
@@ -137,7 +128,7 @@ class _Templates:
             undefined=jinja2.StrictUndefined,
         )
         env.filters["when"] = _when
-        env.filters["seconds"] = _seconds
+        env.filters["seconds"] = span
         return cls(env=env)
 
     def render(self, name: str, **context: Any) -> str:

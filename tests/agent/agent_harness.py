@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "pipeline"))
 from pipeline_harness import REPO, Service, free_port
+
+from tests.conftest import wait_for as shared_wait_for
 
 MIB = 1024 * 1024
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "agent"), str(REPO)])}
@@ -193,12 +194,11 @@ class Estate:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, *, agent: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The shared wait (tests/conftest.py), failing early when `agent` (a Popen) exits meanwhile."""
+    def step() -> Any:
         value = check()
-        if value:
-            return value
-        if agent is not None and agent.poll() is not None:
+        if not value and agent is not None and agent.poll() is not None:
             raise AssertionError(f"the agent exited ({agent.returncode}) while waiting for {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} within {timeout:g} s")
+        return value
+
+    return shared_wait_for(step, timeout, what)

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import wait_for as shared_wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "agent"), str(REPO)]), "NO_COLOR": "1"}
 PASSPHRASE = "control loop tests passphrase"
@@ -156,12 +158,6 @@ def register(server: str, name: str, role: str, out: Path, *extra: str,
     return done
 
 
-def wait_for(what: str, check: Any, timeout_s: float, *, every_s: float = 0.5) -> Any:
+def wait_for(what: str, check: Any, timeout_s: float) -> Any:
     """`check()` until it returns something true; its value. Fails naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(every_s)
+    return shared_wait_for(check, timeout_s, what)

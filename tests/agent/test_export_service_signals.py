@@ -15,7 +15,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,8 @@ from dr_agent.process_server import ProcessServer, ProcessServerConfig
 from dr_agent.sink import ProcessServerSink
 from dr_agent.transport import dial
 
+from tests.conftest import wait_for as shared_wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
@@ -37,13 +38,7 @@ def free_port() -> int:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return shared_wait_for(check, timeout, what)
 
 
 class Service:

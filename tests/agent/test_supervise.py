@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from dr_agent.errors import ConfigError
 from dr_agent.supervise import parse_time_span, parse_unit, read_pidfile
 
 from dr.blueprints import render
+from tests.conftest import wait_for as shared_wait_for
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys, time
@@ -39,13 +39,7 @@ CHILD = textwrap.dedent("""
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    return shared_wait_for(check, timeout, what)
 
 
 def alive(pid: int) -> bool:

@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from dr_agent.contract import Layout
 from dr_agent.supervise import read_pidfile, run_files
 
 from dr.push import relocate
+from tests.conftest import wait_for as shared_wait_for
 from tests.discover.support import Sshd
 from tests.push.conftest import PASSPHRASE, ConfigServer
 
@@ -65,13 +65,8 @@ def supervise_events(log: Path) -> list[dict[str, object]]:
     return out
 
 
-def wait_for(what: str, check: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> None:
+    shared_wait_for(check, timeout, what)
 
 
 @pytest.fixture()

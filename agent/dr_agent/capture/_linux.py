@@ -70,22 +70,22 @@ def write_zeros(fd: int, offset: int, length: int) -> None:
         pos += os.pwrite(fd, zeros[:min(len(zeros), end - pos)], pos)
 
 
-def freeze(mount_point: Path) -> None:
-    """FIFREEZE: flush the file system and block every new write until `thaw`."""
+def _fs_ioctl(mount_point: Path, request: int) -> None:
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.ioctl(fd, FIFREEZE, 0)
+        fcntl.ioctl(fd, request, 0)
     finally:
         os.close(fd)
+
+
+def freeze(mount_point: Path) -> None:
+    """FIFREEZE: flush the file system and block every new write until `thaw`."""
+    _fs_ioctl(mount_point, FIFREEZE)
 
 
 def thaw(mount_point: Path) -> None:
     """FITHAW: let writes through again."""
-    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.ioctl(fd, FITHAW, 0)
-    finally:
-        os.close(fd)
+    _fs_ioctl(mount_point, FITHAW)
 
 
 def freeze_held(mount_point: Path) -> int:

@@ -34,6 +34,7 @@ from dr_agent.sink import ProcessServerSink
 
 from dr.cli import cli
 from tests.agent.pipeline.pipeline_harness import REPO, service_pair
+from tests.conftest import wait_for as shared_wait_for
 
 GROUP = "sharepoint"
 MACHINES = ("web01", "app01", "sql01")
@@ -180,10 +181,7 @@ class Site:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    shared_wait_for(check, timeout, what)
 
 
 def dependent_writer(machines: list[Machine], stop: threading.Event) -> threading.Thread:
