@@ -201,6 +201,9 @@ class Agent:
         self._point: tuple[str, BookmarkKind, str] | None = None  # (id or "", kind, scripts' env id)
         self.last_point: str | None = None
         self.points_taken = 0
+        # monotonic time of the newest multi-VM point marked on this machine's disks (start: none yet)
+        self._group_point_at = time.monotonic()
+        self._own_while_grouped = False  # own points taken while in a group whose points do not land
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._disks: list[_Disk] = []
         self._threads: list[threading.Thread] = []
@@ -503,14 +506,26 @@ class Agent:
             now = time.monotonic()
             if now < min(next_crash, next_app):
                 continue
-            if self._member is not None and self._member.connected:
-                next_crash, next_app = now + c.crash_every_s, now + c.app_every_s if c.app_every_s else float("inf")
-                continue  # the group's coordinator takes the points
+            grouped = self._member is not None and self._member.connected
+            if grouped:
+                # The group's coordinator takes the points (app points are the group's alone); but when
+                # none has landed here within the crash interval (a member cannot take points: in its
+                # initial sync, stuck), the machine takes its own crash-consistent point, as ASR keeps
+                # per-VM points besides multi-VM ones: this machine's RPO stays bounded meanwhile.
+                next_app = now + c.app_every_s if c.app_every_s else float("inf")
+                next_crash = max(next_crash, self._group_point_at + c.crash_every_s)
+                if now < next_crash:
+                    continue
             not_ready = [f"{d.name} is in {d.state}" for d in self._disks
                          if d.state != "protected" or not d.buffered.connected]
             if not_ready:
                 continue  # a point needs every disk streaming; the state change was logged
             kind: BookmarkKind = "app" if now >= next_app else "crash"
+            if grouped and not self._own_while_grouped:
+                self._own_while_grouped = True
+                log.warning("group %s: no multi-VM point has landed on this machine's disks for %.0f s "
+                            "(crash_consistent_every_s); taking this machine's own crash-consistent points "
+                            "until the group's resume", c.group, now - self._group_point_at)
             try:
                 self.take_point(kind)
                 said = ""
@@ -596,6 +611,12 @@ class Agent:
                 d.splitter.mark(bookmark_id, group_id, kind)
         self.last_point = bookmark_id
         self.points_taken += 1
+        if group_id is not None:
+            self._group_point_at = time.monotonic()
+            if self._own_while_grouped:
+                self._own_while_grouped = False
+                log.warning("group %s: multi-VM points land again (%s); this machine's own points stop",
+                            group_id, bookmark_id)
 
     def resume(self) -> None:
         """Let writes through, thaw (always), post-scripts (app); safe to call more than once."""
