@@ -21,8 +21,10 @@ participant is the agent's machine:
   RESUME, and when the connection dropped.
 
 `connected` is True while the coordinator has accepted this agent and every member of the group is
-connected: then the coordinator takes the group's points and the agent takes none of its own. The
-member reconnects by itself, with a backoff from RECONNECT_MIN_S doubling up to RECONNECT_MAX_S.
+connected: then the coordinator takes the group's points and the agent takes none of its own, unless
+no group point has landed on its disks within its crash interval (a member that cannot take points,
+e.g. in its initial sync): then it takes its own crash-consistent points until the group's land again
+(dr_agent.agent). The member reconnects by itself, with a backoff from RECONNECT_MIN_S doubling up to RECONNECT_MAX_S.
 """
 
 from __future__ import annotations

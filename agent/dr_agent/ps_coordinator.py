@@ -5,7 +5,9 @@ of the group's site; agent.toml `coordinator = "HOST:9443"`) on PS_PORT, over th
 transport and frames as the disk streams, and send JOIN; nothing listens on a source machine. The
 coordinator answers GROUP (who of the group is connected) and tells every member again whenever one
 comes or goes: while the group is complete the coordinator takes the group's points and the members
-take none of their own.
+take none of their own, except a crash-consistent point of a member's own when no group point has
+landed on its disks within its crash interval (a member that cannot take points must not leave every
+machine's RPO unbounded).
 
 On the group's schedule (`crash_consistent_every_s`, `app_consistent_every_s`), when every member is
 connected, a point runs in two phases:
