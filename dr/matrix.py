@@ -1,7 +1,7 @@
 """Support matrices: what Azure Site Recovery can protect, as data (`dr/data/support/<profile>.yaml`).
 
-A spec selects one with `support_profile:` (default `asr-2015`, the seed's; `azure-2026` is the
-current one, deployable today, and what new specs and `dr discover` choose). The rules in
+A spec selects one with `support_profile:` (default `azure-2026`, the current one, deployable today, and
+`dr discover`'s default too; `asr-2015` keeps the seed's rules for a spec that names it). The rules in
 `dr.rules` read only these models, so a new profile is a new data file, not new code.
 """
 

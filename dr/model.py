@@ -56,6 +56,13 @@ def _ip_network(value: Any) -> str:
 
 Prefix = Annotated[str, BeforeValidator(_ip_network), Field(json_schema_extra={"examples": ["10.50.0.0/16"]})]
 
+SupportProfile = Literal["asr-2015", "asr-2023", "azure-2026"]
+
+# The profile of a spec that names none, and of `dr discover --profile`: the current one, because the
+# others' sizes cannot be deployed today (A-series retired 2024-08-31, D-series retiring 2028-05-01:
+# dr/data/vm_sizes.yaml, with sources). asr-2015 keeps the seed's rules for a spec that names it.
+DEFAULT_SUPPORT_PROFILE: SupportProfile = "azure-2026"
+
 
 # ---------------------------------------------------------------------------------------------
 # Credentials: only ever references, never literal secrets.
@@ -422,10 +429,10 @@ class Estate(Spec):
     estate: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] = Field(
         description="estate name: lower-case letters, digits and dashes (it prefixes Azure resource names)"
     )
-    support_profile: Literal["asr-2015", "asr-2023", "azure-2026"] = Field(
-        default="asr-2015",
-        description="support matrix and VM sizes: azure-2026 (current, deployable today: choose it for a new "
-        "spec), asr-2023, or asr-2015 (the seed's; its sizes are retired)",
+    support_profile: SupportProfile = Field(
+        default=DEFAULT_SUPPORT_PROFILE,
+        description="support matrix and VM sizes: azure-2026 (the default: current, deployable today), "
+        "asr-2023, or asr-2015 (the seed's rules; its sizes are retired, name it to keep them)",
     )
     include: list[Text] = Field(
         default_factory=list, description="other YAML files (e.g. discovered inventories) merged into this one"

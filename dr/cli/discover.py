@@ -13,10 +13,10 @@ import click
 from dr.duration import parse_duration
 from dr.errors import SecretUnavailable, UsageError
 from dr.matrix import PROFILES
+from dr.model import DEFAULT_SUPPORT_PROFILE
 from dr.output import echo_json, format_option
 
 DEFAULT_INVENTORY = "inventory.yaml"
-DEFAULT_PROFILE = "asr-2015"
 
 
 def _password(variable: str | None) -> str | None:
@@ -147,8 +147,8 @@ def _formatted(command: Callable[..., Any]) -> Callable[..., Any]:
 def _common_discover_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--site", required=True, help="the spec's site these machines belong to"),
-        click.option("--profile", "profile", type=click.Choice(PROFILES), default=DEFAULT_PROFILE, show_default=True,
-                     help="support profile whose rules decide replicability"),
+        click.option("--profile", "profile", type=click.Choice(PROFILES), default=DEFAULT_SUPPORT_PROFILE,
+                     show_default=True, help="support profile whose rules decide replicability"),
         click.option("--dry-run", is_flag=True, help="report the changes without writing the inventory"),
         format_option(),
     ]

@@ -30,7 +30,7 @@ from dr.discover.errors import (
     SourceUnreachable,
 )
 from dr.errors import MissingExtra
-from dr.model import Disk, Machine, Replicability, VmwareFacts
+from dr.model import DEFAULT_SUPPORT_PROFILE, Disk, Machine, Replicability, VmwareFacts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -475,7 +475,7 @@ def with_verdict(machine: Machine, profile: str) -> Machine:
 
 
 def discover(
-    source: Source, *, site: str, profile: str = "asr-2015", progress: Callable[[int], None] | None = None,
+    source: Source, *, site: str, profile: str = DEFAULT_SUPPORT_PROFILE, progress: Callable[[int], None] | None = None,
 ) -> Inventory:
     """Connect, check privileges, retrieve everything in one round, map every VM (templates skipped)."""
     _, vim = _pyvmomi()

@@ -25,6 +25,8 @@ BROKEN: dict[str, str] = {
     "DC0_H0_VM5": "'Windows Server 2016' is not supported in asr-2015",
 }
 REPLICABLE = [f"DC0_C0_RP0_VM{i}" for i in range(6)]
+# BROKEN breaks the seed's rules (asr-2015), which are not the default profile: discovery names them.
+SEED_RULES = ("--profile", "asr-2015")
 
 
 @dataclass(frozen=True)
