@@ -22,7 +22,7 @@ from typing import Any
 
 from dr_agent.contract import stream_name
 
-from dr.azure.naming import storage_env
+from dr.azure.naming import recovered_disk_blob, storage_env
 from dr.errors import DrError, MissingExtra
 from dr.failover.provider import FailoverError
 from dr.server.service import ConfigServer
@@ -121,7 +121,7 @@ class AgentReverseReplication:
         service = BlobServiceClient.from_connection_string(self.connection_string)
         sent = []
         for disk in machine.disks:
-            blob = service.get_blob_client(container_name(group), f"{machine.name}/{disk.name}.vhd")
+            blob = service.get_blob_client(container_name(group), recovered_disk_blob(machine.name, disk.name))
             total = int(blob.get_blob_properties().size)
             size = total - FOOTER_SIZE
             try:

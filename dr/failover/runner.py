@@ -29,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dr.azure.naming import recovered_disk_blob
 from dr.errors import EXIT_INVALID, DrError
 from dr.failover import actions
 from dr.failover.points import Choice, Point, choose
@@ -460,7 +461,7 @@ class Runner:
             image = folder / f"{machine.name}-{disk.name}.vhd"  # a fixed VHD: what a managed disk imports
             try:
                 self.env.exporter.export(machine.name, disk.name, point.point_id, image)
-                urls.append(self.env.disks.put_disk(rg, f"{machine.name}/{disk.name}.vhd", image))
+                urls.append(self.env.disks.put_disk(rg, recovered_disk_blob(machine.name, disk.name), image))
             finally:
                 image.unlink(missing_ok=True)
         report = provisioning_report(self.estate, plan, machine, failover_type, urls)
