@@ -9,8 +9,6 @@ the forwarder (which used to cost ~35 s: the master target's wait for the stream
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ from dr_agent.pki import client_context
 from dr_agent.records import FrameType
 from dr_agent.transport import dial
 from pipeline_harness import MIB, service_pair
+
+from tests.conftest import wait_for
 
 # Seconds an agent's HELLO may wait for its WELCOME here: well over the process server's whole
 # probe (ps_forward.PROBE_TIMEOUT_S, 3 s) and well under the master target's wait for a disk's
@@ -33,13 +33,6 @@ def _established_to(port: int) -> int:
         if fields[2].upper() == f"0100007F:{port:04X}" and fields[3] == "01":
             count += 1
     return count
-
-
-def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.1)
 
 
 def _hello(port: int, identity: Any, disk: str, size: int) -> dict[str, Any]:
@@ -61,7 +54,7 @@ def test_a_reconnecting_agent_s_welcome_does_not_wait_for_the_forwarder_s_stream
         disk, size = "web01.sdb", 8 * MIB
         assert _hello(ps_port, pki.agent, disk, size)["applied"] == 0  # a disk new to both: the stream starts
         # The disk's forwarder now holds the master target's stream connection (nothing to send yet).
-        _wait_until(lambda: _established_to(mt_port) >= 1, 30, "the forwarder's stream to the master target")
+        wait_for(lambda: _established_to(mt_port) >= 1, 30, "the forwarder's stream to the master target")
         for _ in range(2):  # the agent reconnects (its cache at the process server is still empty)
             welcome = _hello(ps_port, pki.agent, disk, size)
             assert welcome["applied"] == 0 and welcome["durable"] == 0
