@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dr.azure.naming import recovered_disk_blob
 from dr.lab.errors import LabError
 from dr.lab.host import run, tool
 
@@ -528,7 +529,8 @@ class Drill:
                 step = steps.get(m)
                 urls = list(step["detail"].get("disks", [])) if step else []
                 for disk in self.disks[m]:
-                    url = next((u for u in urls if urllib.parse.unquote(u).endswith(f"/{m}/{disk}.vhd")), None)
+                    blob = recovered_disk_blob(m, disk)
+                    url = next((u for u in urls if urllib.parse.unquote(u).endswith(f"/{blob}")), None)
                     if url is None:
                         verdicts.append(DiskVerdict(m, disk, False, 0, 0, "the failover recorded no recovered disk"))
                         continue
