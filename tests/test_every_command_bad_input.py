@@ -20,9 +20,6 @@ from dr.cli import cli
 from dr.errors import EXIT_INVALID, EXIT_UNREADABLE, EXIT_USAGE
 
 DOCUMENTED = {EXIT_INVALID, EXIT_UNREADABLE, EXIT_USAGE}
-# Commands that act on the machine itself (namespaces, loop devices, processes): their bad-input
-# paths are exercised by their own tests, which clean up after them.
-MACHINE_WIDE = {"lab"}
 # Parameters that name where a command writes: an existing file there is overwritten (as asked), so
 # only "missing" (in a folder that does not exist) and "directory" are bad inputs for them.
 OUTPUTS = {"output", "out", "out_dir", "dest", "to"}
@@ -35,7 +32,7 @@ def _leaves(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tupl
     found = []
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
-        if cmd is None or (not prefix and name in MACHINE_WIDE):
+        if cmd is None:
             continue
         if isinstance(cmd, click.Group):
             found += _leaves(cmd, (*prefix, name))
