@@ -440,7 +440,8 @@ def _stop_timeout(unit: str) -> float:
             from dr_agent.supervise import parse_time_span
 
             try:
-                return min(parse_time_span(line.split("=", 1)[1], what="TimeoutStopSec"), 600.0)
+                seconds: float = parse_time_span(line.split("=", 1)[1], what="TimeoutStopSec")
+                return min(seconds, 600.0)
             except ConfigError:  # a unit systemd would also refuse: the default
                 break
     return 90.0

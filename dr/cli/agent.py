@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from dr.cli.ssh import ssh_login_options
 from dr.errors import EXIT_INVALID, SecretUnavailable, UsageError
 from dr.output import echo_json, format_option
 
@@ -40,13 +41,7 @@ def agent() -> None:
               help="the machines' Layout root (a lab or test machine's own directory)")
 @click.option("--address", "addresses", multiple=True, metavar="NAME=HOST",
               help="where to reach a machine (default: its address in the spec)")
-@click.option("--user", default="root", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=22, show_default=True)
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="private key to log in with (default: ssh-agent and ~/.ssh keys)")
-@click.option("--password-env", metavar="VAR", help="environment variable holding the SSH password")
-@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
-              help="known_hosts file to check host keys against (default ~/.ssh/known_hosts); unknown keys are refused")
+@ssh_login_options
 @click.option("--sudo", is_flag=True, help="run the installation through `sudo -n` (a non-root --user)")
 @click.option("--server", help="the configuration server (default: https://<the plan's first one>:8443)")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from dr.cli.ssh import ssh_login_options
 from dr.duration import parse_duration
 from dr.errors import SecretUnavailable, UsageError
 from dr.matrix import PROFILES
@@ -199,13 +200,7 @@ def discover_esxi(**kwargs: Any) -> None:
 @discover_group.command("physical")
 @click.argument("address")
 @click.option("--name", help="the machine's name in the spec (default: its host name)")
-@click.option("--user", default="root", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=22, show_default=True)
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="private key to log in with")
-@click.option("--password-env", metavar="VAR", help="environment variable holding the password")
-@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
-              help="known_hosts file to check the host key against (default ~/.ssh/known_hosts)")
+@ssh_login_options
 @click.option("--accept-new-host-key", is_flag=True, help="trust an unknown host key on first use")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 @click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False, path_type=Path),
