@@ -188,8 +188,12 @@ class PageBlobTarget:
         try:
             calls = self._calls()
         except TargetError as err:
-            done(err)
-            return
+            # Reported through the commit thread like any other outcome, so commits finish in the
+            # order they were asked for: `done(err)` here would overtake earlier commits still being
+            # recorded (seen under load: seq 3's failure reported before seq 1's success).
+            failed: cf.Future[None] = cf.Future()
+            failed.set_exception(err)
+            calls = [failed]
         self._committer.submit(seq, calls, done)
 
     def commit(self, seq: int) -> None:
