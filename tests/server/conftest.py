@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +31,17 @@ _PG_CTL = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql")
 PG_BIN = Path(_PG_CTL).resolve().parent if _PG_CTL else Path("/usr/local/bin")
 # PostgreSQL needs a few seconds to initdb and start on 2 cores (measured here: about 2 s).
 PG_START_TIMEOUT_S = 60
+
+
+def dr_env(**extra: str) -> dict[str, str]:
+    """The environment of a `dr` process as these tests start it (the vault passphrase set)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "DR_VAULT_PASSPHRASE": PASSPHRASE, **extra}
+
+
+def dr(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m dr ARGS` as a user runs it, with `dr_env`."""
+    return subprocess.run([sys.executable, "-m", "dr", *args], cwd=REPO, env=dr_env(**env), capture_output=True,
+                          text=True, timeout=120)
 
 
 class Clock:

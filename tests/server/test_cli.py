@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import ssl
 import subprocess
@@ -17,20 +16,11 @@ import pytest
 
 from dr.server import certs
 from dr.server.store import Store
-from tests.server.conftest import PASSPHRASE, SHAREPOINT, free_port
+from tests.server.conftest import PASSPHRASE, SHAREPOINT, dr, dr_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The server process starts in about 2 s here (imports); allow for a loaded 2-core machine.
 START_TIMEOUT_S = 60
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "DR_VAULT_PASSPHRASE": PASSPHRASE, **extra}
-
-
-def dr(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dr", *args], cwd=REPO, env=_env(**env), capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.fixture
@@ -41,7 +31,7 @@ def running(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "dr", "config-server", "start", str(SHAREPOINT), "--listen", f"127.0.0.1:{port}",
          "--state", str(state), "--check-every", "1s"],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=dr_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     base = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -116,7 +106,7 @@ def test_plain_http_is_for_loopback_only(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == ("dr: error: --plain-http serves tokens in clear text: allowed on loopback only, "
                              "not on 0.0.0.0\n")
-    env = {k: v for k, v in _env().items() if k != "DR_VAULT_PASSPHRASE"}
+    env = {k: v for k, v in dr_env().items() if k != "DR_VAULT_PASSPHRASE"}
     no_pass = subprocess.run([sys.executable, "-m", "dr", "config-server", "token", "--state",
                               str(tmp_path / "t.db")], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert no_pass.returncode == 2 and "DR_VAULT_PASSPHRASE" in no_pass.stderr

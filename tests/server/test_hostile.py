@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import signal
 import socket
@@ -31,7 +30,7 @@ import pytest
 from dr.server import certs
 from dr.server.jobs import Jobs, NewStep
 from dr.server.store import Store
-from tests.server.conftest import PASSPHRASE, SHAREPOINT, free_port
+from tests.server.conftest import PASSPHRASE, SHAREPOINT, dr, dr_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The server process starts in about 2 s here (imports, the vault's scrypt); allow for a loaded machine.
@@ -78,15 +77,6 @@ class Live:
                             event_hooks={"response": [record]}, **kwargs)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "DR_VAULT_PASSPHRASE": PASSPHRASE, **extra}
-
-
-def dr(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dr", *args], cwd=REPO, env=_env(**env), capture_output=True,
-                          text=True, timeout=120)
-
-
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
     hooks = Hooks()
@@ -115,7 +105,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
     process = subprocess.Popen(
         [sys.executable, "-m", "dr", "config-server", "start", str(spec), "--listen", f"127.0.0.1:{port}",
          "--state", str(state), "--check-every", "1s"],
-        cwd=REPO, env=_env(TMPDIR=str(tmp_path / "tmp")), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=dr_env(TMPDIR=str(tmp_path / "tmp")), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
