@@ -173,6 +173,11 @@ class Site:
         finally:
             cat.close()
 
+    def complete_points(self) -> int:
+        """How many of the group's points are on every disk of every member."""
+        streams = {stream_name(m, d) for m in self.members for d in DISKS}
+        return sum({p.disk for p in points} == streams for points in self.group_points().values())
+
     def alerts(self) -> list[dict[str, Any]]:
         import json
 
@@ -196,6 +201,24 @@ def dependent_writer(machines: list[Machine], stop: threading.Event) -> threadin
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def settled_points(site: Site, members: list[GroupMember], machines: list[Machine]) -> dict[str, list[Point]]:
+    """The group's points once no more can start: one member leaves (the group is incomplete), and
+    every bookmark sent is applied. The coordinator keeps taking points until then, so the newest
+    may have been under way as the member left, its MARK not reaching every disk; such a point is
+    left out here (failover never picks a point missing from a disk: dr.failover.points)."""
+    members[0].close()
+    for m in machines:
+        for sink in m.sinks:
+            sink.wait_applied(DEADLINE_S)
+    found = site.group_points()
+    if found:
+        newest = max(found, key=lambda i: max(p.time for p in found[i]))
+        if len({p.disk for p in found[newest]}) < len(site.members) * len(DISKS):
+            del found[newest]
+    assert found, "no group point on every disk"
+    return found
 
 
 def counter_at(point: Point) -> int:
@@ -238,16 +261,14 @@ def test_group_points_put_one_id_on_every_disk_of_every_member(tmp_path: Path, p
     writer = dependent_writer(machines, stop)
     stack.callback(writer.join, 10)
     stack.callback(stop.set)
-    wait_for("three group points", lambda: len(site.group_points()) >= 3)
+    streams = {stream_name(m, d) for m in site.members for d in DISKS}
+    wait_for("three group points on every disk", lambda: site.complete_points() >= 3)
     stop.set()
     writer.join(10)
-    for m in machines:  # every bookmark sent is in the catalog once the master target applied it
-        for sink in m.sinks:
-            sink.wait_applied(DEADLINE_S)
+    found = settled_points(site, members, machines)
 
     assert listening_sockets_of_this_process() == []  # the source side only dials
-    streams = {stream_name(m, d) for m in site.members for d in DISKS}
-    for point_id, points in site.group_points().items():
+    for point_id, points in found.items():
         assert {p.disk for p in points} == streams, f"point {point_id} is not on every disk"
         assert {(p.group_id, p.kind) for p in points} == {(site.group, "crash")}
         at = {p.disk: counter_at(p) for p in points}
@@ -278,11 +299,8 @@ def test_a_member_that_does_not_pause_aborts_the_point_for_everyone(tmp_path: Pa
         assert done.wait(DEADLINE_S), f"{m.name} is still held after the abort"
     assert site.group_points() == {}  # MARK is sent only once everyone paused: no id anywhere
     stuck.unstick()
-    wait_for("a group point after the stuck member recovered", lambda: len(site.group_points()) >= 1)
-    for m in machines:
-        for sink in m.sinks:
-            sink.wait_applied(DEADLINE_S)
-    for points in site.group_points().values():
+    wait_for("a group point after the stuck member recovered", lambda: site.complete_points() >= 1)
+    for points in settled_points(site, members, machines).values():
         assert len(points) == len(MACHINES) * len(DISKS)
     stuck.write(8)  # and the stuck machine runs again
 
