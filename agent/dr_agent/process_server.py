@@ -2,7 +2,9 @@
 
 Agents dial it (TLS, mutual authentication, role "agent"); it dials the master target (role
 "process_server"). A connection opens with HELLO (a disk stream, or a resync's hash requests) or
-with JOIN (an agent of a multi-VM group this process server coordinates). Its jobs, one module each:
+with JOIN (an agent of a multi-VM group this process server coordinates). An agent's certificate
+opens only its own machine's streams and joins only as that machine (transport.acts_for: its common
+name is its spec machine's name). Its jobs, one module each:
 
     ps_ingest       an agent's stream: verify, compress, append with one fsync per group, ACK;
                     FALLBACK to bitmap tracking when the cache is full
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from dr_agent.alerts import AlertLog
 from dr_agent.cache import SEGMENT_BYTES
-from dr_agent.contract import MAY_DIAL, STREAM_NAME, Hello, Join, ProcessServerHealth, Role
+from dr_agent.contract import MAY_DIAL, STREAM_NAME, Hello, ProcessServerHealth, Role
 from dr_agent.metrics import Metrics
 from dr_agent.pki import Identity, client_context, server_context
 from dr_agent.ps_coordinator import Coordinator, GroupConfig
@@ -38,7 +40,7 @@ from dr_agent.ps_ingest import GATHER_BYTES, Ingest
 from dr_agent.ps_monitor import CRITICAL_FREE, WARN_FREE, CacheMonitor, Level
 from dr_agent.ps_resync import relay_hashes
 from dr_agent.records import FrameType
-from dr_agent.transport import Connection, Listener, message, receive_hello
+from dr_agent.transport import Connection, Listener, receive_hello, receive_join
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,9 @@ class ProcessServer:
                 conn.refuse(f"process server {self.config.name} coordinates no multi-VM group; check "
                             "`coordinator` in agent.toml (the first process server of the group's site)")
                 return
-            self.coordinator.serve(conn, message(Join, *first))
+            join = receive_join(conn, first)
+            if join is not None:
+                self.coordinator.serve(conn, join)
             return
         hello = receive_hello(conn, first)
         if hello is not None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dr_agent.contract import Error, Hello, Message, Role, parse_role
+from dr_agent.contract import Error, Hello, Join, Message, Role, parse_role, parse_stream
 from dr_agent.errors import AuthError, CorruptData, ProtocolError, TransportError
 from dr_agent.pki import peer_role
 from dr_agent.records import (
@@ -203,17 +203,51 @@ def message(cls: type[M], ftype: FrameType, payload: bytes | bytearray) -> M:
 
 def receive_hello(conn: Connection, first: tuple[FrameType, bytearray] | None = None) -> Hello | None:
     """The HELLO that opens a disk stream (`first`: the frame, when already read); None, after an
-    ERROR to the peer, when it is not a HELLO of a stream name and a disk size. One check for the
-    process server and the master target."""
+    ERROR to the peer, when it is not a HELLO of a stream name and a disk size, or an agent's
+    certificate names another machine than the stream's (`acts_for`). One check for the process
+    server and the master target."""
     ftype, payload = first if first is not None else conn.recv()
     if ftype != FrameType.HELLO:
         conn.refuse(f"expected a HELLO frame, got {ftype.name}")
         return None
     try:
-        return message(Hello, ftype, payload)
+        hello = message(Hello, ftype, payload)
+        machine = parse_stream(hello.disk)[0]
     except ProtocolError as err:
         conn.refuse(str(err))
         return None
+    doing = {"stream": "write", "hashes": "read the block hashes of"}.get(hello.purpose, hello.purpose)
+    if not acts_for(conn, machine, f"{doing} stream {hello.disk}", "writes and reads only its own machine's disks"):
+        return None
+    return hello
+
+
+def receive_join(conn: Connection, first: tuple[FrameType, bytearray]) -> Join | None:
+    """The JOIN that opens a group membership at a coordinator; None, after an ERROR to the peer,
+    when it is not one, or names another machine than the agent's certificate."""
+    try:
+        join = message(Join, *first)
+    except ProtocolError as err:
+        conn.refuse(str(err))
+        return None
+    if not acts_for(conn, join.agent, f"join group {join.group} as {join.agent}", "joins only as its own machine"):
+        return None
+    return join
+
+
+def acts_for(conn: Connection, machine: str, doing: str, rule: str) -> bool:
+    """Whether the peer may act for source machine `machine`: an agent's certificate (its common name
+    is its spec machine's name, `dr-agent register --name`) acts only for that machine, so a
+    compromised source machine cannot overwrite or read another's replica nor speak for it in its
+    group. Other roles keep what MAY_DIAL lets them do. When not, the peer is told why (the caller
+    closes the connection)."""
+    name, role = conn.peer
+    if role != Role.AGENT or name == machine:
+        return True
+    log.warning("refused %s (role %s) to %s: its certificate is not %s's", name, role, doing, machine)
+    conn.refuse(f"certificate {name} may not {doing}: an agent {rule}; register this machine under its "
+                "spec name (dr-agent register --name MACHINE --role agent), the name its agent.toml's disks carry")
+    return False
 
 
 def dial(host: str, port: int, ctx: ssl.SSLContext, *, timeout: float = 10.0,

@@ -118,7 +118,7 @@ class Estate:
 
     def agent_config(self, name: str, disks: list[str], *, identity: Any = None, **settings: Any) -> Path:
         """agent.toml with `disks` ([[agent.disks]] bodies) and extra [agent] settings."""
-        identity = identity or self.pki.agent
+        identity = identity or self.pki.agent_for(name)
         lines = [f'[agent]\nname = "{name}"\nidentity = "{identity.directory}"\n'
                  f'state_dir = "{self.root / "state" / name}"\nprocess_servers = ["127.0.0.1:{self.ps_port}"]']
         lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items()]

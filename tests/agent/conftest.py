@@ -11,9 +11,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "agent") not in sys.path:  # the agent installs on its own; tests also run from a checkout
     sys.path.insert(0, str(REPO / "agent"))
 
+from dr_agent.contract import parse_stream  # noqa: E402
 from dr_agent.pki import Identity, create_ca, register  # noqa: E402
 
 # The emulator's well-known account (public, documented by Microsoft for Azurite).
@@ -33,10 +35,27 @@ PASSPHRASE = "correct horse battery staple"
 @dataclass(frozen=True)
 class Pki:
     ca_dir: Path
-    agent: Identity
+    agent: Identity         # web01's agent
     process_server: Identity
     master_target: Identity
     rogue_agent: Identity  # a well-formed certificate from another CA
+    _agents: dict[str, Identity] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def agent_for(self, machine: str) -> Identity:
+        """The agent identity of `machine`, registered under its name as a deployment registers it
+        (an agent's certificate opens only its own machine's streams); issued once per name."""
+        if machine == "web01":
+            return self.agent
+        with self._lock:
+            if machine not in self._agents:
+                self._agents[machine] = register(self.ca_dir, PASSPHRASE, name=machine, role="agent",
+                                                 out=self.ca_dir.parent / f"agent-{machine}")
+            return self._agents[machine]
+
+    def agent_for_stream(self, stream: str) -> Identity:
+        """The agent identity of the machine whose disk `stream` (`<machine>.<disk>`) is."""
+        return self.agent_for(parse_stream(stream)[0])
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_process_server_logs_each_link_transition_once_counts_refusals_and_compr
         ps = Service("process-server", tmp_path / "ps.toml", tmp_path / "ps.log")
         services.append(ps)
         sink = ProcessServerSink(disk="sig01.disk0", size=16 * MIB, servers=[("127.0.0.1", ps_port)],
-                                 identity=pki.agent)
+                                 identity=pki.agent_for("sig01"))
         try:
             sink.write(0, bytes(4 * MIB))  # zeros: zstd shrinks them a thousandfold
             sink.flush()
@@ -179,7 +179,7 @@ def test_cache_full_is_alerted_once_until_the_disk_fits_again(pki: Any, tmp_path
         refusals = 0
         for attempt in range(3):  # the agent comes back (a restart, a reconnect) and is refused again
             sink = ProcessServerSink(disk="full02.disk0", size=64 * MIB, servers=[("127.0.0.1", ps.port)],
-                                     identity=pki.agent)
+                                     identity=pki.agent_for("full02"))
             try:
                 for i in range(12):
                     try:
@@ -212,7 +212,7 @@ def test_stopping_the_master_target_while_it_applies_logs_no_closed_database(
     ps = Service("process-server", tmp_path / "ps.toml", tmp_path / "ps.log")
     services.append(ps)
     sink = ProcessServerSink(disk="stop01.disk0", size=64 * MIB, servers=[("127.0.0.1", ps.started["port"])],
-                             identity=pki.agent)
+                             identity=pki.agent_for("stop01"))
     stop = threading.Event()
 
     def writer() -> None:  # points and writes keep arriving while the master target stops

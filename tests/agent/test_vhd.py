@@ -110,7 +110,7 @@ def test_odd_sized_disk_replicates_exports_and_qemu_agrees(azurite: str, pki: An
     try:
         services.append(Service("process-server", tmp_path / "ps.toml", tmp_path / "ps.log"))
         sink = ProcessServerSink(disk="hdd01.disk0", size=size, servers=[("127.0.0.1", ps_port)],
-                                 identity=pki.agent)
+                                 identity=pki.agent_for("hdd01"))
         try:
             for off, data in [(0, os.urandom(MIB)), (40 * MIB + 512, os.urandom(3 * MIB)),
                               (size - 4096 - 512, os.urandom(4096 + 512))]:  # up to the very last sector

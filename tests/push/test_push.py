@@ -127,6 +127,15 @@ def test_push_installs_registers_starts_and_is_idempotent(sshd: Sshd, config_ser
     cert = x509.load_pem_x509_certificate((ident / "cert.pem").read_bytes())
     ca = x509.load_pem_x509_certificate(config_server.ca_file.read_bytes())
     assert "web_01" in cert.subject.rfc4514_string() and cert.issuer == ca.subject
+    # under its spec name, the machine its streams name: a process server opens it only those
+    import tomllib
+
+    from cryptography.x509.oid import NameOID
+    from dr_agent.contract import parse_stream
+
+    (cn,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    disks = tomllib.loads(config)["agent"]["disks"]
+    assert cn.value == "web_01" and disks and {parse_stream(d["name"])[0] for d in disks} == {"web_01"}
     assert (ident / "token").stat().st_mode & 0o777 == 0o600
 
     # started: the supervisor runs the unit's ExecStart, the venv's agent with the pushed config

@@ -150,15 +150,15 @@ class Site:
         sinks = []
         for disk in DISKS:
             sink = ProcessServerSink(disk=stream_name(name, disk), size=DISK_BYTES,
-                                     servers=[("127.0.0.1", self.ps_port)], identity=self.pki.agent,
+                                     servers=[("127.0.0.1", self.ps_port)], identity=self.pki.agent_for(name),
                                      patience_s=DEADLINE_S)
             self.stack.callback(sink.close)
             sinks.append(sink)
         return Machine(name, sinks)
 
     def member(self, machine: Machine, *, port: int | None = None) -> GroupMember:
-        m = GroupMember([("127.0.0.1", port or self.ps_port)], self.pki.agent, agent=machine.name, group=self.group,
-                        participant=machine, server_hostname="127.0.0.1")
+        m = GroupMember([("127.0.0.1", port or self.ps_port)], self.pki.agent_for(machine.name), agent=machine.name,
+                        group=self.group, participant=machine, server_hostname="127.0.0.1")
         self.stack.callback(m.close)
         return m
 
@@ -317,7 +317,7 @@ def test_a_missing_member_means_no_group_point_said_once(tmp_path: Path, pki: An
     stack.callback(ps.close)
     site_port = ps.port
     machines = {name: Machine(name, []) for name in MACHINES}
-    members = [GroupMember([("127.0.0.1", site_port)], pki.agent, agent=name, group=GROUP,
+    members = [GroupMember([("127.0.0.1", site_port)], pki.agent_for(name), agent=name, group=GROUP,
                            participant=machines[name], server_hostname="127.0.0.1") for name in MACHINES[:2]]
     for m in members:
         stack.callback(m.close)
@@ -335,10 +335,10 @@ def test_a_missing_member_means_no_group_point_said_once(tmp_path: Path, pki: An
     assert all(not m.pauses for m in machines.values())
 
     # a machine that is not a member is refused; the third member completes the group
-    outsider = GroupMember([("127.0.0.1", site_port)], pki.agent, agent="mail01", group=GROUP,
+    outsider = GroupMember([("127.0.0.1", site_port)], pki.agent_for("mail01"), agent="mail01", group=GROUP,
                            participant=Machine("mail01", []), server_hostname="127.0.0.1")
     stack.callback(outsider.close)
-    third = GroupMember([("127.0.0.1", site_port)], pki.agent, agent="sql01", group=GROUP,
+    third = GroupMember([("127.0.0.1", site_port)], pki.agent_for("sql01"), agent="sql01", group=GROUP,
                         participant=machines["sql01"], server_hostname="127.0.0.1")
     stack.callback(third.close)
     assert third.wait_connected(DEADLINE_S) and all(m.wait_connected(DEADLINE_S) for m in members)
@@ -346,6 +346,22 @@ def test_a_missing_member_means_no_group_point_said_once(tmp_path: Path, pki: An
     assert ps.health().groups == {GROUP: True} and GROUP not in ps.health().group_problems
     assert not outsider.connected and outsider.state is None
     assert all(m.pauses for m in machines.values())
+
+
+def test_an_agent_joins_only_as_its_own_machine(tmp_path: Path, pki: Any, stack: ExitStack) -> None:
+    site = Site(tmp_path, pki, stack, groups=group_table())
+    # web01's certificate (a compromised web01) speaking for app01 in the group
+    impostor = GroupMember([("127.0.0.1", site.ps_port)], pki.agent, agent="app01", group=GROUP,
+                           participant=Machine("app01", []), server_hostname="127.0.0.1")
+    stack.callback(impostor.close)
+    wait_for("the refusal", lambda: "certificate web01 may not join group sharepoint as app01" in impostor.problem)
+    assert "an agent joins only as its own machine" in impostor.problem
+    assert "dr-agent register --name" in impostor.problem
+    assert not impostor.connected and impostor.state is None
+    assert "refused web01 (role agent) to join group sharepoint as app01" in (tmp_path / "ps.log").read_text()
+    # app01's own certificate joins
+    member = site.member(Machine("app01", []))
+    wait_for("app01 joined", lambda: member.state is not None and member.state.members["app01"])
 
 
 def test_members_keep_running_while_the_coordinator_is_unreachable(tmp_path: Path, pki: Any,
@@ -464,7 +480,7 @@ def test_an_app_point_that_fails_becomes_a_crash_point(tmp_path: Path, pki: Any,
 
     machines = [Machine("web01", []), PreScriptFails("app01", [])]
     for m in machines:
-        member = GroupMember([("127.0.0.1", ps.port)], pki.agent, agent=m.name, group=GROUP, participant=m,
+        member = GroupMember([("127.0.0.1", ps.port)], pki.agent_for(m.name), agent=m.name, group=GROUP, participant=m,
                              server_hostname="127.0.0.1")
         stack.callback(member.close)
     wait_for("a crash point after the failed app point", lambda: "crash" in machines[0].pauses)

@@ -105,7 +105,7 @@ class Pipeline:
 
     def sink(self, disk: str, size: int, **kw: Any) -> ProcessServerSink:
         s = ProcessServerSink(disk=disk, size=size, servers=[("127.0.0.1", self.ps.port)],
-                              identity=self.pki.agent, **kw)
+                              identity=self.pki.agent_for_stream(disk), **kw)
         self.sinks.append(s)
         return s
 

@@ -19,8 +19,8 @@ def _crash_loop(tmp_path: Path, pki: Any, kills: int, seed: int) -> None:
     ps.start()
     size = 16 * MIB
     shadow = Shadow(size)
-    sink = ProcessServerSink(disk="app01-disk0", size=size, servers=[("127.0.0.1", ps_port)],
-                             identity=pki.agent, patience_s=60)
+    sink = ProcessServerSink(disk="app01.disk0", size=size, servers=[("127.0.0.1", ps_port)],
+                             identity=pki.agent_for("app01"), patience_s=60)
     rng = random.Random(seed)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -49,7 +49,7 @@ def _crash_loop(tmp_path: Path, pki: Any, kills: int, seed: int) -> None:
         assert not errors, errors
         sink.flush()
         sink.wait_applied(120)
-        replica = (tmp_path / "mt/disks/app01-disk0.img").read_bytes()
+        replica = (tmp_path / "mt/disks/app01.disk0.img").read_bytes()
         assert replica == bytes(shadow.data)
         assert sink.reconnects > 1
     finally:

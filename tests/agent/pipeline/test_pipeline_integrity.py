@@ -149,13 +149,13 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resend
     proxy.cut()
     size = 8 * MIB
     shadow = Shadow(size)
-    sink = p.sink("c01-disk0", size)
+    sink = p.sink("c01.disk0", size)
     rng = random.Random(9)
     for i in range(6):
         shadow.write(sink, i * 65536, rng.randbytes(65536))
     sink.flush()
     corrupt_seq = sink.seq - 1  # the last write; the flush after it is the last record
-    _corrupt_last_write(tmp_path / "ps/c01-disk0")
+    _corrupt_last_write(tmp_path / "ps/c01.disk0")
     proxy.restore()
     wait_for(lambda: _dropped(p), REPORT_TIMEOUT_S, "the process server to drop the corrupt record")
     alerts = p.ps.alerts.read()
@@ -164,8 +164,8 @@ def test_flipped_byte_in_a_cache_segment_is_never_forwarded_and_the_agent_resend
     assert [a["from_seq"] for a in alerts if a["code"] == "dropped"] == [corrupt_seq]
     # The agent still holds the records (the master target never applied them): it resends them.
     sink.wait_applied(30)
-    assert (tmp_path / "mt/disks/c01-disk0.img").read_bytes() == bytes(shadow.data)
-    assert "c01-disk0" not in p.ps.health().resync_from  # the resend healed the gap
+    assert (tmp_path / "mt/disks/c01.disk0.img").read_bytes() == bytes(shadow.data)
+    assert "c01.disk0" not in p.ps.health().resync_from  # the resend healed the gap
     assert any(a["code"] == "resent" for a in p.ps.alerts.read())
     assert sink.fallback is None
     proxy.close()
@@ -179,7 +179,7 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
     size = 8 * MIB
     disk = tmp_path / "c02.img"
     disk.write_bytes(bytes(size))
-    sink = p.sink("c02-disk0", size)
+    sink = p.sink("c02.disk0", size)
     rng = random.Random(10)
     with open(disk, "r+b") as f:
         for i in range(8):  # the initial copy reaches the replica
@@ -198,23 +198,23 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
         sink.flush()
     sink.close()  # the agent restarts: it holds nothing of the stream any more
     dropped_seq = sink.seq - 1
-    _corrupt_last_write(tmp_path / "ps/c02-disk0")
+    _corrupt_last_write(tmp_path / "ps/c02.disk0")
     proxy.restore()
     assert wait_for(lambda: _dropped(p), REPORT_TIMEOUT_S, "the process server to drop the corrupt record") == [
         dropped_seq]
     # No agent holds the record: the operator sees the gap until a resync heals it.
-    assert p.ps.health().resync_from == {"c02-disk0": dropped_seq}
+    assert p.ps.health().resync_from == {"c02.disk0": dropped_seq}
 
-    again = p.sink("c02-disk0", size)
+    again = p.sink("c02.disk0", size)
     with pytest.raises(AgentError):  # the WELCOME says resync: the sink refuses changes until then
         again.write(0, bytes(4096))
     assert again.fallback is not None and again.fallback.resync and again.fallback.from_seq == dropped_seq
     assert again.dirty == [(0, 4096)]  # kept as a dirty range, never shipped
-    result = resync_after_fallback(again, disk, servers=[("127.0.0.1", p.ps.port)], identity=pki.agent)
+    result = resync_after_fallback(again, disk, servers=[("127.0.0.1", p.ps.port)], identity=pki.agent_for("c02"))
     again.wait_applied(30)
     assert result.blocks_differing == 16 and result.bytes_sent == 65536  # only the lost write's blocks
-    assert (tmp_path / "mt/disks/c02-disk0.img").read_bytes() == disk.read_bytes()
-    assert "c02-disk0" not in p.ps.health().resync_from
+    assert (tmp_path / "mt/disks/c02.disk0.img").read_bytes() == disk.read_bytes()
+    assert "c02.disk0" not in p.ps.health().resync_from
     assert any(a["code"] == "resynced" for a in p.ps.alerts.read())
     again.close()
     proxy.close()
@@ -222,8 +222,8 @@ def test_a_dropped_record_the_agent_no_longer_holds_heals_by_resync(
 
 def test_flipped_byte_in_a_frame_is_refused_and_reported(make_pipeline: Any, pki: Any) -> None:
     p = make_pipeline()
-    conn = dial("127.0.0.1", p.ps.port, client_context(pki.agent))
-    conn.send_json(FrameType.HELLO, {"disk": "f01-disk0", "size": MIB})
+    conn = dial("127.0.0.1", p.ps.port, client_context(pki.agent_for("f01")))
+    conn.send_json(FrameType.HELLO, {"disk": "f01.disk0", "size": MIB})
     assert conn.recv_json(FrameType.WELCOME)["durable"] == 0
     frame = bytearray(encode_frame(FrameType.RECORDS,
                                    Record(Kind.WRITE, 1, 0, 4096, CODEC_RAW, b"z" * 4096).encode()))
@@ -232,5 +232,5 @@ def test_flipped_byte_in_a_frame_is_refused_and_reported(make_pipeline: Any, pki
     with pytest.raises(AgentError, match="checksum"):
         conn.recv_json(FrameType.ACK)
     conn.close()
-    assert p.ps.health().backlog_bytes.get("f01-disk0", 0) == 0  # nothing of the bad frame was cached
+    assert p.ps.health().backlog_bytes.get("f01.disk0", 0) == 0  # nothing of the bad frame was cached
     assert any(a["code"] == "corrupt" for a in p.ps.alerts.read())

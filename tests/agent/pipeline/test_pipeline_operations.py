@@ -29,7 +29,7 @@ def test_agent_moves_to_another_process_server(make_pipeline: Any, pki: Any, tmp
     try:
         size = 16 * MIB
         shadow = Shadow(size)
-        sink = ProcessServerSink(disk="mv01-disk0", size=size, identity=pki.agent,
+        sink = ProcessServerSink(disk="mv01.disk0", size=size, identity=pki.agent_for("mv01"),
                                  servers=[("127.0.0.1", p.ps.port), ("127.0.0.1", ps2.port)])
         rng = random.Random(4)
         workload(shadow, sink, rng, ops=150, prefix="a")
@@ -38,11 +38,11 @@ def test_agent_moves_to_another_process_server(make_pipeline: Any, pki: Any, tmp
         workload(shadow, sink, rng, ops=150, prefix="b")
         sink.flush()
         sink.wait_applied(60)
-        assert (tmp_path / "mt/disks/mv01-disk0.img").read_bytes() == bytes(shadow.data)
-        assert ps2.health().agents.keys() == {"mv01-disk0"}
+        assert (tmp_path / "mt/disks/mv01.disk0.img").read_bytes() == bytes(shadow.data)
+        assert ps2.health().agents.keys() == {"mv01.disk0"}
         sink.close()
         # The second process server holds the whole stream: a restarted agent continues after its last record.
-        assert welcome_durable(ps2.port, pki.agent, "mv01-disk0", size) == sink.seq
+        assert welcome_durable(ps2.port, pki.agent_for("mv01"), "mv01.disk0", size) == sink.seq
     finally:
         ps2.close()
 
@@ -78,24 +78,24 @@ def test_retention_prunes_old_points_but_keeps_the_newest(tmp_path: Path) -> Non
 
 def test_metrics_are_served(make_pipeline: Any, pki: Any, tmp_path: Path) -> None:
     p = make_pipeline()
-    sink = p.sink("m01-disk0", 4 * MIB)
+    sink = p.sink("m01.disk0", 4 * MIB)
     sink.write(0, bytes(1 << 20))
     sink.flush()
     sink.wait_applied(30)
     port = p.ps.metrics.serve("127.0.0.1", 0)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'dr_process_server_raw_bytes_total{disk="m01-disk0"} 1.048576e+06' in body
+    assert 'dr_process_server_raw_bytes_total{disk="m01.disk0"} 1.048576e+06' in body
     ratio = [line for line in body.splitlines() if line.startswith("dr_process_server_compression_ratio{")]
     assert ratio and float(ratio[0].split()[-1]) > 100  # a MiB of zeros
     assert "dr_process_server_cache_fill_ratio" in body and "dr_process_server_rpo_seconds" in body
-    assert 'dr_master_target_applied_seq{disk="m01-disk0"}' in p.mt.metrics.text()
+    assert 'dr_master_target_applied_seq{disk="m01.disk0"}' in p.mt.metrics.text()
 
 
 def test_dr_commands_list_points_and_export(make_pipeline: Any, tmp_path: Path) -> None:
     p = make_pipeline()
     size = 4 * MIB
     shadow = Shadow(size)
-    sink = p.sink("cli01-disk0", size)
+    sink = p.sink("cli01.disk0", size)
     shadow.write(sink, 0, os.urandom(65536))
     shadow.bookmark(sink, "c1", "crash", group="pg-web")
     shadow.write(sink, 65536, os.urandom(65536))
@@ -105,25 +105,25 @@ def test_dr_commands_list_points_and_export(make_pipeline: Any, tmp_path: Path) 
     catalog = str(tmp_path / "mt/catalog.sqlite")
     runner = CliRunner()
 
-    res = runner.invoke(cli, ["recovery-points", "cli01-disk0", "--catalog", catalog, "--format", "json"])
+    res = runner.invoke(cli, ["recovery-points", "cli01.disk0", "--catalog", catalog, "--format", "json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert [(r["id"], r["kind"], r["group"]) for r in rows] == [("c1", "crash", "pg-web"), ("a1", "app", "pg-web")]
     res = runner.invoke(cli, ["recovery-points", "pg-web", "--catalog", catalog])
     assert res.exit_code == 0 and "2 recovery point(s)" in res.output
 
-    res = runner.invoke(cli, ["replica", "export", "cli01-disk0", "--point", "latest-app",
+    res = runner.invoke(cli, ["replica", "export", "cli01.disk0", "--point", "latest-app",
                               "--to", str(tmp_path / "out.vhd"), "--catalog", catalog])
     assert res.exit_code == 0, res.output
     data = (tmp_path / "out.vhd").read_bytes()
     assert data[:size] == shadow.points["a1"] and data[size:size + 8] == b"conectix"
 
-    res = runner.invoke(cli, ["replica", "export", "cli01-disk0", "--point", "1999-01-01T00:00:00Z",
+    res = runner.invoke(cli, ["replica", "export", "cli01.disk0", "--point", "1999-01-01T00:00:00Z",
                               "--to", str(tmp_path / "x.img"), "--catalog", catalog])
     assert res.exit_code == 2 and "no recovery point matching" in res.output
     res = runner.invoke(cli, ["recovery-points", "nope", "--catalog", catalog])
     assert res.exit_code == 2 and "no disk or multi-VM group named 'nope'" in res.output
-    res = runner.invoke(cli, ["replica", "export", "cli01-disk0", "--to", str(tmp_path / "x.qcow2"),
+    res = runner.invoke(cli, ["replica", "export", "cli01.disk0", "--to", str(tmp_path / "x.qcow2"),
                               "--catalog", catalog])
     assert res.exit_code == 2 and ".img" in res.output
 
@@ -133,7 +133,8 @@ def test_services_log_json_lines(pki: Any, tmp_path: Path) -> None:
     mt, ps, ps_port = service_pair(tmp_path, pki)
     mt.start()
     ps.start()
-    sink = ProcessServerSink(disk="log01-disk0", size=MIB, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
+    sink = ProcessServerSink(disk="log01.disk0", size=MIB, servers=[("127.0.0.1", ps_port)],
+                             identity=pki.agent_for("log01"))
     sink.write(0, b"x" * 4096)
     sink.flush()
     sink.wait_applied(30)

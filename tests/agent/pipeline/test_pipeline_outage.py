@@ -40,7 +40,7 @@ def _outage(make_pipeline: Any, tmp_path: Path, outage_s: float) -> None:
     assert proxy is not None
     size = 64 * MIB
     shadow = Shadow(size)
-    sink = p.sink("file01-disk0", size)
+    sink = p.sink("file01.disk0", size)
     rng = random.Random(3)
     shadow.write(sink, 0, rng.randbytes(CHUNK))
     sink.flush()
@@ -60,13 +60,13 @@ def _outage(make_pipeline: Any, tmp_path: Path, outage_s: float) -> None:
     assert sink.fallback is None
     health = p.ps.health()
     assert health.cache_level == "critical", health
-    assert health.backlog_bytes["file01-disk0"] > 0
-    assert p.mt.catalog.points("file01-disk0") == []  # nothing reached the master target meanwhile
+    assert health.backlog_bytes["file01.disk0"] > 0
+    assert p.mt.catalog.points("file01.disk0") == []  # nothing reached the master target meanwhile
     assert sink.applied < sink.durable
 
     proxy.restore()
     sink.wait_applied(120)
-    replica = (tmp_path / "mt/disks/file01-disk0.img").read_bytes()
+    replica = (tmp_path / "mt/disks/file01.disk0.img").read_bytes()
     assert replica == bytes(shadow.data)
     wait_for(lambda: "cache-ok" in _codes(p), ALERT_TIMEOUT_S, "the cache-ok alert")
     assert p.ps.health().cache_level == "ok"
@@ -94,7 +94,7 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
     fallbacks: list[Any] = []
     size = 64 * MIB
     shadow = Shadow(size)
-    sink = p.sink("full01-disk0", size, on_fallback=fallbacks.append)
+    sink = p.sink("full01.disk0", size, on_fallback=fallbacks.append)
     rng = random.Random(5)
     refused = 0
     for i in range(40):  # 10 MiB of incompressible writes into a 4 MiB cache
@@ -113,11 +113,11 @@ def test_full_cache_falls_back_to_bitmap_tracking(make_pipeline: Any, tmp_path: 
         sink.bookmark("no-point-in-a-gap", "crash")
 
     proxy[0].restore()  # the master target drains the cache, then the agent resends the dirty ranges
-    wait_for(lambda: (metric(p.mt.metrics.text(), "dr_master_target_applied_seq", disk="full01-disk0") or 0) >= cached,
+    wait_for(lambda: (metric(p.mt.metrics.text(), "dr_master_target_applied_seq", disk="full01.disk0") or 0) >= cached,
              DRAIN_TIMEOUT_S, f"the master target to apply the cached records up to seq {cached}")
     for off, n in sink.resume():  # paced as a resync is: each step applied before the next
         sink.write(off, bytes(shadow.data[off:off + n]))
         sink.flush()
         sink.wait_applied(30)
-    assert (tmp_path / "mt/disks/full01-disk0.img").read_bytes() == bytes(shadow.data)
+    assert (tmp_path / "mt/disks/full01.disk0.img").read_bytes() == bytes(shadow.data)
     proxy[0].close()

@@ -18,7 +18,7 @@ def test_resync_sends_only_the_differing_blocks(make_pipeline: Any, pki: Any, tm
     size = 16 * MIB
     source = tmp_path / "source.img"
     source.write_bytes(os.urandom(size))
-    sink = p.sink("rs01-disk0", size)
+    sink = p.sink("rs01.disk0", size)
     data = source.read_bytes()
     for off in range(0, size, MIB):  # the initial copy
         sink.write(off, data[off:off + MIB])
@@ -37,14 +37,15 @@ def test_resync_sends_only_the_differing_blocks(make_pipeline: Any, pki: Any, tm
 
     # the two images differ exactly there (issue 6: a connection closed under its ACK reader once let
     # the reader's TLS read hit this file, so one write landed late and a neighbour block differed)
-    replica_path = tmp_path / "mt/disks/rs01-disk0.img"
+    replica_path = tmp_path / "mt/disks/rs01.disk0.img"
     rep, src = replica_path.read_bytes(), source.read_bytes()
     differ = [b for b in range(size // 4096) if rep[b * 4096:(b + 1) * 4096] != src[b * 4096:(b + 1) * 4096]]
     assert differ == blocks
     assert len(blocks) == 37
 
-    sink2 = p.sink("rs01-disk0", size)
-    hashes = RemoteHashes(disk="rs01-disk0", size=size, servers=[("127.0.0.1", p.ps.port)], identity=pki.agent)
+    sink2 = p.sink("rs01.disk0", size)
+    hashes = RemoteHashes(disk="rs01.disk0", size=size, servers=[("127.0.0.1", p.ps.port)],
+                          identity=pki.agent_for("rs01"))
     result = resync(source, hashes, sink2, block_size=4096)
     hashes.close()
     assert result.blocks_differing == len(differ)

@@ -37,7 +37,7 @@ def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: 
     mnt.mkdir()
     with open(backing, "wb") as f:
         f.truncate(size)
-    sink = p.sink("rt01-disk0", size)
+    sink = p.sink("rt01.disk0", size)
     rng_data = os.urandom(24 * MIB)
     with Splitter(backing, fuse_dir, sink, name="disk") as sp:
         dev = attach_loop(sp.path)
@@ -75,9 +75,9 @@ def test_round_trip_through_azurite(make_pipeline: Any, azurite: str, tmp_path: 
             detach_loop(dev)
 
     cat = Catalog(tmp_path / "mt/catalog.sqlite")
-    assert cat.resolve("rt01-disk0", "latest-app").id == "app-1"
-    img = export(cat, "rt01-disk0", "latest-app", tmp_path / "rt.img", connection_string=azurite)
-    vhd = export(cat, "rt01-disk0", "app-1", tmp_path / "rt.vhd", connection_string=azurite)
+    assert cat.resolve("rt01.disk0", "latest-app").id == "app-1"
+    img = export(cat, "rt01.disk0", "latest-app", tmp_path / "rt.img", connection_string=azurite)
+    vhd = export(cat, "rt01.disk0", "app-1", tmp_path / "rt.vhd", connection_string=azurite)
     cat.close()
     assert vhd.stat().st_size == size + 512
     run("e2fsck", "-fn", str(img))

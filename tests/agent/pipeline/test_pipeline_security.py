@@ -1,5 +1,6 @@
 """Mutual TLS: an agent without a certificate from the deployment's CA is refused, roles are enforced,
-registration needs the passphrase, and nothing listens on the source machine."""
+an agent's certificate opens only its own machine's disks, registration needs the passphrase, and
+nothing listens on the source machine."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dr_agent.errors import AgentError, AuthError
+from dr_agent.errors import AgentError, AuthError, ProtocolError
 from dr_agent.pki import client_context, register
 from dr_agent.records import FrameType
+from dr_agent.sink import ProcessServerSink
 from dr_agent.transport import dial
-from pipeline_harness import REPO, metric
+from pipeline_harness import MIB, REPO, metric, service_pair
 
 from tests.conftest import wait_for
 
@@ -23,7 +25,7 @@ from tests.conftest import wait_for
 def _hello(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
     conn = dial("127.0.0.1", port, ctx)
     try:
-        conn.send_json(FrameType.HELLO, {"disk": "s01-disk0", "size": 1 << 20})
+        conn.send_json(FrameType.HELLO, {"disk": "web01.disk0", "size": 1 << 20})
         return conn.recv_json(FrameType.WELCOME)
     finally:
         conn.close()
@@ -59,6 +61,47 @@ def test_roles_are_enforced(make_pipeline: Any, pki: Any) -> None:
         _hello(p.mt.port, client_context(pki.agent))  # agents never reach the master target
 
 
+def _open(port: int, ctx: ssl.SSLContext, disk: str, purpose: str) -> dict[str, Any]:
+    conn = dial("127.0.0.1", port, ctx)
+    try:
+        conn.send_json(FrameType.HELLO, {"disk": disk, "size": MIB, "purpose": purpose})
+        return conn.recv_json(FrameType.WELCOME)
+    finally:
+        conn.close()
+
+
+def test_an_agent_s_certificate_opens_only_its_own_machine_s_disks(tmp_path: Path, pki: Any) -> None:
+    mt, ps, ps_port = service_pair(tmp_path, pki)
+    mt.start()
+    ps.start()
+    try:
+        web01 = client_context(pki.agent)  # a compromised web01 aims at sql01's replica
+        with pytest.raises(ProtocolError) as refused:
+            _open(ps_port, web01, "sql01.c", "stream")
+        assert str(refused.value) == (
+            "the peer refused: certificate web01 may not write stream sql01.c: an agent writes and reads only "
+            "its own machine's disks; register this machine under its spec name (dr-agent register --name "
+            "MACHINE --role agent), the name its agent.toml's disks carry")
+        with pytest.raises(ProtocolError, match=r"certificate web01 may not read the block hashes of stream sql01\.c"):
+            _open(ps_port, web01, "sql01.c", "hashes")
+        assert not (tmp_path / "ps" / "sql01.c").exists()  # the refused HELLOs touched nothing
+        wait_for(lambda: "refused web01 (role agent) to read the block hashes of stream sql01.c"
+                 in (tmp_path / "ps.log").read_text(), 10, "the process server's warning")
+
+        sink = ProcessServerSink(disk="web01.c", size=MIB, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
+        try:  # web01 still writes its own disk, to the replica
+            sink.write(4096, b"w" * 4096)
+            sink.flush()
+            sink.wait_applied(60)
+        finally:
+            sink.close()
+        assert (tmp_path / "mt/disks/web01.c.img").read_bytes()[4096:8192] == b"w" * 4096
+        assert _open(ps_port, client_context(pki.agent_for("sql01")), "sql01.c", "stream")["durable"] == 0
+    finally:
+        ps.stop()
+        mt.stop()
+
+
 def test_registration_needs_the_passphrase(pki: Any, tmp_path: Path) -> None:
     with pytest.raises(AuthError, match="passphrase"):
         register(pki.ca_dir, "not the passphrase", name="x", role="agent", out=tmp_path / "x")
@@ -69,7 +112,7 @@ import sys, time
 from pathlib import Path
 from dr_agent.pki import Identity
 from dr_agent.sink import ProcessServerSink
-s = ProcessServerSink(disk="s02-disk0", size=1 << 20, servers=[("127.0.0.1", int(sys.argv[1]))],
+s = ProcessServerSink(disk="s02.disk0", size=1 << 20, servers=[("127.0.0.1", int(sys.argv[1]))],
                       identity=Identity(Path(sys.argv[2])))
 s.write(0, b"a" * 4096)
 s.flush()
@@ -107,7 +150,7 @@ def _listening_inodes() -> set[str]:
 def test_no_listening_socket_on_the_source_side(make_pipeline: Any, pki: Any) -> None:
     p = make_pipeline()
     env = {**os.environ, "PYTHONPATH": str(REPO / "agent")}
-    agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(p.ps.port), str(pki.agent.directory)],
+    agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(p.ps.port), str(pki.agent_for("s02").directory)],
                              stdout=subprocess.PIPE, env=env)
     try:
         assert agent.stdout is not None and agent.stdout.readline().strip() == b"ready"
