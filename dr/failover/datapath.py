@@ -93,7 +93,10 @@ class AgentReverseReplication:
 
     connection_string: str                  # the Azure storage holding the recovered disks
     process_server: tuple[str, int]         # the on-premises process server (reverse direction)
-    identity_dir: Path                      # this runner's agent identity (dr_agent.pki.Identity layout)
+    # The recovered machines' agent identities: DIR/<machine>/ (dr_agent.pki.Identity layout), each
+    # registered under its machine's spec name, as a process server lets an agent's certificate write
+    # only its own machine's streams; a DIR holding one identity itself serves a plan of that machine.
+    identity_dir: Path
     onprem_catalog: Path                    # the on-premises master target's catalog.sqlite
     restore_dir: Path                       # where the vSphere VM's disks are restored
     onprem_connection_string: str | None = None  # when the on-premises replicas are page blobs
@@ -106,6 +109,12 @@ class AgentReverseReplication:
         for sink in self.sinks.values():
             sink.close()
         self.sinks.clear()
+
+    def _identity_dir(self, machine: str) -> Path:
+        from dr_agent.contract import IDENTITY_FILES
+
+        own = self.identity_dir / machine
+        return own if (own / IDENTITY_FILES["cert"]).is_file() else self.identity_dir
 
     def _send(self, machine: Any, group: str, point_id: str, kind: str) -> list[int]:
         from azure.storage.blob import BlobServiceClient
@@ -134,7 +143,7 @@ class AgentReverseReplication:
             if key not in self.sinks:
                 self.sinks[key] = ProcessServerSink(
                     disk=stream_name(machine.name, disk.name), size=size, servers=[self.process_server],
-                    identity=Identity(self.identity_dir), patience_s=self.apply_timeout_s)
+                    identity=Identity(self._identity_dir(machine.name)), patience_s=self.apply_timeout_s)
             sink = self.sinks[key]
             count = 0
             # The data path's reader: the page ranges listed once, then ranged GETs of what is written.

@@ -90,8 +90,14 @@ def test_a_wrong_passphrase_is_refused_without_retrying(tmp_path: Path) -> None:
                                   "agent", "--out", str(tmp_path / "nosuch")],
                                  env={**os.environ, "DR_VAULT_KEY": "control loop tests passphrase"},
                                  capture_output=True, text=True, timeout=60)
+        other = subprocess.run(["dr-agent", "register", "--server", server.url, "--name", "agent-sql_01", "--machine",
+                                "sql_01", "--role", "agent", "--out", str(tmp_path / "other")],
+                               env={**os.environ, "DR_VAULT_KEY": "control loop tests passphrase"},
+                               capture_output=True, text=True, timeout=60)
     finally:
         server.stop()
+    assert other.returncode == 2 and "an agent registers under its spec machine's name" in other.stderr
+    assert "use --name sql_01" in other.stderr and not (tmp_path / "other").exists()
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"dr-agent: error: the server at {server.url} cannot prove it holds the vault passphrase: the passphrase "

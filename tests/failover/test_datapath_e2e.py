@@ -155,7 +155,7 @@ def site(tmp_path: Path, sharepoint: Estate, azurite: str, monkeypatch: pytest.M
         disks: dict[tuple[str, str], Disk] = {}
         where = {m: mt for mt, machines in SPLIT.items() for m in machines}
         for machine in sharepoint.machines:
-            agent = identity(f"agent-{machine.name}", "agent", machine.name)
+            agent = identity(machine.name, "agent")
             for disk in machine.disks:
                 sink = ProcessServerSink(disk=stream_name(machine.name, disk.name), size=DISK_BYTES,
                                          servers=[("127.0.0.1", ps_ports[where[machine.name]])], identity=agent,
@@ -350,10 +350,10 @@ def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, 
         cache_dir=tmp_path / "ps-azure",
         master_target=("127.0.0.1", onprem_mt.port), name="ps-azure"))
     site.closers.append(onprem_ps)
-    runner_identity = _register(server, ids, "failback-sql01", "agent", "sql01", passphrase=VAULT)
+    _register(server, ids, "sql01", "agent", "sql01", passphrase=VAULT)  # the recovered machine's agent
     replication = AgentReverseReplication(
         connection_string=azurite, process_server=("127.0.0.1", onprem_ps.port),
-        identity_dir=runner_identity.directory, onprem_catalog=tmp_path / "mt-onprem" / "catalog.sqlite",
+        identity_dir=ids, onprem_catalog=tmp_path / "mt-onprem" / "catalog.sqlite",
         restore_dir=tmp_path / "vsphere", onprem_connection_string=azurite, apply_timeout_s=APPLY_TIMEOUT_S)
     site.closers.append(replication)
     env = Environment(catalog=StoreCatalog(store=server.store),
