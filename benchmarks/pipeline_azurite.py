@@ -62,7 +62,7 @@ def main() -> None:
             pki = make_pki(root)
             ceiling = measure_ceiling(chunks, root, agent=pki.agent, ps=pki.ps, mt=pki.mt, replica_file=False)
             os.environ["BENCH_AZURE"] = az.conn_str
-            pipe_s, pipe = measured_pipeline(root, pki, chunks, total, Meter, disk="bench-disk1",
+            pipe_s, pipe = measured_pipeline(root, pki, chunks, total, Meter, disk="bench.disk1",
                                              also={"azurite": az.proc.pid}, storage="azure",
                                              conn_env="BENCH_AZURE")
         finally:

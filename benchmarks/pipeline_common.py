@@ -69,7 +69,8 @@ class Pki:
 
 def make_pki(root: Path) -> Pki:
     ca = create_ca(root / "ca", PASSPHRASE)
-    return Pki(register(ca, PASSPHRASE, name="agent", role="agent", out=root / "agent"),
+    # the agent of machine "bench": a process server opens an agent only its own machine's streams (bench.*)
+    return Pki(register(ca, PASSPHRASE, name="bench", role="agent", out=root / "agent"),
                register(ca, PASSPHRASE, name="ps", role="process-server", out=root / "ps"),
                register(ca, PASSPHRASE, name="mt", role="master-target", out=root / "mt"))
 

@@ -37,7 +37,7 @@ def main() -> None:
         mt.start()
         ps.start()
         disk = 1024 * MIB
-        sink = ProcessServerSink(disk="rpo-disk0", size=disk, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
+        sink = ProcessServerSink(disk="bench.rpo", size=disk, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
         stop = threading.Event()
         written = [0]
 

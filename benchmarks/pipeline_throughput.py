@@ -40,7 +40,7 @@ def main() -> None:
         root = Path(tmp)
         pki = make_pki(root)
         ceiling = measure_ceiling(chunks, root, agent=pki.agent, ps=pki.ps, mt=pki.mt)
-        pipe_s, usage = measured_pipeline(root, pki, chunks, 1024 * MIB, Meter, disk="bench-disk0")
+        pipe_s, usage = measured_pipeline(root, pki, chunks, 1024 * MIB, Meter, disk="bench.disk0")
     zstd_mbs = total / 1e6 / zstd_s
     pipe_mbs = total / 1e6 / pipe_s
     cpu_mbs = total / 1e6 / ceiling.cpu_bound_s()
