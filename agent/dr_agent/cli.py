@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--passphrase-env", default="DR_VAULT_KEY", help="the variable holding the vault passphrase")
     reg.add_argument("--ca-file", type=Path, help="the vault CA (PEM) to verify the server with; default: the "
                                                   "server's, once it proves it holds the vault passphrase")
-    reg.add_argument("--machine", help="an agent: the spec machine it protects (default, and must be: --name)")
+    reg.add_argument("--machine", help="an agent: the spec machine it acts for, named in its certificate "
+                                            "(default: --name)")
     reg.add_argument("--site", help="the site this component is at (default: the spec machine's)")
     reg.add_argument("--address", action="append", default=[], help="a DNS name or IP in the certificate")
     reg.add_argument("--deadline", default="30m", help="keep trying this long while the server is away "

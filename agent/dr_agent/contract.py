@@ -5,7 +5,8 @@ configuration server), by the blueprints' renderer, and by the three services. A
 file layout or message shape that two parts share is defined here once; nothing else spells it.
 
     ports         PS_PORT, MT_PORT, CS_PORT, the services' metrics ports
-    roles         Role (one spelling, everywhere: certificates, tokens, the state store, the API)
+    roles         Role (one spelling, everywhere: certificates, tokens, the state store, the API);
+                  machine_uri / uri_machine: the spec machine an agent's certificate acts for
     layout        Layout: where a deployed machine keeps its configuration, identity and state
     names         stream_name / parse_stream (a spec disk <-> its stream, replica blob and catalog key),
                   REPLICA_CONTAINER, RETENTION_CONTAINER, replica_blob
@@ -32,6 +33,7 @@ import re
 import time
 import types
 import typing
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -58,6 +60,25 @@ class Role(enum.StrEnum):
     MASTER_TARGET = "master_target"
     CONFIG_SERVER = "config_server"
     OPERATOR = "operator"
+
+
+# An agent's certificate names the spec machine it acts for as a URI among its subject alternative
+# names, so a component's name stays its own (`failback-sql01`, the failback runner, acts for sql01
+# next to sql01's own agent); a certificate without one acts for the machine its common name is.
+# The scheme is this project's (an RFC 3986 URN-shaped name; nothing resolves it).
+MACHINE_URI_PREFIX = "urn:dr-as-code:machine:"
+
+
+def machine_uri(machine: str) -> str:
+    """The subject-alternative-name URI of an agent certificate acting for `machine`."""
+    return MACHINE_URI_PREFIX + urllib.parse.quote(machine, safe="")
+
+
+def uri_machine(uri: str) -> str | None:
+    """The machine a `machine_uri` names; None for any other URI."""
+    if not uri.startswith(MACHINE_URI_PREFIX):
+        return None
+    return urllib.parse.unquote(uri[len(MACHINE_URI_PREFIX):]) or None
 
 
 # Roles a data-path component registers as (operators and the configuration server do not stream).

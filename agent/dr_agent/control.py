@@ -138,10 +138,7 @@ def register(server: str, passphrase: str, *, name: str, role: Role | str, out: 
     role = parse_role(str(role))
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"--server {server!r}: expected https://HOST:PORT of the configuration server")
-    if role == Role.AGENT:
-        if machine and machine != name:  # a process server opens an agent only its CN's streams
-            raise ConfigError(f"--name {name} --machine {machine}: an agent registers under its spec machine's "
-                              f"name (its certificate's, which its disks' streams begin with): use --name {machine}")
+    if role == Role.AGENT and not machine:
         machine = name
     key_pem = new_key_pem()
     body = Registration(passphrase=passphrase, name=name, role=role.value, machine=machine, site=site,

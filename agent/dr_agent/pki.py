@@ -7,7 +7,8 @@ certificate request with the vault passphrase, and writes the certificate, its k
 an `Identity` directory (contract IDENTITY_FILES). Issuing is `Authority.issue`, the one
 implementation the server uses, so the certificate's shape is defined here once: the component's
 name as the common name and in the subject alternative names, its role (contract `Role`, one
-spelling) as the subject's OU, client and server authentication.
+spelling) as the subject's OU, client and server authentication; an agent's also names the spec
+machine it acts for (contract `machine_uri`), which a process server holds it to.
 
 Each listener accepts only the roles that may dial it (contract MAY_DIAL). TLS: 1.2 or later,
 mutual authentication (CERT_REQUIRED on both sides), verified against the CA.
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dr_agent.contract import IDENTITY_FILES, Role, parse_role
+from dr_agent.contract import IDENTITY_FILES, Role, machine_uri, parse_role, uri_machine
 from dr_agent.errors import AuthError, ProtocolError
 
 # Identity certificates last one year; the CA ten (ASR's vault credentials expire after 5 days,
@@ -94,8 +95,8 @@ def certificate_request(name: str, key_pem: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _alt_names(name: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
-    alt: list[x509.GeneralName] = []
+def _alt_names(name: str, hosts: tuple[str, ...], machine: str | None) -> list[x509.GeneralName]:
+    alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(machine_uri(machine))] if machine else []
     for host in (name, *hosts):
         try:
             entry: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
@@ -133,13 +134,18 @@ class Authority:
         return cls(cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem=_key_pem(key))
 
     def issue(self, *, name: str, role: Role | str, hosts: tuple[str, ...] = (),
-              csr_pem: str | None = None) -> Issued:
+              csr_pem: str | None = None, machine: str | None = None) -> Issued:
         """A certificate for component `name` in `role` (client and server authentication). With a
-        CSR the key stays with the caller; without one a key is made and returned."""
+        CSR the key stays with the caller; without one a key is made and returned. `machine`: the
+        spec machine an agent acts for (default: its name); only an agent names one."""
         try:
             ou = parse_role(str(role)).value
         except ProtocolError as err:
             raise AuthError(str(err)) from None
+        if machine is not None and ou != Role.AGENT:
+            raise AuthError(f"{name}: only an agent's certificate names a machine (this one is a {ou})")
+        if ou == Role.AGENT:
+            machine = machine or name
         ca_cert = x509.load_pem_x509_certificate(self.cert_pem.encode())
         key_pem: str | None = None
         if csr_pem is not None:
@@ -165,7 +171,7 @@ class Authority:
             .not_valid_before(now - dt.timedelta(minutes=CLOCK_SKEW_MINUTES))
             .not_valid_after(now + dt.timedelta(days=IDENTITY_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(_alt_names(name, hosts)), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_alt_names(name, hosts, machine)), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(_load_key(self.key_pem), hashes.SHA256())
@@ -218,14 +224,14 @@ def create_ca(directory: Path, passphrase: str, *, name: str = "dr-as-code test 
 
 
 def register(ca_dir: Path, passphrase: str, *, name: str, role: Role | str, out: Path,
-             addresses: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Identity:
+             addresses: tuple[str, ...] = ("127.0.0.1", "localhost"), machine: str | None = None) -> Identity:
     """Issue an identity from a `create_ca` directory; AuthError without the right passphrase."""
     try:
         key = _load_key((ca_dir / CA_KEY_FILE).read_text(), passphrase.encode())
     except (ValueError, TypeError):
         raise AuthError("registration refused: the passphrase does not unlock the CA key") from None
     authority = Authority(cert_pem=(ca_dir / IDENTITY_FILES["ca"]).read_text(), key_pem=_key_pem(key))
-    issued = authority.issue(name=name, role=role, hosts=addresses)
+    issued = authority.issue(name=name, role=role, hosts=addresses, machine=machine)
     assert issued.private_key_pem is not None
     return write_identity(out, certificate_pem=issued.certificate_pem, private_key_pem=issued.private_key_pem,
                           ca_pem=issued.ca_pem)
@@ -261,3 +267,12 @@ def peer_role(sock: ssl.SSLSocket) -> tuple[str, str]:
         for pair in rdn:
             fields[str(pair[0])] = str(pair[1])
     return str(fields.get("commonName", "")), str(fields.get("organizationalUnitName", ""))
+
+
+def peer_machine(sock: ssl.SSLSocket) -> str | None:
+    """The spec machine the verified peer certificate names (contract `machine_uri`), if any."""
+    alt_names = (sock.getpeercert() or {}).get("subjectAltName", ())
+    for entry in alt_names if isinstance(alt_names, tuple) else ():
+        if entry[0] == "URI" and (machine := uri_machine(str(entry[1]))) is not None:
+            return machine
+    return None

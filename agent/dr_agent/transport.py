@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from dr_agent.contract import Error, Hello, Join, Message, Role, parse_role, parse_stream
 from dr_agent.errors import AuthError, CorruptData, ProtocolError, TransportError
-from dr_agent.pki import peer_role
+from dr_agent.pki import peer_machine, peer_role
 from dr_agent.records import (
     FRAME_HEADER_SIZE,
     FrameType,
@@ -51,6 +51,7 @@ SEND_DIRECT_BYTES = 64 * 1024
 class Connection:
     sock: ssl.SSLSocket
     peer: tuple[str, str] = ("", "")  # (common name, role)
+    machine: str | None = None        # the spec machine an agent's certificate acts for (pki.peer_machine)
     _send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _users: int = field(default=0, repr=False)  # threads inside a send or receive now
@@ -236,17 +237,21 @@ def receive_join(conn: Connection, first: tuple[FrameType, bytearray]) -> Join |
 
 
 def acts_for(conn: Connection, machine: str, doing: str, rule: str) -> bool:
-    """Whether the peer may act for source machine `machine`: an agent's certificate (its common name
-    is its spec machine's name, `dr-agent register --name`) acts only for that machine, so a
-    compromised source machine cannot overwrite or read another's replica nor speak for it in its
-    group. Other roles keep what MAY_DIAL lets them do. When not, the peer is told why (the caller
-    closes the connection)."""
+    """Whether the peer may act for source machine `machine`: an agent's certificate acts only for
+    the spec machine it names (contract `machine_uri`, set at registration from `--machine`, by
+    default the agent's name; a certificate naming none acts for its common name), so a compromised
+    source machine cannot overwrite or read another's replica nor speak for it in its group. Other
+    roles keep what MAY_DIAL lets them do. When not, the peer is told why (the caller closes the
+    connection)."""
     name, role = conn.peer
-    if role != Role.AGENT or name == machine:
+    own = conn.machine or name
+    if role != Role.AGENT or own == machine:
         return True
-    log.warning("refused %s (role %s) to %s: its certificate is not %s's", name, role, doing, machine)
-    conn.refuse(f"certificate {name} may not {doing}: an agent {rule}; register this machine under its "
-                "spec name (dr-agent register --name MACHINE --role agent), the name its agent.toml's disks carry")
+    log.warning("refused %s (role %s, machine %s) to %s: its certificate is not %s's", name, role, own, doing,
+                machine)
+    conn.refuse(f"certificate {name} (machine {own}) may not {doing}: an agent {rule}; register an agent for "
+                f"{machine} (dr-agent register --name NAME --machine {machine} --role agent), and keep "
+                "agent.toml's name and its disks' streams that machine's")
     return False
 
 
@@ -318,6 +323,7 @@ class Listener:
         conn = Connection(sock)
         try:
             conn.peer = peer_role(sock)
+            conn.machine = peer_machine(sock)
         except AuthError:
             self.refused += 1
             conn.close()

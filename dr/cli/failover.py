@@ -242,8 +242,9 @@ for _option in reversed([
     click.option("--reverse-process-server", metavar="HOST:PORT",
                  help="the process server that carries reverse replication to the on-premises master target"),
     click.option("--identity", type=click.Path(file_okay=False, path_type=Path),
-                 help="the machines' agent identities: DIR/MACHINE/ (cert.pem, key.pem, ca.pem from `dr-agent "
-                      "register --name MACHINE --role agent`); one identity in DIR serves a plan of one machine"),
+                 help="the recovered machines' agent identities: DIR/MACHINE/ (cert.pem, key.pem, ca.pem from "
+                      "`dr-agent register --name failback-MACHINE --machine MACHINE --role agent --out DIR/MACHINE`); "
+                      "one identity in DIR serves a plan of one machine"),
     click.option("--onprem-catalog", type=click.Path(path_type=Path),
                  help="the on-premises master target's catalog.sqlite"),
     click.option("--restore-dir", type=click.Path(file_okay=False, path_type=Path),

@@ -94,8 +94,8 @@ class AgentReverseReplication:
     connection_string: str                  # the Azure storage holding the recovered disks
     process_server: tuple[str, int]         # the on-premises process server (reverse direction)
     # The recovered machines' agent identities: DIR/<machine>/ (dr_agent.pki.Identity layout), each
-    # registered under its machine's spec name, as a process server lets an agent's certificate write
-    # only its own machine's streams; a DIR holding one identity itself serves a plan of that machine.
+    # registered for its machine (`--machine`), as a process server lets an agent's certificate write
+    # only the streams of the machine it names; a DIR holding one identity serves a plan of one machine.
     identity_dir: Path
     onprem_catalog: Path                    # the on-premises master target's catalog.sqlite
     restore_dir: Path                       # where the vSphere VM's disks are restored

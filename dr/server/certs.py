@@ -69,9 +69,11 @@ def ca_pem(store: Store) -> str:
 
 
 def issue(store: Store, *, passphrase: str, name: str, role: Role | str, csr_pem: str | None = None,
-          hosts: tuple[str, ...] = ()) -> Issued:
-    """A certificate for component `name` (client and server auth), signed by the vault CA."""
+          hosts: tuple[str, ...] = (), machine: str | None = None) -> Issued:
+    """A certificate for component `name` (client and server auth), signed by the vault CA; an
+    agent's names the spec `machine` it acts for (pki.Authority.issue)."""
     try:
-        return authority(store, passphrase).issue(name=name, role=role, hosts=hosts, csr_pem=csr_pem)
+        return authority(store, passphrase).issue(name=name, role=role, hosts=hosts, csr_pem=csr_pem,
+                                                  machine=machine)
     except AgentError as err:
         raise CertificateRefused(f"{name}: {err}") from None

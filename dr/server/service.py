@@ -380,6 +380,7 @@ class ConfigServer:
         issued = certs.issue(
             self.store, passphrase=request.passphrase, name=request.name, role=request.role, csr_pem=request.csr_pem,
             hosts=tuple(h for h in (request.address, *request.alt_names) if h),
+            machine=machine.name if machine else None,
         )
         now = self.clock()
         with self.store.transaction() as tx:

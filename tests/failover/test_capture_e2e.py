@@ -174,7 +174,7 @@ def capture_site(tmp_path: Path, sharepoint: Estate, azurite: str) -> Iterator[C
             disks: dict[tuple[str, str], SourceDisk] = {}
             agents: dict[str, tuple[Any, list[SourceDisk]]] = {}
             for machine in sharepoint.machines:
-                identity = _register(server, ids, machine.name, "agent", machine.name)
+                identity = _register(server, ids, f"agent-{machine.name}", "agent", machine.name)
                 agents[machine.name] = (identity, [])
                 for spec_disk in machine.disks:
                     base = tmp_path / "source" / stream_name(machine.name, spec_disk.name)

@@ -86,14 +86,15 @@ class Site:
 
 
 def _register(server: ConfigServer, root: Path, name: str, role: str, machine: str | None = None,
-              passphrase: str = PASSPHRASE) -> Any:
-    """An identity issued by `server` (in-process): for the data path's peers a test builds itself."""
+              passphrase: str = PASSPHRASE, directory: str | None = None) -> Any:
+    """An identity issued by `server` (in-process) into root/`directory` (default: its name): for
+    the data path's peers a test builds itself."""
     from dr_agent.pki import write_identity
 
     issued = server.register(RegisterRequest(passphrase=passphrase, name=name, role=role,  # type: ignore[arg-type]
                                              machine=machine, address="127.0.0.1"))
     assert issued.private_key_pem is not None
-    return write_identity(root / name, certificate_pem=issued.certificate_pem,
+    return write_identity(root / (directory or name), certificate_pem=issued.certificate_pem,
                           private_key_pem=issued.private_key_pem, ca_pem=issued.ca_pem)
 
 
@@ -155,7 +156,7 @@ def site(tmp_path: Path, sharepoint: Estate, azurite: str, monkeypatch: pytest.M
         disks: dict[tuple[str, str], Disk] = {}
         where = {m: mt for mt, machines in SPLIT.items() for m in machines}
         for machine in sharepoint.machines:
-            agent = identity(machine.name, "agent")
+            agent = identity(f"agent-{machine.name}", "agent", machine.name)  # acts for its machine
             for disk in machine.disks:
                 sink = ProcessServerSink(disk=stream_name(machine.name, disk.name), size=DISK_BYTES,
                                          servers=[("127.0.0.1", ps_ports[where[machine.name]])], identity=agent,
@@ -350,7 +351,9 @@ def test_failback_of_a_vsphere_machine_runs_its_reverse_replication(site: Site, 
         cache_dir=tmp_path / "ps-azure",
         master_target=("127.0.0.1", onprem_mt.port), name="ps-azure"))
     site.closers.append(onprem_ps)
-    _register(server, ids, "sql01", "agent", "sql01", passphrase=VAULT)  # the recovered machine's agent
+    # The runner's agent for the recovered machine: its own name (sql01's on-premises agent keeps its
+    # registration), acting for sql01, in --identity DIR/sql01/.
+    _register(server, ids, "failback-sql01", "agent", "sql01", passphrase=VAULT, directory="sql01")
     replication = AgentReverseReplication(
         connection_string=azurite, process_server=("127.0.0.1", onprem_ps.port),
         identity_dir=ids, onprem_catalog=tmp_path / "mt-onprem" / "catalog.sqlite",

@@ -354,11 +354,13 @@ def test_an_agent_joins_only_as_its_own_machine(tmp_path: Path, pki: Any, stack:
     impostor = GroupMember([("127.0.0.1", site.ps_port)], pki.agent, agent="app01", group=GROUP,
                            participant=Machine("app01", []), server_hostname="127.0.0.1")
     stack.callback(impostor.close)
-    wait_for("the refusal", lambda: "certificate web01 may not join group sharepoint as app01" in impostor.problem)
+    refusal = "certificate web01 (machine web01) may not join group sharepoint as app01"
+    wait_for("the refusal", lambda: refusal in impostor.problem)
     assert "an agent joins only as its own machine" in impostor.problem
     assert "dr-agent register --name" in impostor.problem
     assert not impostor.connected and impostor.state is None
-    assert "refused web01 (role agent) to join group sharepoint as app01" in (tmp_path / "ps.log").read_text()
+    log = (tmp_path / "ps.log").read_text()
+    assert "refused web01 (role agent, machine web01) to join group sharepoint as app01" in log
     # app01's own certificate joins
     member = site.member(Machine("app01", []))
     wait_for("app01 joined", lambda: member.state is not None and member.state.members["app01"])

@@ -19,6 +19,7 @@ from dr_agent.sink import ProcessServerSink
 from dr_agent.transport import dial
 from pipeline_harness import MIB, REPO, metric, service_pair
 
+from tests.agent.conftest import PASSPHRASE
 from tests.conftest import wait_for
 
 
@@ -79,13 +80,14 @@ def test_an_agent_s_certificate_opens_only_its_own_machine_s_disks(tmp_path: Pat
         with pytest.raises(ProtocolError) as refused:
             _open(ps_port, web01, "sql01.c", "stream")
         assert str(refused.value) == (
-            "the peer refused: certificate web01 may not write stream sql01.c: an agent writes and reads only "
-            "its own machine's disks; register this machine under its spec name (dr-agent register --name "
-            "MACHINE --role agent), the name its agent.toml's disks carry")
-        with pytest.raises(ProtocolError, match=r"certificate web01 may not read the block hashes of stream sql01\.c"):
+            "the peer refused: certificate web01 (machine web01) may not write stream sql01.c: an agent writes "
+            "and reads only its own machine's disks; register an agent for sql01 (dr-agent register --name NAME "
+            "--machine sql01 --role agent), and keep agent.toml's name and its disks' streams that machine's")
+        hashes = r"certificate web01 \(machine web01\) may not read the block hashes of stream sql01\.c"
+        with pytest.raises(ProtocolError, match=hashes):
             _open(ps_port, web01, "sql01.c", "hashes")
         assert not (tmp_path / "ps" / "sql01.c").exists()  # the refused HELLOs touched nothing
-        wait_for(lambda: "refused web01 (role agent) to read the block hashes of stream sql01.c"
+        wait_for(lambda: "refused web01 (role agent, machine web01) to read the block hashes of stream sql01.c"
                  in (tmp_path / "ps.log").read_text(), 10, "the process server's warning")
 
         sink = ProcessServerSink(disk="web01.c", size=MIB, servers=[("127.0.0.1", ps_port)], identity=pki.agent)
@@ -97,6 +99,13 @@ def test_an_agent_s_certificate_opens_only_its_own_machine_s_disks(tmp_path: Pat
             sink.close()
         assert (tmp_path / "mt/disks/web01.c.img").read_bytes()[4096:8192] == b"w" * 4096
         assert _open(ps_port, client_context(pki.agent_for("sql01")), "sql01.c", "stream")["durable"] == 0
+        # a component with a name of its own acts for the machine its certificate names (failback's
+        # runner, next to sql01's own agent), and for no other
+        runner = client_context(register(pki.ca_dir, PASSPHRASE, name="failback-sql01", role="agent",
+                                         machine="sql01", out=tmp_path / "failback-sql01"))
+        assert _open(ps_port, runner, "sql01.c", "stream")["durable"] == 0
+        with pytest.raises(ProtocolError, match=r"certificate failback-sql01 \(machine sql01\) may not write stream"):
+            _open(ps_port, runner, "web01.c", "stream")
     finally:
         ps.stop()
         mt.stop()
