@@ -57,15 +57,16 @@ class Metrics:
         self.compression_ratio.labels(disk).set(total_raw / max(total_stored, 1))
 
     def count_refusals(self, refused: Callable[[], int]) -> None:
-        """Expose `<service>_refused_connections_total`: peers refused (certificate or role), as the
-        listener counts them (`refused()` is read at each scrape)."""
+        """Expose `<service>_refused_connections_total`: peers refused (certificate, role, or an agent
+        acting for a machine not its own), as the listener counts them (`refused()` is read at each
+        scrape)."""
         from prometheus_client.core import CounterMetricFamily
 
         name = f"{self._prefix}_refused_connections"
 
         class Refusals:
             def collect(self) -> Iterator[CounterMetricFamily]:
-                family = CounterMetricFamily(name, "peers refused (certificate or role)")
+                family = CounterMetricFamily(name, "peers refused (certificate, role, or another machine's disks)")
                 family.add_metric([], float(refused()))
                 yield family
 

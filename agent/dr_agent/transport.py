@@ -52,6 +52,7 @@ class Connection:
     sock: ssl.SSLSocket
     peer: tuple[str, str] = ("", "")  # (common name, role)
     machine: str | None = None        # the spec machine an agent's certificate acts for (pki.peer_machine)
+    overreached: bool = False         # refused for acting for a machine not its own (acts_for)
     _send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _users: int = field(default=0, repr=False)  # threads inside a send or receive now
@@ -249,6 +250,7 @@ def acts_for(conn: Connection, machine: str, doing: str, rule: str) -> bool:
         return True
     log.warning("refused %s (role %s, machine %s) to %s: its certificate is not %s's", name, role, own, doing,
                 machine)
+    conn.overreached = True
     conn.refuse(f"certificate {name} (machine {own}) may not {doing}: an agent {rule}; register an agent for "
                 f"{machine} (dr-agent register --name NAME --machine {machine} --role agent), and keep "
                 "agent.toml's name and its disks' streams that machine's")
@@ -292,7 +294,7 @@ class Listener:
         self._sock = socket.create_server((host, port), reuse_port=False)
         self._sock.settimeout(0.5)
         self.port: int = self._sock.getsockname()[1]
-        self.refused = 0  # handshakes or roles refused (metrics read it)
+        self.refused = 0  # handshakes, roles, or machines not the agent's refused (metrics read it)
         self._stop = threading.Event()
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
@@ -345,6 +347,8 @@ class Listener:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                if conn.overreached:
+                    self.refused += 1
             conn.close()
 
     def close(self) -> None:

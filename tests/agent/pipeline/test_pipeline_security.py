@@ -8,6 +8,7 @@ import os
 import ssl
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from dr_agent.pki import client_context, register
 from dr_agent.records import FrameType
 from dr_agent.sink import ProcessServerSink
 from dr_agent.transport import dial
-from pipeline_harness import MIB, REPO, metric, service_pair
+from pipeline_harness import MIB, REPO, free_port, metric, service_pair
 
 from tests.agent.conftest import PASSPHRASE
 from tests.conftest import wait_for
@@ -73,6 +74,9 @@ def _open(port: int, ctx: ssl.SSLContext, disk: str, purpose: str) -> dict[str, 
 
 def test_an_agent_s_certificate_opens_only_its_own_machine_s_disks(tmp_path: Path, pki: Any) -> None:
     mt, ps, ps_port = service_pair(tmp_path, pki)
+    metrics_port = free_port()
+    with (tmp_path / "ps.toml").open("a") as f:
+        f.write(f'metrics = "127.0.0.1:{metrics_port}"\n')
     mt.start()
     ps.start()
     try:
@@ -87,6 +91,12 @@ def test_an_agent_s_certificate_opens_only_its_own_machine_s_disks(tmp_path: Pat
         with pytest.raises(ProtocolError, match=hashes):
             _open(ps_port, web01, "sql01.c", "hashes")
         assert not (tmp_path / "ps" / "sql01.c").exists()  # the refused HELLOs touched nothing
+        # counted where an operator sees refusals: the process server's metrics
+        def refusals() -> float | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+                return metric(page.read().decode(), "dr_process_server_refused_connections_total")
+
+        wait_for(lambda: refusals() == 2, 10, "both refusals in the process server's metrics")
         wait_for(lambda: "refused web01 (role agent, machine web01) to read the block hashes of stream sql01.c"
                  in (tmp_path / "ps.log").read_text(), 10, "the process server's warning")
 
