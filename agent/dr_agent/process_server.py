@@ -3,8 +3,8 @@
 Agents dial it (TLS, mutual authentication, role "agent"); it dials the master target (role
 "process_server"). A connection opens with HELLO (a disk stream, or a resync's hash requests) or
 with JOIN (an agent of a multi-VM group this process server coordinates). An agent's certificate
-opens only its own machine's streams and joins only as that machine (transport.acts_for: its common
-name is its spec machine's name). Its jobs, one module each:
+opens only the streams of the machine it names and joins only as that machine (transport.acts_for).
+Its jobs, one module each:
 
     ps_ingest       an agent's stream: verify, compress, append with one fsync per group, ACK;
                     FALLBACK to bitmap tracking when the cache is full

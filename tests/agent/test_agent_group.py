@@ -11,15 +11,11 @@ import pytest
 from agent_harness import MIB, Estate, need_root, wait_for
 from pipeline_harness import TcpProxy
 
-from tests.agent.conftest import PASSPHRASE
-
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_a_member_that_cannot_take_points_does_not_stop_the_others_points(tmp_path: Path, pki: Any) -> None:
     need_root()
-    from dr_agent.pki import register
-
     groups = ('\n[[process_server.groups]]\nname = "erp"\nmembers = ["web01", "db01"]\n'
               'crash_consistent_every_s = 1\napp_consistent_every_s = 3600\n')
     estate = Estate(tmp_path, pki, ps_extra=groups)
@@ -27,7 +23,7 @@ def test_a_member_that_cannot_take_points_does_not_stop_the_others_points(tmp_pa
     link = TcpProxy(estate.ps_port)  # db01's data link: cut, so its initial sync cannot finish
     link.cut()
     try:
-        db01 = register(pki.ca_dir, PASSPHRASE, name="db01", role="agent", out=tmp_path / "db01-id")
+        db01 = pki.agent_for("db01")
         agents = {}
         for name, identity, ps_port in (("web01", pki.agent, estate.ps_port), ("db01", db01, link.port)):
             d = estate.disk(f"{name}-sdb", 16 * MIB)

@@ -145,16 +145,12 @@ def test_restarts_in_tracking_mode_never_touch_the_workload(estate: Estate, tmp_
 
 def test_a_multi_vm_group_s_machines_share_each_point_id(tmp_path: Path, pki: Any) -> None:
     need_root()
-    from dr_agent.pki import register
-
-    from tests.agent.conftest import PASSPHRASE
-
     groups = ('\n[[process_server.groups]]\nname = "erp"\nmembers = ["web01", "db01"]\n'
               'crash_consistent_every_s = 1\napp_consistent_every_s = 2\n')
     estate = Estate(tmp_path, pki, ps_extra=groups)
     estate.start()
     try:
-        db01 = register(pki.ca_dir, PASSPHRASE, name="db01", role="agent", out=tmp_path / "db01-id")
+        db01 = pki.agent_for("db01")
         agents = []
         for name, identity in (("web01", pki.agent), ("db01", db01)):
             d = estate.disk(f"{name}-sdb", 32 * MIB)
